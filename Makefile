@@ -1,0 +1,40 @@
+# Set-up and the two everyday commands. Both are idempotent: a second run reuses what exists.
+#
+#   make run     set up, then run the workflow on the embedded default (config.yaml)
+#   make test    set up, then run the test suite (what CI runs)
+
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= 2
+STAMP  := $(VENV)/.dfnas-installed
+BIN    := $(VENV)/bin
+
+.PHONY: setup data run test clean
+
+setup: $(STAMP)
+
+# The virtualenv, dfnas (editable) and every dependency of pyproject.toml, tests included.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Fashion-MNIST for the embedded default: Debian packages it; without root or apt, the data stage
+# downloads it into resources/data instead.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) || \
+	     echo "note: apt-get could not install dataset-fashion-mnist; dfnas will try to download it"; \
+	  else echo "note: Fashion-MNIST is not installed system-wide; dfnas will download it into resources/data"; fi; \
+	fi
+
+run: setup data
+	$(BIN)/snakemake --cores $(CORES)
+
+test: setup data
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf results .snakemake

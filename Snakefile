@@ -1,0 +1,37 @@
+# dfnas: data-free neural architecture search via recursive label calibration.
+#
+#   snakemake --cores 2                                   # the embedded default (config.yaml)
+#   snakemake --cores 2 --configfile config/smoke.yaml    # another preset
+#
+# Wiring only: the config is validated here, the rules live in workflow/rules/, and every rule
+# runs one small module of the dfnas package (python -m dfnas.<stage>).
+
+import sys
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+sys.path.insert(0, workflow.basedir)  # the dfnas package of this checkout, installed or not
+from dfnas.config import validate_config  # noqa: E402
+from dfnas.errors import DfnasError  # noqa: E402
+
+
+configfile: "config.yaml"
+
+
+try:
+    validate_config(config)
+except DfnasError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/teacher/eval.json",
+    default_target: True

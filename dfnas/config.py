@@ -1,0 +1,109 @@
+"""Configuration: load, validate against workflow/schemas/config.schema.yaml, fill defaults.
+
+The Snakefile and every ``python -m dfnas.<stage>`` share this code, so a wrong key or value is
+reported the same way everywhere: one line that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from dfnas.errors import DfnasError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path=SCHEMA_PATH) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise DfnasError(f"config schema not found at {path}; run dfnas from its source tree") from None
+
+
+def _with_defaults(validator_class):
+    """A validator that also writes each property's ``default`` into the instance, recursively."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path)
+
+
+def _describe(error) -> str:
+    """One line for a jsonschema error that names the offending key."""
+    path = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = ".".join(filter(None, [path, extra[0] if extra else "?"]))
+        return f"config key '{key}' is not a known key; allowed here: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"config key '{path}': {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "pattern":
+        hint = error.schema.get("description", "").strip()
+        return f"config key '{path}': {error.instance!r} is not a valid value" + (f" ({hint})" if hint else "")
+    return f"config key '{path or '(top level)'}': {error.message}"
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Validate ``config`` in place (defaults filled in) and return it; raise `DfnasError` on the first problem."""
+    schema = schema or load_schema()
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise DfnasError(f"config must be a mapping of keys to values, got {type(config).__name__}")
+    validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
+    if errors:
+        raise DfnasError(_describe(jsonschema.exceptions.best_match(errors)))
+    return config
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DfnasError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise DfnasError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return data if data is not None else {}
+
+
+def load_config(path=None, json_text: str | None = None, overrides: dict | None = None) -> dict:
+    """Config from a file and/or a JSON string (later wins per top-level section), validated.
+
+    Without either, the embedded default (``config.yaml`` beside the Snakefile) is used.
+    """
+    config: dict = {}
+    if path is None and json_text is None:
+        path = REPO_ROOT / "config.yaml"
+    if path is not None:
+        config.update(read_config_file(path))
+    if json_text is not None:
+        try:
+            config.update(json.loads(json_text))
+        except json.JSONDecodeError as exc:
+            raise DfnasError(f"--config-json: not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if overrides:
+        config.update(overrides)
+    return validate_config(config)

@@ -1,0 +1,124 @@
+"""Process set-up shared by every stage: threads, device, seeds, atomic files, checksums."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+from dfnas.errors import DfnasError
+
+
+def set_threads(n: int) -> None:
+    """Use exactly ``n`` CPU threads in this process (torch intra-op and OpenMP).
+
+    Oversubscribing cores is ruinous for the small convolutions of NAS: every rule declares
+    its ``threads`` and the module calls this first.
+    """
+    import torch
+
+    n = max(1, int(n))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["MKL_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # may only be set once per process
+        torch.set_num_interop_threads(1)
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are taken as given."""
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DfnasError(f"config key 'device': {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DfnasError(f"config key 'device': {name!r} was asked for but this machine has no CUDA device")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Fix Python, NumPy and torch draws; on the CPU a seed then gives the same files."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def configure_backends(device) -> None:
+    """GPU-only speed-ups switch on by device; the CPU path stays deterministic."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_state_dict(state_dict) -> str:
+    """A checksum of a model's weights that does not depend on how the file was serialized."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def config_hash(obj) -> str:
+    """Short stable hash of a JSON-able config section, recorded in every output."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A crash or an error leaves no half-written output behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def versions() -> dict:
+    import torch
+
+    import dfnas
+
+    return {"dfnas": dfnas.__version__, "torch": str(torch.__version__)}
