@@ -176,7 +176,8 @@ class _Spec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
-    torchvision_class: str = ""
+    mirrors: tuple[str, ...] = ()  # base URLs tried in order for each of ``files``
+    files: tuple[tuple[str, str], ...] = ()  # (file name, md5); an archive is unpacked into data.root
     subdirs: tuple[str, ...] = ()
     system_dirs: tuple[str, ...] = ()
     how_to_get: str = ""
@@ -188,23 +189,35 @@ FASHION_CLASSES = (
 
 SPECS = {
     "fashion_mnist": _Spec(
-        "fashion_mnist", "idx", (1, 28, 28), (0.2860,), (0.3530,), FASHION_CLASSES, "FashionMNIST",
+        "fashion_mnist", "idx", (1, 28, 28), (0.2860,), (0.3530,), FASHION_CLASSES,
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        files=(("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+               ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+               ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+               ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")),
         subdirs=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"), system_dirs=("fashion-mnist",),
         how_to_get="install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
     ),
     "mnist": _Spec(
-        "mnist", "idx", (1, 28, 28), (0.1307,), (0.3081,), tuple(str(i) for i in range(10)), "MNIST",
+        "mnist", "idx", (1, 28, 28), (0.1307,), (0.3081,), tuple(str(i) for i in range(10)),
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        files=(("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+               ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+               ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+               ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c")),
         subdirs=("mnist", "MNIST/raw"), system_dirs=("mnist",),
         how_to_get="place the four IDX files of MNIST in data.root",
     ),
     "cifar10": _Spec(
         "cifar10", "cifar", (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (),
-        "CIFAR10", subdirs=("cifar-10-batches-py",), system_dirs=("cifar10",),
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        files=(("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),), subdirs=("cifar-10-batches-py",), system_dirs=("cifar10",),
         how_to_get="extract cifar-10-python.tar.gz into data.root",
     ),
     "cifar100": _Spec(
         "cifar100", "cifar", (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (),
-        "CIFAR100", subdirs=("cifar-100-python",), system_dirs=("cifar100",),
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        files=(("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),), subdirs=("cifar-100-python",), system_dirs=("cifar100",),
         how_to_get="extract cifar-100-python.tar.gz into data.root",
     ),
     "imagenet": _Spec(
@@ -236,18 +249,31 @@ def _is_complete(spec: _Spec, folder: Path) -> bool:
 
 
 def _download(spec: _Spec, root: Path) -> str | None:
-    """Download with torchvision into ``root``; return None on success, else the reason it failed."""
-    if not spec.torchvision_class:
-        return "this dataset has no automatic download"
-    import torchvision
+    """Download ``spec.files`` into ``root``; return None on success, else why it failed.
 
-    root.mkdir(parents=True, exist_ok=True)
-    cls = getattr(torchvision.datasets, spec.torchvision_class)
-    try:
-        cls(root=str(root), train=True, download=True)
-        cls(root=str(root), train=False, download=True)
-    except Exception as exc:  # network errors come in many types; report the first line
-        return f"download failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    IDX files go to ``root/<first subdir>``; archives are unpacked into ``root`` and removed.
+    """
+    from dfnas.download import download_file, extract_archive
+
+    if not spec.files:
+        return "this dataset has no automatic download"
+    target = root / spec.subdirs[0] if spec.kind == "idx" else root
+    for name, md5 in spec.files:
+        dest = target / name
+        if dest.is_file():
+            continue
+        failures = []
+        for mirror in spec.mirrors:
+            try:
+                download_file(mirror + name, dest, md5=md5)
+                break
+            except DfnasError as exc:
+                failures.append(str(exc))
+        else:
+            return "; ".join(failures)
+        if name.endswith((".tar.gz", ".tgz", ".tar")):
+            extract_archive(dest, root)
+            dest.unlink()
     return None
 
 
@@ -277,7 +303,7 @@ def locate(name: str, root=None, download: bool = False) -> Path:
         reason = "no data.root to download into"
     where = ", ".join(str(p) for p in looked)
     raise DfnasError(f"dataset {name} not found; looked in: {where}; {reason}. To get it: {spec.how_to_get}"
-                     + (", or set data.download: true on a machine with internet" if spec.torchvision_class else ""))
+                     + (", or set data.download: true on a machine with internet" if spec.files else ""))
 
 
 def stratified_subset(labels, n: int, seed: int) -> np.ndarray:

@@ -111,6 +111,24 @@ def atomic_path(path):
         raise
 
 
+def save_torch(obj, path) -> str:
+    """``torch.save`` atomically and byte-reproducibly; return the file's sha256.
+
+    torch.save names the archive's folder after the file, so the object is serialized to memory
+    first: the bytes then depend on the content only, not on the temporary name.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dfnas.download import download_file
 from dfnas.errors import DfnasError, cli_main
 from dfnas.models import build_model
-from dfnas.runtime import (atomic_path, config_hash, resolve_device, seed_everything, set_threads, sha256_file,
+from dfnas.runtime import (config_hash, resolve_device, save_torch, seed_everything, set_threads, sha256_file,
                            sha256_state_dict, versions, write_json)
 
 TEACHER_FORMAT = "dfnas-teacher"
@@ -151,10 +152,6 @@ def load_teacher(path, device="cpu") -> Teacher:
 def check_teacher(model: nn.Module, num_classes: int, input_shape, normalization: dict, dataset: str) -> None:
     """Raise a one-line error when the teacher cannot serve this dataset or this method."""
     channels = input_shape[0]
-    for key in ("mean", "std"):
-        if len(normalization[key]) != channels:
-            raise DfnasError(f"teacher normalization {key} has {len(normalization[key])} values but {dataset} "
-                             f"images have {channels} channel(s)")
     was_training = model.training
     model.eval()
     try:
@@ -168,6 +165,10 @@ def check_teacher(model: nn.Module, num_classes: int, input_shape, normalization
     if out.ndim != 2 or out.shape[1] != num_classes:
         got = out.shape[1] if out.ndim == 2 else tuple(out.shape)
         raise DfnasError(f"teacher outputs {got} classes but {dataset} has {num_classes}")
+    for key in ("mean", "std"):
+        if len(normalization[key]) != channels:
+            raise DfnasError(f"teacher normalization {key} has {len(normalization[key])} values but {dataset} "
+                             f"images have {channels} channel(s)")
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise DfnasError("teacher has no BatchNorm layers; synthesis matches their running statistics, so dfnas "
                          "needs a BatchNorm network")
@@ -205,14 +206,6 @@ def verify_sha256(path: Path, expected: str, what: str) -> str:
     if actual.lower() != expected.lower():
         raise DfnasError(f"{what}: sha256 is {actual} but teacher.sha256 says {expected.lower()}")
     return actual
-
-
-def download(url: str, dest: Path) -> None:
-    """Fetch ``url`` (http, https or file) into ``dest``."""
-    try:
-        torch.hub.download_url_to_file(url, str(dest), progress=False)
-    except Exception as exc:  # URLError, HTTPError, OSError, ValueError for unknown schemes
-        raise DfnasError(f"teacher download from {url} failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def _from_torchvision(value: str, info: dict) -> tuple[nn.Module, dict]:
@@ -297,8 +290,8 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
                 tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".teacher-download-", dir=out.parent))
                 path = Path(tmpdir) / "download"
                 log(f"downloading teacher from {value}")
-                download(value, path)
-                source_sha = verify_sha256(path, tcfg["sha256"], value)
+                download_file(value, path, sha256=tcfg["sha256"])
+                source_sha = tcfg["sha256"].lower()
             else:
                 path = Path(value)
                 if not path.is_file():
@@ -325,9 +318,7 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
         "seed": cfg["seed"],
         "versions": versions(),
     }
-    with atomic_path(out) as tmp:
-        torch.save({**record, "state_dict": state_dict}, tmp)
-        file_sha = sha256_file(tmp)
+    file_sha = save_torch({**record, "state_dict": state_dict}, out)
     write_json(out.with_suffix(".json"), {**record, "file_sha256": file_sha, **extra})
     log(f"teacher written to {out} (weights sha256 {record['weights_sha256'][:12]}, {record['parameters']:,} parameters)")
     return record

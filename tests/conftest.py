@@ -1,0 +1,110 @@
+"""Shared fixtures: small datasets in the real on-disk formats, written by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """Write ``array`` (uint8) as an IDX file, gzipped when ``gz``."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    path = Path(str(path) + (".gz" if gz else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def class_pattern_images(labels: np.ndarray, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Images a small network learns in one epoch: class k lights a horizontal band at row 2k+2."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    images = rng.integers(0, 40, size=(n, channels, size, size), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        row = (2 * int(k) + 2) % (size - 2)
+        images[i, :, row : row + 2, :] = 230
+    return images
+
+
+def make_idx_dataset(folder: Path, n_train: int = 200, n_test: int = 100, gz: bool = False, seed: int = 0):
+    """An MNIST-format dataset of 10 learnable classes in ``folder``; returns (train_labels, test_labels)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        images = class_pattern_images(labels, seed=seed + (split == "test"))[:, 0]
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8), gz)
+        out.append(labels)
+    return tuple(out)
+
+
+def write_cifar(folder: Path, classes: int, n_train: int = 50, n_test: int = 20, seed: int = 0):
+    """CIFAR-10 (classes=10) or CIFAR-100 (classes=100) python-format batches; returns the train labels."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(n):
+        labels = (np.arange(n) % classes).tolist()
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        return data, labels
+
+    if classes == 10:
+        train_labels = []
+        for i in range(1, 6):
+            data, labels = batch(n_train // 5)
+            train_labels += labels
+            (folder / f"data_batch_{i}").write_bytes(pickle.dumps({"data": data, "labels": labels}))
+        data, labels = batch(n_test)
+        (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": labels}))
+        names = [f"class{i}" for i in range(10)]
+        (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    else:
+        data, train_labels = batch(n_train)
+        (folder / "train").write_bytes(pickle.dumps({"data": data, "fine_labels": train_labels}))
+        data, labels = batch(n_test)
+        (folder / "test").write_bytes(pickle.dumps({"data": data, "fine_labels": labels}))
+        (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}))
+    return train_labels
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path):
+    """A data root holding a small Fashion-MNIST-format dataset under fashion-mnist/."""
+    root = tmp_path / "data"
+    make_idx_dataset(root / "fashion-mnist", n_train=300, n_test=100, gz=True)
+    return root
+
+
+@pytest.fixture
+def base_config(fake_fmnist):
+    """A validated config on the fake Fashion-MNIST, with a tiny stand-in teacher recipe."""
+    from dfnas.config import validate_config
+
+    return validate_config({
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "data": {"name": "fashion_mnist", "root": str(fake_fmnist), "download": False},
+        "teacher": {"source": "train", "arch": {"name": "resnet_cifar", "kwargs": {"depth": 8, "width": 4}},
+                    "train": {"epochs": 4, "batch_size": 25, "crop_padding": 0, "flip": False}},
+    })
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run ``python -m ...`` the way a user or a rule does; return the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout)

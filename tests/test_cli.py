@@ -1,0 +1,50 @@
+"""Every stage runs by hand as python -m dfnas.<stage>, with --help and one-line errors."""
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+STAGES = ["dfnas.data", "dfnas.teacher", "dfnas.teacher_eval"]
+
+
+@pytest.mark.parametrize("module", STAGES)
+def test_help(module):
+    result = run_cli(module, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: python -m {module}" in result.stdout
+    assert "--config" in result.stdout
+
+
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"teacher": {"train": {"epochs": 0}}}))
+    out = tmp_path / "teacher.pt"
+    result = run_cli("dfnas.teacher", "--config", str(cfg), "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr == "dfnas: error: config key 'teacher.train.epochs': 0 is less than the minimum of 1\n"
+    assert not out.exists()
+
+
+def test_data_stage_describes_the_dataset(tmp_path, fake_fmnist):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"root": str(fake_fmnist), "subset": {"train": 100}}}))
+    out = tmp_path / "dataset.json"
+    result = run_cli("dfnas.data", "--config", str(cfg), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    import json
+
+    info = json.loads(out.read_text())
+    assert info["train_size"] == 100 and info["test_size"] == 100
+    assert info["input_shape"] == [1, 28, 28] and info["num_classes"] == 10
+    assert info["source"] == str(fake_fmnist / "fashion-mnist")
+    assert "fashion_mnist: 100 train / 100 test images" in result.stdout
+
+
+def test_missing_dataset_through_the_cli(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"name": "mnist", "root": str(tmp_path / "none"), "download": False}}))
+    result = run_cli("dfnas.data", "--config", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr.startswith("dfnas: error: dataset mnist not found; looked in: ")
+    assert result.stderr.count("\n") == 1

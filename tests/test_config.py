@@ -1,0 +1,67 @@
+"""The config schema: presets validate, defaults are filled, bad keys and values are named."""
+
+import pytest
+import yaml
+
+from conftest import REPO
+from dfnas.config import load_config, validate_config
+from dfnas.errors import DfnasError
+
+PRESETS = [REPO / "config.yaml", *sorted((REPO / "config").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_every_preset_validates(path):
+    cfg = load_config(path)
+    assert cfg["run"] and cfg["data"]["name"] and cfg["teacher"]["source"]
+
+
+def test_defaults_are_filled_from_the_schema():
+    cfg = validate_config({})
+    assert cfg["run"] == "default"
+    assert cfg["device"] == "auto"
+    assert cfg["data"]["subset"] == {"train": None, "test": None}
+    assert cfg["teacher"]["train"]["lr"] == 0.1
+    assert cfg["teacher"]["arch"] == {"name": "resnet_cifar", "kwargs": {"depth": 8, "width": 16}}
+
+
+def test_given_values_are_kept():
+    cfg = validate_config({"teacher": {"train": {"epochs": 3}}})
+    assert cfg["teacher"]["train"]["epochs"] == 3
+    assert cfg["teacher"]["train"]["batch_size"] == 128
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"teacher": {"train": {"epohcs": 3}}}, "config key 'teacher.train.epohcs' is not a known key"),
+        ({"sed": 1}, "config key 'sed' is not a known key"),
+        ({"teacher": {"train": {"epochs": 0}}}, "config key 'teacher.train.epochs': 0 is less than the minimum of 1"),
+        ({"teacher": {"train": {"lr": "fast"}}}, "config key 'teacher.train.lr': 'fast' is not of type 'number'"),
+        ({"data": {"name": "svhn"}}, "config key 'data.name': 'svhn' is not one of fashion_mnist, mnist"),
+        ({"teacher": {"source": "hub:resnet"}}, "config key 'teacher.source': 'hub:resnet' is not a valid value"),
+        ({"teacher": {"sha256": "abc"}}, "config key 'teacher.sha256'"),
+        ({"device": "gpu"}, "config key 'device': 'gpu' is not a valid value"),
+        ({"data": {"subset": {"train": -5}}}, "config key 'data.subset.train': -5 is less than the minimum of 1"),
+    ],
+)
+def test_bad_config_names_the_key(config, message):
+    with pytest.raises(DfnasError) as err:
+        validate_config(config)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_yaml_is_one_line_with_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(DfnasError, match=r"bad.yaml line \d+: not valid YAML"):
+        load_config(bad)
+
+
+def test_json_string_overrides_sections(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"seed": 3, "data": {"name": "mnist"}}))
+    cfg = load_config(path, '{"data": {"name": "cifar10"}}')
+    assert cfg["seed"] == 3 and cfg["data"]["name"] == "cifar10"
+
