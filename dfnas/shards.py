@@ -1,0 +1,144 @@
+"""HDF5 files of the synthetic branch: synthesis shards and merged datasets.
+
+A shard (or each split group of a merged dataset) holds, per image:
+
+    images          uint8 N x C x H x W (pixels in [0, 255]) or float16 in [0, 1]; chunked, gzip
+    targets         float32 N x K   the target distribution the image was optimized for
+    labels          int64   N       its class (argmax of the target)
+    round           int16   N       the calibration round that made it
+    teacher_logits  float32 N x K   the teacher's output on the stored image
+
+and attributes: format, variant, seed, config (JSON) and config_hash, teacher_sha256, mean, std,
+storage, input_shape, num_classes, class_names. Shards are appended round by round into
+``<name>.partial`` (attribute ``rounds_done``) and renamed when complete, so a killed job resumes
+from its last finished round and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import torch
+
+from dfnas.errors import DfnasError
+
+SHARD_FORMAT = "dfnas-synthesis-shard"
+DATASET_FORMAT = "dfnas-synthetic-dataset"
+FIELDS = ("images", "targets", "labels", "round", "teacher_logits")
+
+
+def to_storage(x: torch.Tensor, mean, std, storage: str) -> np.ndarray:
+    """Normalized-space images to the stored form (uint8 pixels or float16 in [0, 1])."""
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    pixels = (x.cpu() * std_t + mean_t).clamp(0, 1)
+    if storage == "uint8":
+        return (pixels * 255).round().to(torch.uint8).numpy()
+    if storage == "float16":
+        return pixels.to(torch.float16).numpy()
+    raise ValueError(f"unknown storage {storage!r}")
+
+
+def from_storage(images: np.ndarray) -> torch.Tensor:
+    """Stored images to float32 pixels in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t.float().div_(255) if t.dtype == torch.uint8 else t.float()
+
+
+def create_group_datasets(group: h5py.Group, shape, num_classes: int, storage: str, n: int = 0) -> None:
+    dtype = np.uint8 if storage == "uint8" else np.float16
+    c, h, w = shape
+    chunk = max(1, min(64, (1 << 20) // (c * h * w * np.dtype(dtype).itemsize)))
+    group.create_dataset("images", (n, c, h, w), dtype=dtype, maxshape=(None, c, h, w), chunks=(chunk, c, h, w),
+                         compression="gzip", compression_opts=4, shuffle=True)
+    group.create_dataset("targets", (n, num_classes), dtype=np.float32, maxshape=(None, num_classes),
+                         chunks=(max(1, min(1024, n or 1024)), num_classes), compression="gzip")
+    group.create_dataset("labels", (n,), dtype=np.int64, maxshape=(None,), chunks=(4096,), compression="gzip")
+    group.create_dataset("round", (n,), dtype=np.int16, maxshape=(None,), chunks=(4096,), compression="gzip")
+    group.create_dataset("teacher_logits", (n, num_classes), dtype=np.float32, maxshape=(None, num_classes),
+                         chunks=(max(1, min(1024, n or 1024)), num_classes), compression="gzip")
+
+
+def append(group: h5py.Group, arrays: dict) -> None:
+    n = len(arrays["labels"])
+    start = group["labels"].shape[0]
+    for name in FIELDS:
+        ds = group[name]
+        ds.resize(start + n, axis=0)
+        ds[start:] = arrays[name]
+
+
+def truncate(group: h5py.Group, n: int) -> None:
+    for name in FIELDS:
+        group[name].resize(n, axis=0)
+
+
+def read_group(group: h5py.Group, index=None) -> dict:
+    """All fields of a group as NumPy arrays (or the rows in ``index``, sorted)."""
+    if index is None:
+        return {name: group[name][...] for name in FIELDS}
+    return {name: group[name][np.sort(index)] for name in FIELDS}
+
+
+def attrs_dict(obj) -> dict:
+    out = {}
+    for k, v in obj.attrs.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def check_arrays(arrays: dict, path, num_classes: int, shape) -> None:
+    """Raise a one-line error naming ``path`` when the arrays are not a valid synthetic set."""
+    n = len(arrays["labels"])
+    for name in FIELDS:
+        if len(arrays[name]) != n:
+            raise DfnasError(f"{path}: field {name} has {len(arrays[name])} rows but labels has {n} (corrupted?)")
+    if tuple(arrays["images"].shape[1:]) != tuple(shape):
+        raise DfnasError(f"{path}: images have shape {tuple(arrays['images'].shape[1:])}, expected {tuple(shape)}")
+    for name in ("targets", "teacher_logits"):
+        if arrays[name].shape[1:] != (num_classes,):
+            raise DfnasError(f"{path}: {name} has {arrays[name].shape[1:]} columns, expected {num_classes} classes")
+        if not np.isfinite(arrays[name]).all():
+            raise DfnasError(f"{path}: {name} holds NaN or infinite values")
+    if arrays["images"].dtype != np.uint8 and not np.isfinite(arrays["images"]).all():
+        raise DfnasError(f"{path}: images hold NaN or infinite values")
+    if n and (arrays["labels"].min() < 0 or arrays["labels"].max() >= num_classes):
+        raise DfnasError(f"{path}: labels outside 0..{num_classes - 1}")
+
+
+def open_h5(path, mode="r") -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except FileNotFoundError:
+        raise DfnasError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise DfnasError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
+def set_attrs(obj, attrs: dict) -> None:
+    for k, v in attrs.items():
+        if isinstance(v, (dict, list, tuple)) and k in ("config", "class_names"):
+            obj.attrs[k] = json.dumps(v) if k == "config" else [str(s) for s in v]
+        elif v is None:
+            obj.attrs[k] = "null"
+        else:
+            obj.attrs[k] = v
+
+
+def load_split(path, split: str = "train") -> tuple[torch.Tensor, dict, dict]:
+    """Images (float pixels in [0, 1]) of one split of a merged dataset, its other fields and the file attributes."""
+    with open_h5(path) as f:
+        if f.attrs.get("format") != DATASET_FORMAT:
+            raise DfnasError(f"{path}: not a dfnas synthetic dataset (make one with python -m dfnas.merge)")
+        if split not in f:
+            raise DfnasError(f"{path}: has no split {split!r}")
+        arrays = read_group(f[split])
+        attrs = attrs_dict(f)
+    images = from_storage(arrays.pop("images"))
+    return images, arrays, attrs

@@ -1,0 +1,225 @@
+"""The synthesize stage: one shard of a synthesis variant, all its calibration rounds, to HDF5.
+
+Recursive label calibration: round 0 optimizes images against hard, class-balanced targets;
+after round r the teacher's softmax (temperature T) on round r's stored images becomes the
+targets of round r+1, whose images start again from fresh noise (``calibration.init: noise``) or
+from round r's images (``warm``). The shard holds the union of all rounds. Shards of a variant are
+independent jobs (one GPU each on a cluster) and draw from seeds derived from (seed, variant,
+shard, round), so a killed shard resumes from its last finished round and ends with the same bytes.
+
+Variants (``synthesis.variants``), so that the paper's ablation runs from one config:
+
+    full            everything on: regional update (synthesis.region) and recursive calibration
+    no_recursive    hard targets in every round
+    no_regional     DeepInversion's view (random jitter and flip) instead of the regional update
+    deepinversion   neither of the two: plain DeepInversion
+    noise           unoptimized N(0, 1) images in the teacher's input space: the floor
+
+    python -m dfnas.synthesize --config config.yaml --teacher results/default/teacher/teacher.pt \\
+        --variant full --shard 0 --out results/default/synthesis/full/shard_000.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dfnas import shards as sh
+from dfnas.errors import DfnasError, cli_main
+from dfnas.runtime import config_hash, resolve_device, set_threads, versions
+from dfnas.synthesis import Objective, Region, Schedule, noise_images, synthesize_batch
+from dfnas.train import format_seconds
+
+VARIANTS = ("full", "no_recursive", "no_regional", "deepinversion", "noise")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    optimize: bool = True
+    recursive: bool = True
+    regional: bool = True
+
+
+VARIANT_SPECS = {
+    "full": VariantSpec(),
+    "no_recursive": VariantSpec(recursive=False),
+    "no_regional": VariantSpec(regional=False),
+    "deepinversion": VariantSpec(recursive=False, regional=False),
+    "noise": VariantSpec(optimize=False, recursive=False, regional=False),
+}
+
+
+def variant_region(scfg: dict, variant: str) -> Region:
+    r = scfg["region"]
+    if VARIANT_SPECS[variant].regional:
+        return Region(mode=r["mode"], scale=tuple(r["scale"]), ratio=tuple(r["ratio"]), jitter=r["jitter"], flip=r["flip"])
+    return Region(mode="jitter", jitter=r["jitter"], flip=r["flip"])
+
+
+def shard_sizes(total: int, shards: int) -> list[int]:
+    """Images per round of each shard: ``total`` split as evenly as possible."""
+    return [total // shards + (1 if s < total % shards else 0) for s in range(shards)]
+
+
+def derived_seed(*parts) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def balanced_labels(offset: int, n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Classes ``(offset + i) % C`` for i < n, shuffled: shards together cover the classes evenly."""
+    labels = (torch.arange(n) + offset) % num_classes
+    return labels[torch.randperm(n, generator=generator)]
+
+
+def synthesis_config_hash(cfg: dict, variant: str) -> str:
+    return config_hash({"seed": cfg["seed"], "variant": variant, "synthesis": {
+        k: v for k, v in cfg["synthesis"].items() if k not in ("variants", "val_per_class")}})
+
+
+@torch.no_grad()
+def teacher_logits(model, images: torch.Tensor, mean, std, batch_size: int) -> torch.Tensor:
+    """The teacher's logits on pixel images in [0, 1]."""
+    device = next(model.parameters()).device
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    out = [model((images[i : i + batch_size].to(device) - mean_t) / std_t).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print) -> Path:
+    """Synthesize (or resume) one shard and write it to ``out``; return ``out``."""
+    scfg = cfg["synthesis"]
+    if variant not in VARIANT_SPECS:
+        raise DfnasError(f"unknown synthesis variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if not 0 <= shard < scfg["shards"]:
+        raise DfnasError(f"shard {shard} out of range: synthesis.shards is {scfg['shards']}")
+    spec = VARIANT_SPECS[variant]
+    sizes = shard_sizes(scfg["images_per_round"], scfg["shards"])
+    n = sizes[shard]
+    offset = sum(sizes[:shard])
+    num_classes, shape = teacher.num_classes, teacher.input_shape
+    mean, std = teacher.mean, teacher.std
+    rounds = scfg["rounds"]
+    chash = synthesis_config_hash(cfg, variant)
+    attrs = {
+        "format": sh.SHARD_FORMAT, "variant": variant, "shard": shard, "shards": scfg["shards"], "seed": cfg["seed"],
+        "config": {"seed": cfg["seed"], "variant": variant, "synthesis": scfg}, "config_hash": chash,
+        "teacher_sha256": teacher.checksum, "mean": list(mean), "std": list(std), "storage": scfg["storage"],
+        "input_shape": list(shape), "num_classes": num_classes, "class_names": teacher.meta["class_names"],
+        "rounds": rounds, "dfnas_version": versions()["dfnas"],
+    }
+    partial = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _open_partial(partial, attrs, n, log)
+    objective = Objective(**scfg["loss"])
+    schedule = Schedule(iterations_half=scfg["iterations_half"], iterations_full=scfg["iterations_full"], lr=scfg["lr"],
+                        betas=tuple(scfg["betas"]), warmup=scfg["warmup"])
+    region = variant_region(scfg, variant)
+    bs = scfg["batch_size"]
+    t0 = time.time()
+    with sh.open_h5(partial, "a") as f:
+        for r in range(done, rounds):
+            gen = torch.Generator().manual_seed(derived_seed(cfg["seed"], variant, shard, r))
+            prev = sh.read_group(f, np.arange((r - 1) * n, r * n)) if r > 0 else None
+            if r > 0 and spec.recursive:
+                targets = F.softmax(torch.from_numpy(prev["teacher_logits"]) / scfg["calibration"]["temperature"], dim=1)
+                labels = targets.argmax(1)
+            else:
+                labels = balanced_labels(offset, n, num_classes, gen)
+                targets = F.one_hot(labels, num_classes).float()
+            warm = r > 0 and scfg["calibration"]["init"] == "warm" and spec.optimize
+            init_all = _normalize(sh.from_storage(prev["images"]), mean, std) if warm else None
+            batches = []
+            for b, start in enumerate(range(0, n, bs)):
+                tb = targets[start : start + bs]
+                if spec.optimize:
+                    init = init_all[start : start + bs] if init_all is not None else None
+                    result = synthesize_batch(teacher.model, tb, shape, mean, std, objective, schedule, region, gen,
+                                              init=init)
+                    x = result.images
+                else:
+                    x = noise_images(len(tb), shape, mean, std, gen)
+                batches.append(x.cpu())
+                elapsed = time.time() - t0
+                steps_done = (r - done) * n + start + len(tb)
+                eta = elapsed / steps_done * ((rounds - done) * n - steps_done)
+                log(f"{variant} shard {shard}: round {r + 1}/{rounds} batch {b + 1}/{-(-n // bs)} done"
+                    f"  elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}")
+            stored = sh.to_storage(torch.cat(batches), mean, std, scfg["storage"])
+            logits = teacher_logits(teacher.model, sh.from_storage(stored), mean, std, bs)
+            agree = (logits.argmax(1) == labels).float().mean().item()
+            sh.append(f, {"images": stored, "targets": targets.numpy().astype(np.float32),
+                          "labels": labels.numpy().astype(np.int64), "round": np.full(n, r, np.int16),
+                          "teacher_logits": logits.numpy().astype(np.float32)})
+            f.attrs["rounds_done"] = r + 1
+            f.flush()
+            log(f"{variant} shard {shard}: round {r + 1}/{rounds} written, teacher agrees with the targets' class "
+                f"on {agree:.1%} of {n} images")
+    os.replace(partial, out)
+    return out
+
+
+def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    return (pixels - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
+    """Prepare ``partial`` for appending; return the number of rounds it already holds."""
+    if partial.exists():
+        try:
+            with sh.open_h5(partial, "a") as f:
+                same = (f.attrs.get("config_hash") == attrs["config_hash"]
+                        and f.attrs.get("teacher_sha256") == attrs["teacher_sha256"]
+                        and int(f.attrs.get("shard", -1)) == attrs["shard"])
+                if same:
+                    done = int(f.attrs.get("rounds_done", 0))
+                    sh.truncate(f, done * n)  # drop a round that was being written when the job died
+                    if done:
+                        log(f"resuming {partial.name} after round {done}")
+                    return done
+            log(f"discarding {partial.name}: it was made with another config or teacher")
+        except (DfnasError, KeyError, OSError) as exc:
+            log(f"discarding unreadable {partial.name} ({exc})")
+        partial.unlink()
+    with sh.open_h5(partial, "w") as f:
+        sh.set_attrs(f, attrs)
+        f.attrs["rounds_done"] = 0
+        sh.create_group_datasets(f, attrs["input_shape"], attrs["num_classes"], attrs["storage"])
+    return 0
+
+
+@cli_main
+def main(argv=None):
+    from dfnas.config import load_config
+    from dfnas.teacher import load_teacher
+
+    parser = argparse.ArgumentParser(prog="python -m dfnas.synthesize", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Variants: " + ", ".join(VARIANTS))
+    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
+    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
+    parser.add_argument("--teacher", required=True, help="teacher file written by python -m dfnas.teacher")
+    parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument("--shard", type=int, default=0, help="shard index, 0 .. synthesis.shards-1")
+    parser.add_argument("--out", required=True, help="shard file to write (HDF5)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.config_json)
+    set_threads(args.threads or cfg["threads"])
+    device = resolve_device(cfg["device"])
+    teacher = load_teacher(args.teacher, device)
+    run_shard(cfg, teacher, args.variant, args.shard, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
