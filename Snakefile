@@ -29,9 +29,11 @@ except DfnasError as exc:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
+include: "workflow/rules/synthesis.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/teacher/eval.json",
+        expand(f"{SYN}/{{variant}}/soft_labels.h5", variant=VARIANTS),
     default_target: True

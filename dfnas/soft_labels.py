@@ -1,0 +1,192 @@
+"""The soft_labels stage: cache the teacher's output on K augmented views of every synthetic image.
+
+With augmentation the teacher's output depends on the crop, so searches on synthetic data would
+have to run the teacher in their loop. Instead this stage stores, per image, K views (a crop box
+as fractions of the image, and a flip) with the teacher's logits on each (float16 by default, or
+the top-k probabilities at the distillation temperature, the rest of the mass spread uniformly),
+and `SoftLabelData` replays exactly those views: the search stages never run the teacher.
+
+View 0 of every image is the identity (whole image, no flip); the validation split stores only it.
+
+    python -m dfnas.soft_labels --config config.yaml --teacher results/default/teacher/teacher.pt \\
+        --dataset results/default/synthesis/full/dataset.h5 --out results/default/synthesis/full/soft_labels.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dfnas import shards as sh
+from dfnas.errors import DfnasError, cli_main
+from dfnas.runtime import atomic_path, config_hash, resolve_device, set_threads, sha256_file
+from dfnas.synthesis import crop_resize, random_boxes
+from dfnas.synthesize import derived_seed
+
+LABELS_FORMAT = "dfnas-soft-labels"
+
+
+def draw_views(n: int, views: int, scale, ratio, flip: bool, generator: torch.Generator):
+    """``(boxes N x K x 4, flips N x K)``; view 0 is the identity."""
+    boxes = torch.zeros(n, views, 4)
+    boxes[:, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    flips = torch.zeros(n, views, dtype=torch.bool)
+    if views > 1:
+        boxes[:, 1:] = random_boxes(n * (views - 1), tuple(scale), tuple(ratio), generator).view(n, views - 1, 4)
+        if flip:
+            flips[:, 1:] = torch.rand(n, views - 1, generator=generator) < 0.5
+    return boxes, flips
+
+
+def render_views(pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """The views ``(boxes[i], flips[i])`` of images ``pixels[i]`` at the images' own size."""
+    return crop_resize(pixels, boxes, flips, tuple(pixels.shape[-2:]))
+
+
+@torch.no_grad()
+def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator, group: h5py.Group,
+                batch_size: int, temperature: float) -> None:
+    n, num_classes = len(pixels), teacher.num_classes
+    device = next(teacher.model.parameters()).device
+    boxes, flips = draw_views(n, views, lcfg["scale"], lcfg["ratio"], lcfg["flip"], generator)
+    group.create_dataset("boxes", data=boxes.numpy())
+    group.create_dataset("flips", data=flips.numpy())
+    topk = lcfg["topk"]
+    width = topk or num_classes
+    dtype = np.float16 if lcfg["dtype"] == "float16" else np.float32
+    values = group.create_dataset("logits" if not topk else "topk_probs", (n, views, width), dtype=dtype,
+                                  chunks=(max(1, min(n, 256)), views, width), compression="gzip")
+    indices = group.create_dataset("topk_indices", (n, views, width), dtype=np.int16) if topk else None
+    mean_t = torch.tensor(teacher.mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(teacher.std, device=device).view(1, -1, 1, 1)
+    per_batch = max(1, batch_size // views)
+    for start in range(0, n, per_batch):
+        x = pixels[start : start + per_batch]
+        m = len(x)
+        rep = x.repeat_interleave(views, dim=0)
+        v = render_views(rep, boxes[start : start + m].reshape(-1, 4), flips[start : start + m].reshape(-1))
+        logits = teacher.model(((v.to(device) - mean_t) / std_t)).float().cpu().view(m, views, num_classes)
+        if topk:
+            probs = F.softmax(logits / temperature, dim=-1)
+            top = probs.topk(topk, dim=-1)
+            values[start : start + m] = top.values.numpy().astype(dtype)
+            indices[start : start + m] = top.indices.numpy().astype(np.int16)
+        else:
+            values[start : start + m] = logits.numpy().astype(dtype)
+
+
+def make_soft_labels(cfg: dict, teacher, dataset_path: Path, out: Path, log=print) -> dict:
+    lcfg = cfg["soft_labels"]
+    with sh.open_h5(dataset_path) as f:
+        attrs = sh.attrs_dict(f)
+    if attrs.get("format") != sh.DATASET_FORMAT:
+        raise DfnasError(f"{dataset_path}: not a dfnas synthetic dataset (make one with python -m dfnas.merge)")
+    if attrs.get("teacher_sha256") != teacher.checksum:
+        raise DfnasError(f"{dataset_path}: made with another teacher than {teacher.checksum[:12]}")
+    gen = torch.Generator().manual_seed(derived_seed(cfg["seed"], attrs.get("variant"), "soft_labels"))
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        sh.set_attrs(f, {
+            "format": LABELS_FORMAT, "variant": attrs.get("variant"), "views": lcfg["views"],
+            "scale": list(lcfg["scale"]), "ratio": list(lcfg["ratio"]), "flip": lcfg["flip"],
+            "topk": lcfg["topk"] or 0, "temperature": lcfg["temperature"], "dtype": lcfg["dtype"],
+            "teacher_sha256": teacher.checksum, "dataset_sha256": sha256_file(dataset_path),
+            "mean": list(teacher.mean), "std": list(teacher.std), "num_classes": teacher.num_classes,
+            "config_hash": config_hash({"seed": cfg["seed"], "soft_labels": lcfg}),
+        })
+        for split, views in (("train", lcfg["views"]), ("val", 1)):
+            pixels, _, _ = sh.load_split(dataset_path, split)
+            cache_split(teacher, pixels, views, lcfg, gen, f.create_group(split), lcfg["batch_size"],
+                        lcfg["temperature"])
+            log(f"cached {views} view(s) x {len(pixels)} {split} images")
+    return {"views": lcfg["views"]}
+
+
+class SoftLabelData:
+    """A synthetic split with its cached views: batches of ``(views, teacher_logits)`` with no teacher.
+
+    ``batches`` draws one cached view per image per pass from the generator; the views are pixel
+    images in [0, 1] (normalize them with ``mean``/``std``, the teacher's). In top-k mode the
+    returned "logits" are log-probabilities at the cache's temperature: use temperature 1 with them.
+    """
+
+    def __init__(self, dataset_path, labels_path, split: str = "train"):
+        self.pixels, self.arrays, self.attrs = sh.load_split(dataset_path, split)
+        with sh.open_h5(labels_path) as f:
+            if f.attrs.get("format") != LABELS_FORMAT:
+                raise DfnasError(f"{labels_path}: not a dfnas soft-label cache (make one with python -m dfnas.soft_labels)")
+            if f.attrs["dataset_sha256"] != sha256_file(dataset_path):
+                raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}")
+            self.label_attrs = sh.attrs_dict(f)
+            g = f[split]
+            self.boxes = torch.from_numpy(g["boxes"][...])
+            self.flips = torch.from_numpy(g["flips"][...])
+            self.topk = int(self.label_attrs["topk"])
+            if self.topk:
+                self.values = torch.from_numpy(g["topk_probs"][...].astype(np.float32))
+                self.indices = torch.from_numpy(g["topk_indices"][...].astype(np.int64))
+            else:
+                self.values = torch.from_numpy(g["logits"][...].astype(np.float32))
+        self.num_classes = int(self.label_attrs["num_classes"])
+        self.mean, self.std = self.label_attrs["mean"], self.label_attrs["std"]
+        if len(self.boxes) != len(self.pixels):
+            raise DfnasError(f"{labels_path}: {len(self.boxes)} cached images but {dataset_path} {split} has {len(self.pixels)}")
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def views(self) -> int:
+        return self.boxes.shape[1]
+
+    def logits(self, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        vals = self.values[idx, view]
+        if not self.topk:
+            return vals
+        probs = torch.zeros(len(idx), self.num_classes)
+        rest = (1 - vals.sum(1, keepdim=True)).clamp(min=0) / max(1, self.num_classes - self.topk)
+        probs += rest
+        probs.scatter_(1, self.indices[idx, view], vals)
+        return probs.clamp(min=1e-8).log()
+
+    def get(self, idx: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = render_views(self.pixels[idx], self.boxes[idx, view], self.flips[idx, view])
+        return x, self.logits(idx, view)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
+                drop_last: bool = False):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        view = torch.randint(0, self.views, (n,), generator=generator) if generator is not None else torch.zeros(n, dtype=torch.long)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.get(idx, view[idx])
+
+
+@cli_main
+def main(argv=None):
+    from dfnas.config import load_config
+    from dfnas.teacher import load_teacher
+
+    parser = argparse.ArgumentParser(prog="python -m dfnas.soft_labels", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
+    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
+    parser.add_argument("--teacher", required=True, help="the teacher file the dataset was made from")
+    parser.add_argument("--dataset", required=True, help="merged synthetic dataset (python -m dfnas.merge)")
+    parser.add_argument("--out", required=True, help="soft-label cache to write (HDF5)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.config_json)
+    set_threads(args.threads or cfg["threads"])
+    teacher = load_teacher(args.teacher, resolve_device(cfg["device"]))
+    make_soft_labels(cfg, teacher, Path(args.dataset), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
