@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 from dfnas import shards as sh
 from dfnas.errors import DfnasError, cli_main
-from dfnas.runtime import config_hash, resolve_device, set_threads, versions
+from dfnas.runtime import atomic_path, config_hash, resolve_device, set_threads, versions
 from dfnas.synthesis import Objective, Region, Schedule, noise_images, synthesize_batch
 from dfnas.train import format_seconds
 
@@ -165,8 +164,22 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
             f.flush()
             log(f"{variant} shard {shard}: round {r + 1}/{rounds} written, teacher agrees with the targets' class "
                 f"on {agree:.1%} of {n} images")
-    os.replace(partial, out)
+    _finalize(partial, out)
     return out
+
+
+def _finalize(partial: Path, out: Path) -> None:
+    """Write the complete shard afresh, so that its bytes depend on its content only (a resumed
+    shard equals an uninterrupted one), then drop the partial file."""
+    with sh.open_h5(partial) as src:
+        attrs = dict(src.attrs)
+        data = sh.read_group(src)
+    with atomic_path(out) as tmp, sh.open_h5(tmp, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        sh.create_group_datasets(f, attrs["input_shape"], int(attrs["num_classes"]), attrs["storage"])
+        sh.append(f, data)
+    partial.unlink()
 
 
 def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
