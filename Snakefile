@@ -36,4 +36,5 @@ rule all:
     input:
         f"{RESULTS}/teacher/eval.json",
         expand(f"{SYN}/{{variant}}/soft_labels.h5", variant=VARIANTS),
+        expand(f"{SYN}/{{variant}}/quality.json", variant=VARIANTS),
     default_target: True

@@ -395,6 +395,15 @@ def dataset_from_config(cfg: dict) -> NaturalData:
 # Batches
 
 
+def all_pixels(ds: Dataset, index=None) -> torch.Tensor:
+    """Every image of ``ds`` (or those in ``index``) as one float tensor in [0, 1]."""
+    if isinstance(ds, TensorImages):
+        images = ds.images if index is None else ds.images[torch.as_tensor(index)]
+        return images.float().div_(255)
+    index = range(len(ds)) if index is None else index
+    return torch.stack([ds[int(i)][0] for i in index])
+
+
 def iterate_batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator=None, num_workers: int = 0,
                     drop_last: bool = False):
     """Yield ``(images, labels)`` batches; in-memory datasets are sliced directly."""

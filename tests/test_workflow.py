@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 
+import h5py
 import pytest
 import torch
 
 from conftest import REPO
+from dfnas.config import load_config
 
 PRESETS = [REPO / "config.yaml", *sorted((REPO / "config").glob("*.yaml"))]
 
@@ -31,11 +33,34 @@ def planned_jobs(output: str) -> dict:
     return jobs
 
 
+def planned_inputs(output: str) -> dict:
+    """rule name -> list of the input lists of its planned jobs, from ``snakemake -n`` output."""
+    inputs, rule = {}, None
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif rule and line.strip().startswith("input:"):
+            inputs.setdefault(rule, []).append(line.split(":", 1)[1].strip())
+    return inputs
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_dry_run_of_every_preset(preset, tmp_path):
+    cfg = load_config(preset)
+    variants, shards = len(cfg["synthesis"]["variants"]), cfg["synthesis"]["shards"]
     result = snakemake("-n", "--configfile", str(preset), cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert planned_jobs(result.stdout) == {"data": 1, "teacher": 1, "teacher_eval": 1, "all": 1}
+    assert planned_jobs(result.stdout) == {
+        "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
+        "soft_labels": variants, "synthesis_quality": variants, "all": 1,
+    }
+    # The synthetic branch takes no natural-data input: only the teacher and its own files.
+    inputs = planned_inputs(result.stdout)
+    for rule in ("synthesize", "merge", "soft_labels"):
+        assert len(inputs[rule]) == (variants * shards if rule == "synthesize" else variants)
+        for listed in inputs[rule]:
+            assert "/data/" not in listed and "teacher/teacher.pt" in listed, (rule, listed)
+    assert all("data/dataset.json" in listed for listed in inputs["synthesis_quality"])
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -71,6 +96,25 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert obj["format"] == "dfnas-teacher" and "fc.weight" in obj["state_dict"]
     assert "epoch 3/3" in (out / "logs" / "teacher.log").read_text()
     assert (out / "benchmarks" / "teacher.tsv").read_text().startswith("s\t")
+
+    # Synthesis: 2 variants x 2 shards x 2 rounds x 20 images, merged with 1 val image per class.
+    for variant in ("full", "noise"):
+        syn = out / "synthesis" / variant
+        with h5py.File(syn / "dataset.h5") as f:
+            assert f.attrs["variant"] == variant and f.attrs["teacher_sha256"] == meta["weights_sha256"]
+            assert f["train/images"].shape[0] + f["val/images"].shape[0] == 40
+            assert f["val/labels"].shape[0] <= 10
+            assert sorted(set(f["train/round"][...].tolist())) == [0, 1]
+        with h5py.File(syn / "soft_labels.h5") as f:
+            assert f["train/logits"].shape[1:] == (3, 10) and f["val/logits"].shape[1:] == (1, 10)
+        q = json.loads((syn / "quality.json").read_text())
+        assert q["variant"] == variant and q["images"] == 40
+        assert [r["round"] for r in q["rounds"]] == [0, 1]
+        assert 0 <= q["student"]["synthetic_top1"] <= 1 and q["student"]["recipe"]["steps"] == 20
+        assert not list(syn.glob("*.partial"))
+    full = json.loads((out / "synthesis" / "full" / "quality.json").read_text())
+    # Round 1 is optimized for the teacher's soft outputs, so its targets carry entropy; round 0's are one-hot.
+    assert full["rounds"][0]["target_entropy"] == 0 and full["rounds"][1]["target_entropy"] > 0
 
     again = snakemake("--cores", "2", "--configfile", str(REPO / "config/smoke.yaml"), cwd=tmp_path)
     assert again.returncode == 0

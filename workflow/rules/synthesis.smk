@@ -81,3 +81,24 @@ rule soft_labels:
     shell:
         "python -m dfnas.soft_labels --config-json {params.cfg:q} --teacher {input.teacher}"
         " --dataset {input.dataset} --out {output} --threads {threads} 2>&1 | tee {log}"
+
+
+rule synthesis_quality:
+    input:
+        teacher=rules.teacher.output.teacher,
+        dataset=rules.merge.output.dataset,
+        natural=rules.data.output[0],
+    output:
+        f"{SYN}/{{variant}}/quality.json",
+    params:
+        cfg=stage_config("data", "quality"),
+    log:
+        f"{LOGS}/synthesis_quality/{{variant}}.log",
+    benchmark:
+        f"{BENCH}/synthesis_quality/{{variant}}.tsv"
+    threads: config["threads"]
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.synthesis_quality --config-json {params.cfg:q} --teacher {input.teacher}"
+        " --dataset {input.dataset} --out {output} --threads {threads} 2>&1 | tee {log}"
