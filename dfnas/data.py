@@ -13,7 +13,6 @@ synthesis, which works in the teacher's normalized space, and training share one
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import pickle
 import struct
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dfnas.errors import DfnasError, cli_main
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
 
 SYSTEM_DATASETS = Path("/usr/share/datasets")
 
@@ -428,17 +428,14 @@ def iterate_batches(ds: Dataset, batch_size: int, shuffle: bool = False, generat
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config
     from dfnas.runtime import write_json
 
-    parser = argparse.ArgumentParser(prog="python -m dfnas.data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
+    parser = stage_parser("data", __doc__, threads=False)
     parser.add_argument("--name", help="dataset name (overrides data.name)")
     parser.add_argument("--root", help="data folder (overrides data.root)")
     parser.add_argument("--out", help="write the dataset description JSON here")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
+    cfg = stage_config(args)
     if args.name:
         cfg["data"]["name"] = args.name
     if args.root:

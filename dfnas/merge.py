@@ -12,14 +12,14 @@ samples per class (rows) and round (column groups) is written beside the dataset
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dfnas import shards as sh
-from dfnas.errors import DfnasError, cli_main
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
 from dfnas.runtime import atomic_path
 
 
@@ -114,20 +114,15 @@ def sample_grid(data: dict, num_classes: int, out: Path, per_cell: int = 4) -> N
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config
     from dfnas.teacher import load_teacher
 
-    parser = argparse.ArgumentParser(prog="python -m dfnas.merge", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
-    parser.add_argument("--teacher", required=True, help="the teacher file the shards were made from")
+    parser = stage_parser("merge", __doc__, teacher="the teacher file the shards were made from", threads=False)
     parser.add_argument("--variant", help="refuse shards of any other variant")
     parser.add_argument("--shards", nargs="+", required=True, help="shard files (HDF5)")
     parser.add_argument("--out", required=True, help="merged dataset (HDF5)")
     parser.add_argument("--grid", help="PNG of samples per class and round")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
+    cfg = stage_config(args)
     teacher = load_teacher(args.teacher)
     result = merge(args.shards, teacher.checksum, cfg["synthesis"]["val_per_class"],
                    cfg["seed"], Path(args.out), args.variant)

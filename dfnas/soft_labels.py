@@ -14,7 +14,6 @@ View 0 of every image is the identity (whole image, no flip); the validation spl
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import h5py
@@ -23,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from dfnas import shards as sh
-from dfnas.errors import DfnasError, cli_main
-from dfnas.runtime import atomic_path, config_hash, resolve_device, set_threads, sha256_file
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import atomic_path, config_hash, resolve_device, sha256_file
 from dfnas.synthesis import crop_resize, random_boxes
 from dfnas.synthesize import derived_seed
 
@@ -106,15 +106,17 @@ def make_soft_labels(cfg: dict, teacher, dataset_path: Path, out: Path, log=prin
     return {"views": lcfg["views"]}
 
 
-class SoftLabelData:
-    """A synthetic split with its cached views: batches of ``(views, teacher_logits)`` with no teacher.
+class SoftLabelData(torch.utils.data.Dataset):
+    """A synthetic split with its cached views: ``(view, teacher_logits)`` pairs with no teacher.
 
-    ``batches`` draws one cached view per image per pass from the generator; the views are pixel
-    images in [0, 1] (normalize them with ``mean``/``std``, the teacher's). In top-k mode the
-    returned "logits" are log-probabilities at the cache's temperature: use temperature 1 with them.
+    ``batches`` draws one cached view per image per pass from the generator (the fast path for
+    in-memory sets); as a torch Dataset, item ``i`` is image i's view chosen for the current
+    epoch (``set_epoch``). Views are pixel images in [0, 1] (normalize them with ``mean``/``std``,
+    the teacher's). In top-k mode the returned "logits" are log-probabilities at the cache's
+    temperature: use temperature 1 with them.
     """
 
-    def __init__(self, dataset_path, labels_path, split: str = "train"):
+    def __init__(self, dataset_path, labels_path, split: str = "train", seed: int = 0):
         self.pixels, self.arrays, self.attrs = sh.load_split(dataset_path, split)
         with sh.open_h5(labels_path) as f:
             if f.attrs.get("format") != LABELS_FORMAT:
@@ -135,6 +137,17 @@ class SoftLabelData:
         self.mean, self.std = self.label_attrs["mean"], self.label_attrs["std"]
         if len(self.boxes) != len(self.pixels):
             raise DfnasError(f"{labels_path}: {len(self.boxes)} cached images but {dataset_path} {split} has {len(self.pixels)}")
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose, for every image, which cached view ``__getitem__`` replays in this epoch."""
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, "views", epoch))
+        self.epoch_views = torch.randint(0, self.views, (len(self),), generator=gen)
+
+    def __getitem__(self, i):
+        x, logits = self.get(torch.tensor([i]), self.epoch_views[i : i + 1])
+        return x[0], logits[0]
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -170,20 +183,13 @@ class SoftLabelData:
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config
     from dfnas.teacher import load_teacher
 
-    parser = argparse.ArgumentParser(prog="python -m dfnas.soft_labels", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
-    parser.add_argument("--teacher", required=True, help="the teacher file the dataset was made from")
+    parser = stage_parser("soft_labels", __doc__, teacher="the teacher file the dataset was made from")
     parser.add_argument("--dataset", required=True, help="merged synthetic dataset (python -m dfnas.merge)")
     parser.add_argument("--out", required=True, help="soft-label cache to write (HDF5)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
-    set_threads(args.threads or cfg["threads"])
+    cfg = stage_config(args)
     teacher = load_teacher(args.teacher, resolve_device(cfg["device"]))
     make_soft_labels(cfg, teacher, Path(args.dataset), Path(args.out))
 

@@ -18,7 +18,6 @@ This is an evaluation stage: it reads the natural test split, unlike the synthet
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas import shards as sh
-from dfnas.errors import DfnasError, cli_main
-from dfnas.runtime import resolve_device, seed_everything, set_threads, versions, write_json
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import resolve_device, seed_everything, versions, write_json
 from dfnas.synthesis import crop_resize, random_boxes
 from dfnas.train import Normalize, format_seconds, lr_at
 
@@ -220,20 +220,13 @@ def quality(cfg: dict, teacher, dataset_path: Path, log=print) -> dict:
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config
     from dfnas.teacher import load_teacher
 
-    parser = argparse.ArgumentParser(prog="python -m dfnas.synthesis_quality", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
-    parser.add_argument("--teacher", required=True, help="the teacher file the dataset was made from")
+    parser = stage_parser("synthesis_quality", __doc__, teacher="the teacher file the dataset was made from")
     parser.add_argument("--dataset", required=True, help="merged synthetic dataset (python -m dfnas.merge)")
     parser.add_argument("--out", required=True, help="quality JSON to write")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
-    set_threads(args.threads or cfg["threads"])
+    cfg = stage_config(args)
     teacher = load_teacher(args.teacher, resolve_device(cfg["device"]))
     write_json(args.out, quality(cfg, teacher, Path(args.dataset)))
 

@@ -21,7 +21,6 @@ Variants (``synthesis.variants``), so that the paper's ablation runs from one co
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from dfnas import shards as sh
-from dfnas.errors import DfnasError, cli_main
-from dfnas.runtime import atomic_path, config_hash, resolve_device, set_threads, versions
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import atomic_path, config_hash, resolve_device, versions
 from dfnas.synthesis import Objective, Region, Schedule, noise_images, synthesize_batch
 from dfnas.train import format_seconds
 
@@ -213,22 +213,15 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config
     from dfnas.teacher import load_teacher
 
-    parser = argparse.ArgumentParser(prog="python -m dfnas.synthesize", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Variants: " + ", ".join(VARIANTS))
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
-    parser.add_argument("--teacher", required=True, help="teacher file written by python -m dfnas.teacher")
+    parser = stage_parser("synthesize", __doc__, teacher="teacher file written by python -m dfnas.teacher",
+                          epilog="Variants: " + ", ".join(VARIANTS))
     parser.add_argument("--variant", required=True, choices=VARIANTS)
     parser.add_argument("--shard", type=int, default=0, help="shard index, 0 .. synthesis.shards-1")
     parser.add_argument("--out", required=True, help="shard file to write (HDF5)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
-    set_threads(args.threads or cfg["threads"])
+    cfg = stage_config(args)
     device = resolve_device(cfg["device"])
     teacher = load_teacher(args.teacher, device)
     run_shard(cfg, teacher, args.variant, args.shard, Path(args.out))

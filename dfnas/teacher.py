@@ -17,7 +17,6 @@ checksum of the weights; ``teacher.json`` beside it repeats the metadata for peo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import tempfile
 import time
@@ -28,10 +27,11 @@ import torch
 from torch import nn
 
 from dfnas.download import download_file
-from dfnas.errors import DfnasError, cli_main
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
 from dfnas.models import build_model
-from dfnas.runtime import (config_hash, resolve_device, save_torch, seed_everything, set_threads, sha256_file,
-                           sha256_state_dict, versions, write_json)
+from dfnas.runtime import (config_hash, resolve_device, save_torch, seed_everything, sha256_file, sha256_state_dict,
+                           versions, write_json)
 
 TEACHER_FORMAT = "dfnas-teacher"
 TEACHER_FORMAT_VERSION = 1
@@ -340,25 +340,21 @@ def dataset_info(cfg: dict, dataset_json=None) -> dict:
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config, validate_config
+    from dfnas.config import validate_config
 
-    parser = argparse.ArgumentParser(prog="python -m dfnas.teacher", description=__doc__.split("\n\n")[0],
-                                     epilog="Sources: train | file:<path> | url:<address> | torchvision:<model>:<weights>")
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
+    parser = stage_parser("teacher", __doc__,
+                          epilog="Sources: train | file:<path> | url:<address> | torchvision:<model>:<weights>")
     parser.add_argument("--source", help="overrides teacher.source")
     parser.add_argument("--sha256", help="overrides teacher.sha256")
     parser.add_argument("--dataset-json", help="dataset description written by python -m dfnas.data")
     parser.add_argument("--out", required=True, help="teacher file to write (metadata goes to the same name .json)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
+    cfg = stage_config(args)
     if args.source:
         cfg["teacher"]["source"] = args.source
     if args.sha256:
         cfg["teacher"]["sha256"] = args.sha256
     validate_config(cfg)
-    set_threads(args.threads or cfg["threads"])
     info = dataset_info(cfg, args.dataset_json)
     make_teacher(cfg, info, Path(args.out))
 

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from dfnas.errors import DfnasError, cli_main
-from dfnas.runtime import resolve_device, set_threads, versions, write_json
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import resolve_device, versions, write_json
 
 
 def evaluate_teacher(cfg: dict, teacher_path, log=print) -> dict:
@@ -56,17 +56,10 @@ def evaluate_teacher(cfg: dict, teacher_path, log=print) -> dict:
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m dfnas.teacher_eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
-    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
-    parser.add_argument("--teacher", required=True, help="teacher file written by python -m dfnas.teacher")
+    parser = stage_parser("teacher_eval", __doc__, teacher="teacher file written by python -m dfnas.teacher")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.config_json)
-    set_threads(args.threads or cfg["threads"])
+    cfg = stage_config(args)
     write_json(args.out, evaluate_teacher(cfg, args.teacher))
 
 

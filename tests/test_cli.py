@@ -5,7 +5,8 @@ import yaml
 
 from conftest import run_cli
 
-STAGES = ["dfnas.data", "dfnas.teacher", "dfnas.teacher_eval"]
+STAGES = ["dfnas.data", "dfnas.teacher", "dfnas.teacher_eval", "dfnas.synthesize", "dfnas.merge", "dfnas.soft_labels",
+          "dfnas.synthesis_quality"]
 
 
 @pytest.mark.parametrize("module", STAGES)

@@ -334,6 +334,14 @@ def test_cached_soft_labels_equal_a_fresh_teacher_pass(two_shards, teacher, tmp_
     assert val.views == 1
     batches = list(data.batches(5, torch.Generator().manual_seed(0)))
     assert sum(len(b[0]) for b in batches) == len(data)
+    # As a torch Dataset: item i is its epoch's cached view, with that view's logits.
+    data.set_epoch(3)
+    xi, li = data[2]
+    k = data.epoch_views[2].item()
+    xe, le = data.get(torch.tensor([2]), torch.tensor([k]))
+    assert torch.equal(xi, xe[0]) and torch.equal(li, le[0])
+    loader = torch.utils.data.DataLoader(data, batch_size=7)
+    assert sum(len(y) for _, y in loader) == len(data)
 
 
 def test_soft_labels_refuse_a_changed_dataset(two_shards, teacher, tmp_path):

@@ -1,0 +1,53 @@
+"""Command-line plumbing shared by every stage: one argument shape, one-line errors.
+
+Every ``python -m dfnas.<stage>`` takes ``--config FILE`` (what a person passes) or
+``--config-json TEXT`` (what a Snakemake rule passes: only the sections the stage reads), and,
+where it trains or runs a network, ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+from dfnas.errors import DfnasError
+
+
+def cli_main(func):
+    """Wrap a ``main(argv=None)`` so that a `DfnasError` becomes ``dfnas: error: <message>`` and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(argv=None):
+        try:
+            return func(argv)
+        except DfnasError as exc:
+            print(f"dfnas: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def stage_parser(module: str, doc: str, teacher: str | None = None, threads: bool = True,
+                 epilog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m dfnas.<module>``, with the arguments every stage shares."""
+    parser = argparse.ArgumentParser(prog=f"python -m dfnas.{module}", description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+    parser.add_argument("--config", help="config YAML/JSON file (validated; defaults filled)")
+    parser.add_argument("--config-json", help="config as a JSON string (what the Snakemake rules pass)")
+    if teacher:
+        parser.add_argument("--teacher", required=True, help=teacher)
+    if threads:
+        parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: config threads)")
+    return parser
+
+
+def stage_config(args) -> dict:
+    """The validated config of a parsed command line; sets the thread count when the stage has one."""
+    from dfnas.config import load_config
+    from dfnas.runtime import set_threads
+
+    cfg = load_config(args.config, args.config_json)
+    if hasattr(args, "threads"):
+        set_threads(args.threads or cfg["threads"])
+    return cfg
