@@ -239,7 +239,7 @@ def _from_torchvision(value: str, info: dict) -> tuple[nn.Module, dict]:
     return model, meta
 
 
-def _train_standin(cfg: dict, log) -> tuple[nn.Module, dict, dict]:
+def _train_standin(cfg: dict, log, checkpoint: Path) -> tuple[nn.Module, dict, dict]:
     from dfnas.data import dataset_from_config
     from dfnas.train import Recipe, evaluate, train_classifier
 
@@ -256,18 +256,17 @@ def _train_standin(cfg: dict, log) -> tuple[nn.Module, dict, dict]:
         f"{data.info.name} images, {recipe.epochs} epochs, device {device}")
     t0 = time.time()
     history = train_classifier(model, data.train, recipe, device, cfg["seed"], info["mean"], info["std"], log=log,
-                               num_workers=cfg["data"]["workers"])
+                               num_workers=cfg["data"]["workers"], checkpoint=checkpoint)
     seconds = time.time() - t0
     final = evaluate(model, data.test, device, info["mean"], info["std"], cfg["teacher"]["eval_batch_size"],
                      cfg["data"]["workers"])
     log(f"stand-in teacher: test top-1 {final['top1']:.4f} after {seconds:.0f} s")
     model.cpu()
-    # Timings stay out of the teacher file so that the same config and seed give the same bytes.
-    train_record = {"recipe": recipe.to_dict(), "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
-                    "test_top1": final["top1"]}
-    meta = {"arch": arch["name"], "arch_kwargs": kwargs, "normalization": {"mean": info["mean"], "std": info["std"]},
-            "train": train_record}
-    return model, meta, {"train_seconds": seconds, "train_device": str(device)}
+    # The training record goes to teacher.json only: the teacher file's bytes then depend on the
+    # weights and the config alone (a resumed training writes the same file as an uninterrupted one).
+    train_record = {"recipe": recipe.to_dict(), "history": history, "test_top1": final["top1"]}
+    meta = {"arch": arch["name"], "arch_kwargs": kwargs, "normalization": {"mean": info["mean"], "std": info["std"]}}
+    return model, meta, {"train": train_record, "train_seconds": seconds, "train_device": str(device)}
 
 
 def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
@@ -277,9 +276,10 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
     kind, value = parse_source(tcfg["source"])
     extra: dict = {}
     source_sha = None
+    checkpoint = out.with_name(out.name + ".ckpt")
     with contextlib.ExitStack() as stack:
         if kind == "train":
-            model, meta, extra = _train_standin(cfg, log)
+            model, meta, extra = _train_standin(cfg, log, checkpoint)
         elif kind == "torchvision":
             model, meta = _from_torchvision(value, info)
         else:
@@ -319,6 +319,7 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
         "versions": versions(),
     }
     file_sha = save_torch({**record, "state_dict": state_dict}, out)
+    checkpoint.unlink(missing_ok=True)  # kept until now so that a killed training resumes
     write_json(out.with_suffix(".json"), {**record, "file_sha256": file_sha, **extra})
     log(f"teacher written to {out} (weights sha256 {record['weights_sha256'][:12]}, {record['parameters']:,} parameters)")
     return record

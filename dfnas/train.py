@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dfnas.data import iterate_batches
+from dfnas.runtime import config_hash, save_torch
 
 
 @dataclass
@@ -99,10 +101,14 @@ def format_seconds(s: float) -> str:
 
 
 def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: int, mean, std,
-                     test_set=None, log=print, num_workers: int = 0, eval_batch_size: int = 500) -> list[dict]:
+                     test_set=None, log=print, num_workers: int = 0, eval_batch_size: int = 500,
+                     checkpoint=None) -> list[dict]:
     """Train ``model`` in place with cross-entropy on ``train_set``; return the per-epoch history.
 
-    Prints one line per epoch with the loss, accuracy, learning rate and the ETA.
+    Prints one line per epoch with the loss, accuracy, learning rate and the ETA. With
+    ``checkpoint`` (a path), the state after every epoch is saved there, and a run that finds a
+    checkpoint of the same model, recipe, seed and data size resumes from it: on the CPU it ends
+    with the same weights as an uninterrupted run. The caller deletes the checkpoint when done.
     """
     model.to(device)
     norm = Normalize(mean, std).to(device)
@@ -117,8 +123,20 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
     total = recipe.epochs * steps_per_epoch
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
-    history, step, t0 = [], 0, time.time()
-    for epoch in range(recipe.epochs):
+    history, step, t0, start = [], 0, time.time(), 0
+    fingerprint = config_hash({"recipe": recipe.to_dict(), "seed": seed, "n": len(train_set),
+                               "shapes": [list(p.shape) for p in model.state_dict().values()]})
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            history, step, start = state["history"], state["step"], state["epoch"]
+            log(f"resuming from {checkpoint} after epoch {start}")
+        else:
+            log(f"ignoring {checkpoint}: it belongs to another model, recipe or dataset")
+    for epoch in range(start, recipe.epochs):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in iterate_batches(train_set, recipe.batch_size, shuffle=True, generator=gen, num_workers=num_workers):
@@ -142,7 +160,10 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
         if test_set is not None:
             row["test_top1"] = evaluate(model, test_set, device, mean, std, eval_batch_size, num_workers)["top1"]
         history.append(row)
-        eta = (time.time() - t0) / (epoch + 1) * (recipe.epochs - epoch - 1)
+        if checkpoint is not None:
+            save_torch({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(), "history": history, "step": step, "epoch": epoch + 1}, checkpoint)
+        eta = (time.time() - t0) / (epoch + 1 - start) * (recipe.epochs - epoch - 1)
         extra = f" test {row['test_top1']:.4f}" if "test_top1" in row else ""
         log(f"epoch {epoch + 1}/{recipe.epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.4f}{extra}"
             f"  lr {row['lr']:.4g}  elapsed {format_seconds(row['seconds'])}  eta {format_seconds(eta)}")

@@ -221,3 +221,24 @@ def test_load_teacher_detects_tampered_weights(trained, tmp_path):
 def test_missing_file_source(base_config, info, tmp_path):
     with pytest.raises(DfnasError, match="file /does/not/exist.pt does not exist"):
         make_teacher(with_teacher(base_config, source="file:/does/not/exist.pt"), info, tmp_path / "t.pt")
+
+
+def test_killed_training_resumes_from_its_last_epoch(trained, base_config, info, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(msg):
+        if msg.startswith("epoch 2/4"):
+            raise Killed
+
+    out = tmp_path / "killed" / "teacher.pt"
+    with pytest.raises(Killed):
+        make_teacher(base_config, info, out, log=kill_after_epoch_2)
+    checkpoint = out.with_name("teacher.pt.ckpt")
+    assert checkpoint.exists() and not out.exists()
+    messages = []
+    make_teacher(base_config, info, out, log=messages.append)
+    assert f"resuming from {checkpoint} after epoch 2" in messages
+    assert [m[:9] for m in messages if m.startswith("epoch")] == ["epoch 3/4", "epoch 4/4"]
+    assert sha256_file(out) == sha256_file(trained)
+    assert not checkpoint.exists()
