@@ -53,9 +53,7 @@ class BNStatsHook:
     def _hook(self, i):
         def hook(module, inputs, output):
             x = inputs[0]
-            dims = [0] + list(range(2, x.ndim))
-            mean = x.mean(dim=dims)
-            var = x.var(dim=dims, unbiased=False)
+            var, mean = torch.var_mean(x, dim=[0] + list(range(2, x.ndim)), correction=0)
             self.terms[i] = torch.linalg.vector_norm(mean - module.running_mean, 2) + torch.linalg.vector_norm(
                 var - module.running_var, 2)
 

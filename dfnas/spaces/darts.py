@@ -1,0 +1,241 @@
+"""The DARTS cell search space (Liu, Simonyan, Yang, ICLR 2019) as data plus builders.
+
+A cell has two inputs (the outputs of the two previous cells), ``steps`` intermediate nodes and
+one output (the concatenation of the intermediate nodes). Node i takes every earlier node as an
+input through an edge that, in the search network, mixes the eight operations with softmax weights
+(``MixedOp``) and, in the derived network, keeps the two strongest non-``none`` inputs with their
+strongest operation (a ``Genotype``). Reduction cells (at 1/3 and 2/3 of the depth) apply stride 2
+on the edges from the cell inputs and double the channels.
+
+Every builder takes the same arguments: input channels and resolution, classes, cells, initial
+channels; paper size (20 cells, 36 channels, 32x32x3) and laptop size are the same code.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+
+# The genotype found by second-order DARTS on CIFAR-10 (the paper's "DARTS (second order)" cell).
+DARTS_V2 = Genotype(
+    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+
+def genotype_to_dict(g: Genotype) -> dict:
+    return {"normal": [list(e) for e in g.normal], "normal_concat": list(g.normal_concat),
+            "reduce": [list(e) for e in g.reduce], "reduce_concat": list(g.reduce_concat)}
+
+
+def genotype_from_dict(d: dict) -> Genotype:
+    return Genotype([tuple(e) for e in d["normal"]], list(d["normal_concat"]),
+                    [tuple(e) for e in d["reduce"]], list(d["reduce_concat"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Operations
+
+
+class ReLUConvBN(nn.Sequential):
+    def __init__(self, c_in, c_out, kernel, stride, padding, affine=True):
+        super().__init__(nn.ReLU(inplace=False), nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
+                         nn.BatchNorm2d(c_out, affine=affine))
+
+
+class DilConv(nn.Sequential):
+    """ReLU, depthwise (dilated) conv, pointwise conv, BatchNorm."""
+
+    def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked depthwise-separable convolutions (the first carries the stride)."""
+
+    def __init__(self, c_in, c_out, kernel, stride, padding, affine=True):
+        super().__init__(DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
+                         DilConv(c_in, c_out, kernel, 1, padding, 1, affine))
+
+
+class Zero(nn.Module):
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        return x.mul(0.0) if self.stride == 1 else x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two offset 1x1 stride-2 convolutions, concatenated."""
+
+    def __init__(self, c_in, c_out, affine=True):
+        super().__init__()
+        if c_out % 2:
+            raise ValueError("FactorizedReduce needs an even number of output channels")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))  # keeps odd sizes aligned with conv_1
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+def make_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
+    if name == "none":
+        return Zero(stride)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+    if name == "max_pool_3x3":
+        return nn.MaxPool2d(3, stride=stride, padding=1)
+    if name == "skip_connect":
+        return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
+    if name == "sep_conv_3x3":
+        return SepConv(c, c, 3, stride, 1, affine)
+    if name == "sep_conv_5x5":
+        return SepConv(c, c, 5, stride, 2, affine)
+    if name == "dil_conv_3x3":
+        return DilConv(c, c, 3, stride, 2, 2, affine)
+    if name == "dil_conv_5x5":
+        return DilConv(c, c, 5, stride, 4, 2, affine)
+    raise ValueError(f"unknown DARTS operation {name!r}")
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of a path with probability ``drop_prob`` (scaling the kept ones)."""
+    if drop_prob <= 0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+# --------------------------------------------------------------------------------------------
+# Derived (discrete) network
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype: Genotype, c_pp, c_p, c, reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.preprocess0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0)
+        edges = genotype.reduce if reduction else genotype.normal
+        self.concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        if len(edges) % 2:
+            raise ValueError("a genotype lists two inputs per node")
+        self.steps = len(edges) // 2
+        self.ops = nn.ModuleList()
+        self.inputs = []
+        for name, index in edges:
+            stride = 2 if reduction and index < 2 else 1
+            self.ops.append(make_op(name, c, stride, True))
+            self.inputs.append(index)
+        self.multiplier = len(self.concat)
+
+    def forward(self, s0, s1, drop_prob: float = 0.0):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self.steps):
+            outs = []
+            for k in (2 * i, 2 * i + 1):
+                op = self.ops[k]
+                h = op(states[self.inputs[k]])
+                if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
+                    h = drop_path(h, drop_prob)
+                outs.append(h)
+            states.append(outs[0] + outs[1])
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """The auxiliary classifier of the derived network, on the features at 2/3 of the depth (8x8 at 32 px)."""
+
+    def __init__(self, c, num_classes, resolution: int):
+        super().__init__()
+        pool_stride = max(1, resolution - 5)  # 8x8 -> 2x2 as in DARTS; smaller inputs pool less
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
+            nn.Conv2d(c, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class DartsNetwork(nn.Module):
+    """The derived network: ``cells`` cells of ``genotype`` with reductions at 1/3 and 2/3 depth."""
+
+    def __init__(self, genotype: Genotype, in_channels: int = 3, resolution: int = 32, num_classes: int = 10,
+                 cells: int = 20, channels: int = 36, auxiliary: bool = False, stem_multiplier: int = 3):
+        super().__init__()
+        self.cells_count = cells
+        self.auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        c_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_pp, c_p, c_curr = c_curr, c_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        self.aux_index = 2 * cells // 3
+        res = resolution
+        aux_c, aux_res = None, None
+        for i in range(cells):
+            reduction = i in (cells // 3, 2 * cells // 3)
+            if reduction:
+                c_curr *= 2
+                res = (res + 1) // 2
+            cell = Cell(genotype, c_pp, c_p, c_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            c_pp, c_p = c_p, cell.multiplier * c_curr
+            if i == self.aux_index:
+                aux_c, aux_res = c_p, res
+        self.aux_head = AuxiliaryHead(aux_c, num_classes, aux_res) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.aux_head is not None and self.training:
+                aux = self.aux_head(s1)
+        logits = self.classifier(torch.flatten(self.global_pooling(s1), 1))
+        return (logits, aux) if self.training and self.aux_head is not None else logits
