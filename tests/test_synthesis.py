@@ -294,7 +294,7 @@ def test_merge_rejects_nan_and_foreign_shards(two_shards, teacher, tmp_path):
 
 def test_merge_rejects_shards_of_different_configs(teacher, tmp_path):
     a = run_shard(syn_config(), teacher, "full", 0, tmp_path / "a.h5", log=quiet)
-    b = run_shard(syn_config(lr=0.1), teacher, "full", 1, tmp_path / "b.h5", log=quiet)
+    b = run_shard(syn_config(lr=0.05), teacher, "full", 1, tmp_path / "b.h5", log=quiet)
     with pytest.raises(DfnasError, match="config_hash .* differs from the other shards'"):
         merge([a, b], teacher.checksum, 1, 0, tmp_path / "d.h5")
 
