@@ -239,3 +239,114 @@ class DartsNetwork(nn.Module):
                 aux = self.aux_head(s1)
         logits = self.classifier(torch.flatten(self.global_pooling(s1), 1))
         return (logits, aux) if self.training and self.aux_head is not None else logits
+
+
+# --------------------------------------------------------------------------------------------
+# Search network: every edge a softmax-weighted mixture of the operations
+
+
+class MixedOp(nn.Module):
+    def __init__(self, c: int, stride: int):
+        super().__init__()
+        ops = []
+        for name in PRIMITIVES:
+            op = make_op(name, c, stride, affine=False)
+            if "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
+            ops.append(op)
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, x, weights):
+        return sum(w * op(x) for w, op in zip(weights, self.ops))
+
+
+class SearchCell(nn.Module):
+    def __init__(self, steps: int, multiplier: int, c_pp, c_p, c, reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.steps, self.multiplier = steps, multiplier
+        self.preprocess0 = (FactorizedReduce(c_pp, c, affine=False) if reduction_prev
+                            else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedOp(c, 2 if reduction and j < 2 else 1) for i in range(steps) for j in range(2 + i)
+        )
+
+    def forward(self, s0, s1, weights):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+def num_edges(steps: int) -> int:
+    return sum(2 + i for i in range(steps))
+
+
+class SearchNetwork(nn.Module):
+    """The one-shot network of the cell space, with architecture parameters ``alphas_normal`` and
+    ``alphas_reduce`` (one row of logits over `PRIMITIVES` per edge)."""
+
+    def __init__(self, in_channels: int = 3, resolution: int = 32, num_classes: int = 10, cells: int = 8,
+                 channels: int = 16, steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3):
+        super().__init__()
+        self.steps, self.multiplier = steps, multiplier
+        c_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_pp, c_p, c_curr = c_curr, c_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(cells):
+            reduction = i in (cells // 3, 2 * cells // 3)
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(steps, multiplier, c_pp, c_p, c_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, multiplier * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+        k = num_edges(steps)
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(PRIMITIVES)))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(PRIMITIVES)))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("alphas_")]
+
+    def forward(self, x):
+        w_normal = F.softmax(self.alphas_normal, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        return self.classifier(torch.flatten(self.global_pooling(s1), 1))
+
+    def genotype(self) -> Genotype:
+        return derive_genotype(F.softmax(self.alphas_normal, -1), F.softmax(self.alphas_reduce, -1), self.steps,
+                               self.multiplier)
+
+
+def derive_genotype(w_normal: torch.Tensor, w_reduce: torch.Tensor, steps: int = 4, multiplier: int = 4) -> Genotype:
+    """Per node, the two inputs whose strongest non-``none`` operation is strongest, with that operation."""
+    none = PRIMITIVES.index("none")
+
+    def parse(weights):
+        weights = weights.detach().cpu()
+        gene, start, n = [], 0, 2
+        for _ in range(steps):
+            w = weights[start : start + n].clone()
+            w[:, none] = -1.0
+            best = w.max(dim=1)
+            for j in sorted(range(n), key=lambda j: -best.values[j].item())[:2]:
+                gene.append((PRIMITIVES[int(best.indices[j])], j))
+            start += n
+            n += 1
+        return gene
+
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return Genotype(parse(w_normal), concat, parse(w_reduce), concat)
