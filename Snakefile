@@ -30,6 +30,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/synthesis.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:
@@ -37,4 +38,6 @@ rule all:
         f"{RESULTS}/teacher/eval.json",
         expand(f"{SYN}/{{variant}}/soft_labels.h5", variant=VARIANTS),
         expand(f"{SYN}/{{variant}}/quality.json", variant=VARIANTS),
+        expand(f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json",
+               algorithm=ALGORITHMS, source=SOURCES, seed=SEEDS),
     default_target: True

@@ -171,14 +171,17 @@ class SoftLabelData(torch.utils.data.Dataset):
         return x, self.logits(idx, view)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
-                drop_last: bool = False):
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        view = torch.randint(0, self.views, (n,), generator=generator) if generator is not None else torch.zeros(n, dtype=torch.long)
+                drop_last: bool = False, indices: torch.Tensor | None = None):
+        """``(views, logits)`` batches over ``indices`` (default: all images), one random cached
+        view per image (view 0, the whole image, without a generator)."""
+        indices = torch.arange(len(self)) if indices is None else torch.as_tensor(indices)
+        n = len(indices)
+        order = indices[torch.randperm(n, generator=generator)] if shuffle else indices
+        view = (torch.randint(0, self.views, (n,), generator=generator) if generator is not None
+                else torch.zeros(n, dtype=torch.long))
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            idx = order[start : start + batch_size]
-            yield self.get(idx, view[idx])
+            yield self.get(order[start : start + batch_size], view[start : start + batch_size])
 
 
 @cli_main

@@ -108,3 +108,30 @@ def run_cli(*args, cwd=None, timeout=600):
     """Run ``python -m ...`` the way a user or a rule does; return the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory):
+    """A real teacher file: a small ResNet whose BatchNorm layers saw some data (shared by the tests)."""
+    import torch
+
+    from dfnas.config import validate_config
+    from dfnas.models import build_model
+    from dfnas.teacher import dataset_info, make_teacher
+
+    root = tmp_path_factory.mktemp("data")
+    make_idx_dataset(root / "fashion-mnist", 100, 20)
+    cfg = validate_config({"device": "cpu", "data": {"root": str(root), "download": False},
+                           "teacher": {"arch": {"kwargs": {"depth": 8, "width": 4}}}})
+    torch.manual_seed(0)
+    model = build_model("resnet_cifar", depth=8, width=4, num_classes=10, in_channels=1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(32, 1, 28, 28) * 0.5 + 0.2)
+    bare = root / "bare.pt"
+    torch.save(model.state_dict(), bare)
+    out = root / "teacher.pt"
+    cfg["teacher"]["source"] = f"file:{bare}"
+    make_teacher(cfg, dataset_info(cfg), out, log=lambda *_: None)
+    return out

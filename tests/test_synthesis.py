@@ -16,11 +16,10 @@ from dfnas import shards as sh
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.merge import merge, sample_grid, stratified_split
-from dfnas.models import build_model
 from dfnas.soft_labels import SoftLabelData, make_soft_labels, render_views
 from dfnas.synthesis import BNStatsHook, Region, crop_resize, l2_prior, tv_losses
 from dfnas.synthesize import run_shard, shard_sizes
-from dfnas.teacher import dataset_info, load_teacher, make_teacher
+from dfnas.teacher import load_teacher
 
 SMALL = {"shards": 2, "images_per_round": 12, "rounds": 3, "batch_size": 6, "iterations_half": 2,
          "iterations_full": 3, "warmup": 1, "val_per_class": 1}
@@ -28,29 +27,6 @@ SMALL = {"shards": 2, "images_per_round": 12, "rounds": 3, "batch_size": 6, "ite
 
 def quiet(*_):
     pass
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    """A real teacher file: a small ResNet whose BatchNorm layers saw some data."""
-    from conftest import make_idx_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    make_idx_dataset(root / "fashion-mnist", 100, 20)
-    cfg = validate_config({"device": "cpu", "data": {"root": str(root), "download": False},
-                           "teacher": {"arch": {"kwargs": {"depth": 8, "width": 4}}}})
-    torch.manual_seed(0)
-    model = build_model("resnet_cifar", depth=8, width=4, num_classes=10, in_channels=1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(5):
-            model(torch.randn(32, 1, 28, 28) * 0.5 + 0.2)
-    bare = root / "bare.pt"
-    torch.save(model.state_dict(), bare)
-    out = root / "teacher.pt"
-    cfg["teacher"]["source"] = f"file:{bare}"
-    make_teacher(cfg, dataset_info(cfg), out, log=quiet)
-    return out
 
 
 @pytest.fixture

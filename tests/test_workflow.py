@@ -50,9 +50,11 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     variants, shards = len(cfg["synthesis"]["variants"]), cfg["synthesis"]["shards"]
     result = snakemake("-n", "--configfile", str(preset), cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
+    s = cfg["search"]
+    searches = len(s["algorithms"]) * len(s["sources"]) * len(s["seeds"])
     assert planned_jobs(result.stdout) == {
         "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
-        "soft_labels": variants, "synthesis_quality": variants, "all": 1,
+        "soft_labels": variants, "synthesis_quality": variants, "search": searches, "all": 1,
     }
     # The synthetic branch takes no natural-data input: only the teacher and its own files.
     inputs = planned_inputs(result.stdout)
@@ -61,6 +63,9 @@ def test_dry_run_of_every_preset(preset, tmp_path):
         for listed in inputs[rule]:
             assert "/data/" not in listed and "teacher/teacher.pt" in listed, (rule, listed)
     assert all("data/dataset.json" in listed for listed in inputs["synthesis_quality"])
+    synthetic_searches = [listed for listed in inputs["search"] if "synthesis/" in listed]
+    assert len(synthetic_searches) == searches - len(s["algorithms"]) * len(s["seeds"]) * ("natural" in s["sources"])
+    assert all("/data/" not in listed and "soft_labels.h5" in listed for listed in synthetic_searches)
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -112,6 +117,14 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert [r["round"] for r in q["rounds"]] == [0, 1]
         assert 0 <= q["student"]["synthetic_top1"] <= 1 and q["student"]["recipe"]["steps"] == 20
         assert not list(syn.glob("*.partial"))
+    for source in ("natural", "full"):
+        found = out / "search" / "darts" / source / "seed0"
+        arch = json.loads((found / "architecture.json").read_text())
+        assert arch["space"] == "darts" and arch["found_by"]["source"] == source
+        assert len(arch["choices"]["normal"]) == 8 and len(arch["choices"]["reduce"]) == 8
+        assert len((found / "history.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+        assert (found / "cells.png").read_bytes()[:4] == b"\x89PNG"
+        assert not (found / "checkpoint.pt").exists()
     full = json.loads((out / "synthesis" / "full" / "quality.json").read_text())
     # Round 1 is optimized for the teacher's soft outputs, so its targets carry entropy; round 0's are one-hot.
     assert full["rounds"][0]["target_entropy"] == 0 and full["rounds"][1]["target_entropy"] > 0

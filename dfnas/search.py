@@ -1,0 +1,325 @@
+"""The search stage: run a NAS algorithm on one data source with one seed.
+
+Data sources:
+    natural      cross-entropy on a class-balanced subset of the natural training split
+                 (``search.natural_images``), with crop and flip augmentation
+    <variant>    a synthesis variant (full, deepinversion, ...): distillation at temperature
+                 ``search.temperature`` from the cached soft labels of its training split, replaying
+                 the cached views; no teacher and no natural image in the loop
+
+The training data is split in half (seeded): one half trains the weights, the other the
+architecture. A checkpoint is written after every epoch: a killed search resumes from it and,
+on the CPU, ends with the same architecture as an uninterrupted one.
+
+Outputs (in ``--out-dir``): ``architecture.json`` (space, its arguments, the choices, how they were
+found), ``history.csv`` (per-epoch losses, accuracies and the softmax of the architecture
+parameters) and ``cells.png`` (the derived cells).
+
+    python -m dfnas.search --config config.yaml --algorithm darts --source full --seed 0 \\
+        --dataset results/default/synthesis/full/dataset.h5 --labels results/default/synthesis/full/soft_labels.h5 \\
+        --out-dir results/default/search/darts/full/seed0
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import config_hash, resolve_device, save_torch, seed_everything, versions, write_json
+from dfnas.train import Normalize, Recipe, augment_batch, format_seconds
+
+ALGORITHMS = ("darts",)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t / T) || softmax(s / T))``, averaged over the batch."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean") * temperature**2
+
+
+class SearchData:
+    """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
+
+    def __init__(self, cfg: dict, source: str, seed: int, dataset_path=None, labels_path=None):
+        scfg = cfg["search"]
+        self.source = source
+        self.synthetic = source != "natural"
+        gen = torch.Generator().manual_seed(seed)
+        if self.synthetic:
+            from dfnas.soft_labels import SoftLabelData
+
+            if not dataset_path or not labels_path:
+                raise DfnasError(f"source {source!r} needs --dataset and --labels (its synthetic set and soft labels)")
+            self.data = SoftLabelData(dataset_path, labels_path, "train", seed=seed)
+            n = len(self.data)
+            self.mean, self.std = self.data.mean, self.data.std
+            self.input_shape = tuple(self.data.pixels.shape[1:])
+            self.num_classes = self.data.num_classes
+        else:
+            from dfnas.data import all_pixels, dataset_from_config, stratified_subset
+
+            natural = dataset_from_config(cfg)
+            idx = stratified_subset(natural.train.targets, scfg["natural_images"], seed)
+            self.pixels = all_pixels(natural.train, idx)
+            self.labels = torch.as_tensor(np.asarray(natural.train.targets)[idx])
+            n = len(self.pixels)
+            self.mean, self.std = natural.info.mean, natural.info.std
+            self.input_shape = natural.info.input_shape
+            self.num_classes = natural.info.num_classes
+            self.recipe = Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"])
+        perm = torch.randperm(n, generator=gen)
+        half = int(n * scfg["train_portion"])
+        if half < 1 or half >= n:
+            raise DfnasError(f"search.train_portion {scfg['train_portion']} leaves an empty half of {n} images")
+        self.halves = (perm[:half], perm[half:])
+        self.images = n
+        self.temperature = scfg["temperature"]
+        self.norm = Normalize(self.mean, self.std)
+
+    def batches(self, half: int, batch_size: int, generator: torch.Generator):
+        idx = self.halves[half]
+        if self.synthetic:
+            for x, logits in self.data.batches(batch_size, generator, indices=idx, drop_last=len(idx) >= batch_size):
+                yield self.norm(x), logits
+            return
+        order = idx[torch.randperm(len(idx), generator=generator)]
+        stop = len(order) - len(order) % batch_size if len(order) >= batch_size else len(order)
+        for start in range(0, stop, batch_size):
+            b = order[start : start + batch_size]
+            yield self.norm(augment_batch(self.pixels[b], self.recipe, generator)), self.labels[b]
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return self.loss_from_logits(model(batch[0]), batch[1])
+
+    def loss_from_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Distillation from cached teacher logits (synthetic), or cross-entropy on labels (natural)."""
+        if self.synthetic:
+            return kd_loss(logits, target, self.temperature)
+        return F.cross_entropy(logits, target)
+
+    def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> float:
+        truth = target.argmax(1) if self.synthetic else target
+        return (logits.argmax(1) == truth).float().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# DARTS
+
+
+def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> dict:
+    from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, genotype_to_dict
+    from dfnas.strategies.darts import Architect
+
+    dcfg = cfg["search"]["darts"]
+    seed_everything(seed)
+    space_args = {"in_channels": data.input_shape[0], "resolution": data.input_shape[1],
+                  "num_classes": data.num_classes, "cells": dcfg["cells"], "channels": dcfg["channels"],
+                  "steps": dcfg["steps"], "multiplier": dcfg["multiplier"]}
+    model = SearchNetwork(**space_args).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=dcfg["lr"], momentum=dcfg["momentum"],
+                            weight_decay=dcfg["weight_decay"])
+
+    def loss_fn(m, batch):
+        return data.loss(m, tuple(t.to(device) for t in batch))
+
+    architect = Architect(model, loss_fn, lr=dcfg["arch_lr"], betas=dcfg["arch_betas"],
+                          weight_decay=dcfg["arch_weight_decay"], order=dcfg["order"],
+                          network_momentum=dcfg["momentum"], network_weight_decay=dcfg["weight_decay"])
+    epochs = dcfg["epochs"]
+    gen = torch.Generator().manual_seed(seed)
+    checkpoint = out_dir / "checkpoint.pt"
+    fingerprint = config_hash({"search": dcfg, "source": data.source, "seed": seed, "images": data.images,
+                               "temperature": data.temperature})
+    history, start = [], 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            w_opt.load_state_dict(state["w_opt"])
+            architect.optimizer.load_state_dict(state["a_opt"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start = state["history"], state["epoch"]
+            log(f"resuming from {checkpoint} after epoch {start}")
+        else:
+            log(f"ignoring {checkpoint}: it belongs to another search")
+    t0 = time.time()
+    for epoch in range(start, epochs):
+        lr = dcfg["lr_min"] + 0.5 * (dcfg["lr"] - dcfg["lr_min"]) * (1 + math.cos(math.pi * epoch / epochs))
+        for g in w_opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        sums = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "steps": 0}
+        for train_batch, val_batch in zip(data.batches(0, dcfg["batch_size"], gen), data.batches(1, dcfg["batch_size"], gen)):
+            train_batch = tuple(t.to(device) for t in train_batch)
+            val_batch = tuple(t.to(device) for t in val_batch)
+            if epoch >= dcfg["arch_warmup_epochs"]:
+                sums["arch_loss"] += architect.step(train_batch, val_batch, lr, w_opt)
+            logits = model(train_batch[0])
+            loss = data.loss_from_logits(logits, train_batch[1])
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.weight_parameters(), dcfg["grad_clip"])
+            w_opt.step()
+            sums["train_loss"] += loss.item()
+            sums["train_acc"] += data.accuracy(logits.detach(), train_batch[1])
+            sums["steps"] += 1
+        steps = max(1, sums["steps"])
+        val = evaluate_half(model, data, device, dcfg["batch_size"])
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["train_loss"] / steps,
+               "train_acc": sums["train_acc"] / steps, "arch_loss": sums["arch_loss"] / steps, **val}
+        for kind, alphas in (("normal", model.alphas_normal), ("reduce", model.alphas_reduce)):
+            probs = F.softmax(alphas.detach().cpu(), dim=-1)
+            for e in range(probs.shape[0]):
+                for k, name in enumerate(PRIMITIVES):
+                    row[f"alpha_{kind}_{e}_{name}"] = round(probs[e, k].item(), 6)
+        history.append(row)
+        save_torch({"fingerprint": fingerprint, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
+                    "a_opt": architect.optimizer.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}, checkpoint)
+        eta = (time.time() - t0) / (epoch + 1 - start) * (epochs - epoch - 1)
+        log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
+            f"  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}"
+            f"  elapsed {format_seconds(time.time() - t0)}  eta {format_seconds(eta)}")
+    genotype = model.genotype()
+    return {"space": "darts", "space_args": {k: space_args[k] for k in ("steps", "multiplier")},
+            "choices": genotype_to_dict(genotype), "history": history, "checkpoint": checkpoint,
+            "search_args": {k: space_args[k] for k in ("in_channels", "resolution", "num_classes", "cells", "channels")}}
+
+
+@torch.no_grad()
+def evaluate_half(model, data: SearchData, device, batch_size: int) -> dict:
+    """Loss and accuracy on the architecture half (whole images, no augmentation)."""
+    model.eval()
+    idx = data.halves[1]
+    total, acc, n = 0.0, 0.0, 0
+    for start in range(0, len(idx), batch_size):
+        b = idx[start : start + batch_size]
+        if data.synthetic:
+            x, target = data.data.get(b, torch.zeros_like(b))
+            x = data.norm(x)
+        else:
+            x, target = data.norm(data.pixels[b]), data.labels[b]
+        logits = model(x.to(device))
+        target = target.to(device)
+        total += data.loss_from_logits(logits, target).item() * len(b)
+        acc += data.accuracy(logits, target) * len(b)
+        n += len(b)
+    model.train()
+    return {"val_loss": total / n, "val_acc": acc / n}
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    from dfnas.runtime import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]) if history else ["epoch"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_darts_cells(choices: dict, path: Path) -> None:
+    """A PNG of the normal and reduction cells: inputs, intermediate nodes, output, labelled edges."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dfnas.runtime import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, kind in zip(axes, ("normal", "reduce")):
+        edges = choices[kind]
+        steps = len(edges) // 2
+        pos = {0: (0, 1.5), 1: (0, -1.5)}
+        for i in range(steps):
+            pos[i + 2] = (2 + 2 * i, (1.8, 0.6, -0.6, -1.8)[i % 4])
+        pos["out"] = (2 + 2 * steps, 0)
+        names = {0: "c_{k-2}", 1: "c_{k-1}", "out": "c_{k}"}
+        for (op, src), k in zip(edges, range(len(edges))):
+            dst = k // 2 + 2
+            (x0, y0), (x1, y1) = pos[src], pos[dst]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.3"})
+            ax.text(x0 + 0.4 * (x1 - x0), y0 + 0.4 * (y1 - y0), op, fontsize=7, ha="center", color="tab:blue",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+        for node in choices[f"{kind}_concat"]:
+            (x0, y0), (x1, y1) = pos[node], pos["out"]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.7"})
+        for node, (x, y) in pos.items():
+            ax.text(x, y, names[node] if node in names else str(node - 2), ha="center", va="center", fontsize=9,
+                    bbox={"boxstyle": "round", "fc": "lightyellow" if node in names else "lightblue"})
+        ax.set_xlim(-1, 3 + 2 * steps)
+        ax.set_ylim(-2.5, 2.5)
+        ax.set_title(f"{kind} cell")
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path, dataset=None, labels=None,
+               log=print) -> dict:
+    if algorithm not in ALGORITHMS:
+        raise DfnasError(f"unknown search algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    device = resolve_device(cfg["device"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = SearchData(cfg, source, seed, dataset, labels)
+    log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and {len(data.halves[1])}),"
+        f" seed {seed}, device {device}")
+    t0 = time.time()
+    result = search_darts(cfg, data, seed, out_dir, device, log)
+    seconds = time.time() - t0
+    arch = {
+        "space": result["space"],
+        "space_args": result["space_args"],
+        "choices": result["choices"],
+        "found_by": {
+            "algorithm": algorithm, "source": source, "seed": seed, "data_images": data.images,
+            "search_network": result["search_args"], "config": cfg["search"][algorithm],
+            "config_hash": config_hash({"search": cfg["search"][algorithm], "source": source, "seed": seed}),
+            "search_seconds": seconds, "device": str(device), "versions": versions(),
+        },
+    }
+    if data.synthetic:
+        arch["found_by"]["teacher_sha256"] = data.data.attrs.get("teacher_sha256")
+    write_history(out_dir / "history.csv", result["history"])
+    plot_darts_cells(result["choices"], out_dir / "cells.png")
+    write_json(out_dir / "architecture.json", arch)
+    result["checkpoint"].unlink(missing_ok=True)
+    log(f"architecture written to {out_dir / 'architecture.json'}: {json.dumps(result['choices']['normal'])}")
+    return arch
+
+
+@cli_main
+def main(argv=None):
+    parser = stage_parser("search", __doc__)
+    parser.add_argument("--algorithm", required=True, choices=ALGORITHMS)
+    parser.add_argument("--source", required=True, help="natural, or a synthesis variant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", help="synthetic dataset (HDF5) for a synthetic source")
+    parser.add_argument("--labels", help="its soft-label cache (HDF5)")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    cfg = stage_config(args)
+    run_search(cfg, args.algorithm, args.source, args.seed, Path(args.out_dir), args.dataset, args.labels)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The search stage: DARTS on a synthetic variant (replayed soft labels) and on natural data,
+its outputs, and resumption after a kill."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+
+from dfnas.config import validate_config
+from dfnas.errors import DfnasError
+from dfnas.merge import merge
+from dfnas.search import kd_loss, run_search
+from dfnas.soft_labels import make_soft_labels
+from dfnas.synthesize import run_shard
+from dfnas.teacher import load_teacher
+
+TINY_DARTS = {"cells": 3, "channels": 4, "epochs": 3, "batch_size": 8}
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(teacher_file, tmp_path_factory):
+    teacher = load_teacher(teacher_file)
+    cfg = validate_config({"device": "cpu", "synthesis": {
+        "shards": 1, "images_per_round": 20, "rounds": 2, "batch_size": 20, "iterations_half": 2,
+        "iterations_full": 2, "warmup": 1, "val_per_class": 1}, "soft_labels": {"views": 3}})
+    d = tmp_path_factory.mktemp("syn")
+    shard = run_shard(cfg, teacher, "full", 0, d / "shard_000.h5", log=quiet)
+    merge([shard], teacher.checksum, 1, 0, d / "dataset.h5")
+    make_soft_labels(cfg, teacher, d / "dataset.h5", d / "labels.h5", log=quiet)
+    return d / "dataset.h5", d / "labels.h5"
+
+
+def search_config(base=None, **darts):
+    cfg = copy.deepcopy(base) if base else {"device": "cpu"}
+    cfg["search"] = {"natural_images": 40, "darts": {**TINY_DARTS, **darts}}
+    return validate_config(cfg)
+
+
+def test_kd_loss_by_hand():
+    s = torch.tensor([[1.0, 0.0]])
+    t = torch.tensor([[0.0, 2.0]])
+    p = torch.softmax(t / 2, 1)
+    q = torch.log_softmax(s / 2, 1)
+    expected = 4 * (p * (p.log() - q)).sum()
+    assert kd_loss(s, t, 2.0).item() == pytest.approx(expected.item())
+    assert kd_loss(t, t, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_darts_on_a_synthetic_variant(synthetic_set, tmp_path):
+    dataset, labels = synthetic_set
+    arch = run_search(search_config(), "darts", "full", 0, tmp_path, dataset, labels, log=quiet)
+    assert arch["space"] == "darts" and arch["space_args"] == {"steps": 4, "multiplier": 4}
+    assert len(arch["choices"]["normal"]) == 8 and arch["choices"]["normal_concat"] == [2, 3, 4, 5]
+    assert all(op != "none" for op, _ in arch["choices"]["normal"] + arch["choices"]["reduce"])
+    found = arch["found_by"]
+    assert found["source"] == "full" and found["data_images"] == 30 and found["teacher_sha256"]
+    assert json.loads((tmp_path / "architecture.json").read_text())["choices"] == arch["choices"]
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    probs = [float(rows[-1][f"alpha_normal_0_{op}"]) for op in
+             ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+              "dil_conv_3x3", "dil_conv_5x5")]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_darts_on_natural_data(base_config, tmp_path):
+    arch = run_search(search_config(base_config), "darts", "natural", 0, tmp_path, log=quiet)
+    assert arch["found_by"]["data_images"] == 40
+    assert arch["found_by"]["search_network"]["in_channels"] == 1
+    assert "teacher_sha256" not in arch["found_by"]
+
+
+def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_path):
+    dataset, labels = synthetic_set
+    cfg = search_config(order=2)
+    reference = run_search(cfg, "darts", "full", 1, tmp_path / "ref", dataset, labels, log=quiet)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(msg):
+        if "epoch 2/3" in msg:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(cfg, "darts", "full", 1, tmp_path / "run", dataset, labels, log=kill_after_epoch_2)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    messages = []
+    resumed = run_search(cfg, "darts", "full", 1, tmp_path / "run", dataset, labels, log=messages.append)
+    assert any(m.startswith("resuming from") and m.endswith("after epoch 2") for m in messages)
+    assert resumed["choices"] == reference["choices"]
+    ref_rows = (tmp_path / "ref" / "history.csv").read_text()
+    assert (tmp_path / "run" / "history.csv").read_text() == ref_rows
+
+
+def test_synthetic_source_needs_its_files(tmp_path):
+    with pytest.raises(DfnasError, match="source 'full' needs --dataset and --labels"):
+        run_search(search_config(), "darts", "full", 0, tmp_path, log=quiet)
