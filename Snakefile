@@ -31,6 +31,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/synthesis.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -38,6 +39,6 @@ rule all:
         f"{RESULTS}/teacher/eval.json",
         expand(f"{SYN}/{{variant}}/soft_labels.h5", variant=VARIANTS),
         expand(f"{SYN}/{{variant}}/quality.json", variant=VARIANTS),
-        expand(f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json",
+        expand(f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json",
                algorithm=ALGORITHMS, source=SOURCES, seed=SEEDS),
     default_target: True

@@ -1,6 +1,7 @@
 """The search stage: run a NAS algorithm on one data source with one seed.
 
 Data sources:
+    random       no data: an architecture drawn uniformly from the space with the seed (the baseline)
     natural      cross-entropy on a class-balanced subset of the natural training split
                  (``search.natural_images``), with crop and flip augmentation
     <variant>    a synthesis variant (full, deepinversion, ...): distillation at temperature
@@ -280,6 +281,8 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
         raise DfnasError(f"unknown search algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
     device = resolve_device(cfg["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    if source == "random":
+        return random_architecture(cfg, algorithm, seed, out_dir, log)
     data = SearchData(cfg, source, seed, dataset, labels)
     log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and {len(data.halves[1])}),"
         f" seed {seed}, device {device}")
@@ -307,11 +310,28 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     return arch
 
 
+def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, log=print) -> dict:
+    """The random baseline: an architecture drawn uniformly from the algorithm's space with ``seed``."""
+    from dfnas.spaces import get_space
+
+    dcfg = cfg["search"][algorithm]
+    space_args = {"steps": dcfg["steps"], "multiplier": dcfg["multiplier"]}
+    choices = get_space(algorithm).random(seed, **space_args)
+    arch = {"space": algorithm, "space_args": space_args, "choices": choices,
+            "found_by": {"algorithm": algorithm, "source": "random", "seed": seed, "data_images": 0,
+                         "search_seconds": 0.0, "versions": versions()}}
+    write_history(out_dir / "history.csv", [])
+    plot_darts_cells(choices, out_dir / "cells.png")
+    write_json(out_dir / "architecture.json", arch)
+    log(f"random {algorithm} architecture (seed {seed}) written to {out_dir / 'architecture.json'}")
+    return arch
+
+
 @cli_main
 def main(argv=None):
     parser = stage_parser("search", __doc__)
     parser.add_argument("--algorithm", required=True, choices=ALGORITHMS)
-    parser.add_argument("--source", required=True, help="natural, or a synthesis variant")
+    parser.add_argument("--source", required=True, help="natural, a synthesis variant, or random (the baseline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", help="synthetic dataset (HDF5) for a synthetic source")
     parser.add_argument("--labels", help="its soft-label cache (HDF5)")

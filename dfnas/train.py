@@ -35,6 +35,8 @@ class Recipe:
     flip: bool = True
     cutout: int = 0
     grad_clip: float | None = None
+    drop_path: float = 0.0  # final drop-path probability, reached linearly (networks with drop_path_prob)
+    aux_weight: float = 0.0  # weight of an auxiliary head's loss (networks returning (logits, aux) in training)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
@@ -138,6 +140,8 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
             log(f"ignoring {checkpoint}: it belongs to another model, recipe or dataset")
     for epoch in range(start, recipe.epochs):
         model.train()
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = recipe.drop_path * epoch / recipe.epochs
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in iterate_batches(train_set, recipe.batch_size, shuffle=True, generator=gen, num_workers=num_workers):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -145,7 +149,12 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, recipe.lr)
             logits = model(norm(x))
+            aux = None
+            if isinstance(logits, tuple):
+                logits, aux = logits
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if aux is not None and recipe.aux_weight > 0:
+                loss = loss + recipe.aux_weight * F.cross_entropy(aux, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip:

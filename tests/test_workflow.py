@@ -54,7 +54,7 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     searches = len(s["algorithms"]) * len(s["sources"]) * len(s["seeds"])
     assert planned_jobs(result.stdout) == {
         "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
-        "soft_labels": variants, "synthesis_quality": variants, "search": searches, "all": 1,
+        "soft_labels": variants, "synthesis_quality": variants, "search": searches, "retrain": searches, "all": 1,
     }
     # The synthetic branch takes no natural-data input: only the teacher and its own files.
     inputs = planned_inputs(result.stdout)
@@ -64,7 +64,8 @@ def test_dry_run_of_every_preset(preset, tmp_path):
             assert "/data/" not in listed and "teacher/teacher.pt" in listed, (rule, listed)
     assert all("data/dataset.json" in listed for listed in inputs["synthesis_quality"])
     synthetic_searches = [listed for listed in inputs["search"] if "synthesis/" in listed]
-    assert len(synthetic_searches) == searches - len(s["algorithms"]) * len(s["seeds"]) * ("natural" in s["sources"])
+    per_source = len(s["algorithms"]) * len(s["seeds"])
+    assert len(synthetic_searches) == per_source * len(set(s["sources"]) - {"natural", "random"})
     assert all("/data/" not in listed and "soft_labels.h5" in listed for listed in synthetic_searches)
 
 
@@ -117,14 +118,19 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert [r["round"] for r in q["rounds"]] == [0, 1]
         assert 0 <= q["student"]["synthetic_top1"] <= 1 and q["student"]["recipe"]["steps"] == 20
         assert not list(syn.glob("*.partial"))
-    for source in ("natural", "full"):
+    for source in ("natural", "full", "random"):
         found = out / "search" / "darts" / source / "seed0"
         arch = json.loads((found / "architecture.json").read_text())
         assert arch["space"] == "darts" and arch["found_by"]["source"] == source
         assert len(arch["choices"]["normal"]) == 8 and len(arch["choices"]["reduce"]) == 8
-        assert len((found / "history.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+        epochs = 0 if source == "random" else 2
+        assert len((found / "history.csv").read_text().strip().splitlines()) == 1 + epochs
         assert (found / "cells.png").read_bytes()[:4] == b"\x89PNG"
         assert not (found / "checkpoint.pt").exists()
+        metrics = json.loads((out / "retrain" / "darts" / source / "seed0" / "metrics.json").read_text())
+        assert metrics["choices"] == arch["choices"] and metrics["found_by"]["source"] == source
+        assert metrics["train_images"] == 200 and metrics["test_images"] == 500
+        assert 0 <= metrics["top1"] <= 1 and metrics["parameters"] > 0 and metrics["multiply_adds"] > 0
     full = json.loads((out / "synthesis" / "full" / "quality.json").read_text())
     # Round 1 is optimized for the teacher's soft outputs, so its targets carry entropy; round 0's are one-hot.
     assert full["rounds"][0]["target_entropy"] == 0 and full["rounds"][1]["target_entropy"] > 0

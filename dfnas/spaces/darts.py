@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfnas.errors import DfnasError
+
 PRIMITIVES = (
     "none",
     "max_pool_3x3",
@@ -350,3 +352,36 @@ def derive_genotype(w_normal: torch.Tensor, w_reduce: torch.Tensor, steps: int =
 
     concat = list(range(2 + steps - multiplier, steps + 2))
     return Genotype(parse(w_normal), concat, parse(w_reduce), concat)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry hooks (see dfnas.spaces)
+
+
+def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict) -> DartsNetwork:
+    try:
+        genotype = genotype_from_dict(arch["choices"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DfnasError(f"DARTS architecture: choices are not a genotype ({exc})") from None
+    for op, _ in genotype.normal + genotype.reduce:
+        if op not in PRIMITIVES:
+            raise DfnasError(f"DARTS architecture: unknown operation {op!r}")
+    return DartsNetwork(genotype, in_channels=in_channels, resolution=resolution, num_classes=num_classes,
+                        cells=sizes["cells"], channels=sizes["channels"], auxiliary=sizes.get("auxiliary", False))
+
+
+def random_choices(seed: int, steps: int = 4, multiplier: int = 4) -> dict:
+    """A genotype drawn uniformly: per node two distinct inputs and, for each, a non-``none`` operation."""
+    gen = torch.Generator().manual_seed(seed)
+    ops = [p for p in PRIMITIVES if p != "none"]
+
+    def cell():
+        gene = []
+        for i in range(steps):
+            inputs = torch.randperm(2 + i, generator=gen)[:2].tolist()
+            for j in inputs:
+                gene.append((ops[int(torch.randint(len(ops), (1,), generator=gen))], j))
+        return gene
+
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return genotype_to_dict(Genotype(cell(), concat, cell(), concat))

@@ -7,11 +7,22 @@ SOURCES = config["search"]["sources"]
 SEEDS = config["search"]["seeds"]
 
 for _source in SOURCES:
-    if _source != "natural" and _source not in VARIANTS:
+    if _source not in ("natural", "random") and _source not in VARIANTS:
         raise WorkflowError(f"config key 'search.sources': {_source!r} is not in synthesis.variants {VARIANTS}")
 
 
+def search_params(wildcards):
+    """What one search reads: its algorithm's keys and the shared ones, not the lists of jobs, so that
+    adding a source or a seed reruns no finished search."""
+    cfg = json.loads(stage_config("search", *(["data"] if wildcards.source == "natural" else [])))
+    shared = {k: v for k, v in cfg["search"].items() if k not in ("algorithms", "sources", "seeds") + tuple(ALGORITHMS)}
+    cfg["search"] = {**shared, wildcards.algorithm: cfg["search"][wildcards.algorithm]}
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
 def search_inputs(wildcards):
+    if wildcards.source == "random":
+        return {}
     if wildcards.source == "natural":
         return {"natural": rules.data.output[0]}
     return {
@@ -21,7 +32,7 @@ def search_inputs(wildcards):
 
 
 def search_data_args(wildcards, input):
-    if wildcards.source == "natural":
+    if wildcards.source in ("natural", "random"):
         return ""
     return f"--dataset {input.dataset} --labels {input.labels}"
 
@@ -38,7 +49,7 @@ rule search:
         source="|".join(SOURCES),
         seed=r"\d+",
     params:
-        cfg=lambda wc: stage_config("search", *(["data"] if wc.source == "natural" else [])),
+        cfg=search_params,
         data=search_data_args,
         out_dir=lambda wc, output: os.path.dirname(output.arch),
     log:

@@ -1,0 +1,92 @@
+"""The retrain stage: train a found architecture from scratch on natural data and test it.
+
+This is how every NAS paper scores a search, and it is the same for every arm of a comparison
+(searched on natural data, on each synthetic variant, random): one recipe from ``retrain`` in
+the config (epochs, batch, SGD + cosine, cutout, drop-path, auxiliary weight, gradient clip,
+label smoothing), the network sized by ``retrain.<space>``. The metrics JSON holds top-1/top-5 on
+the natural test split, parameters (auxiliary head excluded), multiply-adds, training time and
+the recipe. Training checkpoints every epoch and resumes after a kill.
+
+    python -m dfnas.retrain --config config.yaml --arch results/default/search/darts/full/seed0/architecture.json \\
+        --out results/default/retrain/darts/full/seed0/metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import resolve_device, seed_everything, versions, write_json
+
+
+def read_architecture(path) -> dict:
+    try:
+        arch = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DfnasError(f"architecture file {path} does not exist") from None
+    except ValueError as exc:
+        raise DfnasError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(arch, dict) or "space" not in arch or "choices" not in arch:
+        raise DfnasError(f"{path}: not an architecture JSON (needs 'space' and 'choices')")
+    return arch
+
+
+def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
+    from dfnas.data import dataset_from_config
+    from dfnas.flops import count_macs, count_parameters
+    from dfnas.spaces import build_architecture, get_space
+    from dfnas.synthesize import derived_seed
+    from dfnas.train import Recipe, evaluate, train_classifier
+
+    arch = read_architecture(arch_path)
+    rcfg = cfg["retrain"]
+    space = get_space(arch["space"])
+    sizes = dict(rcfg.get(arch["space"], {}))
+    sizes["auxiliary"] = rcfg["aux_weight"] > 0
+    data = dataset_from_config({**cfg, "data": {**cfg["data"], "subset": {
+        "train": rcfg["train_images"], "test": cfg["data"]["subset"].get("test")}}})
+    c, h, _ = data.info.input_shape
+    search_seed = arch.get("found_by", {}).get("seed", 0)
+    seed = derived_seed(cfg["seed"], "retrain", search_seed) % (2**31)  # the same for every arm of a seed
+    seed_everything(seed)
+    model = build_architecture(arch, c, h, data.info.num_classes, sizes)
+    device = resolve_device(cfg["device"])
+    recipe = Recipe.from_dict(rcfg)
+    params = count_parameters(model, exclude=space.aux_name)
+    macs = count_macs(model, data.info.input_shape)
+    source = arch.get("found_by", {}).get("source", "?")
+    log(f"retraining {arch['space']} ({source}, seed {search_seed}): {params:,} parameters, {macs / 1e6:.1f}M "
+        f"multiply-adds, {len(data.train)} images, {recipe.epochs} epochs, device {device}")
+    t0 = time.time()
+    checkpoint = out.with_name(out.name + ".ckpt")
+    history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
+                               num_workers=cfg["data"]["workers"], checkpoint=checkpoint)
+    seconds = time.time() - t0
+    scores = evaluate(model, data.test, device, data.info.mean, data.info.std, num_workers=cfg["data"]["workers"])
+    checkpoint.unlink(missing_ok=True)
+    log(f"top-1 {scores['top1']:.4f} on {scores['n']} {data.info.name} test images after {seconds:.0f} s")
+    return {
+        "space": arch["space"], "choices": arch["choices"], "found_by": arch.get("found_by", {}),
+        "top1": scores["top1"], "top5": scores["top5"], "test_images": scores["n"],
+        "parameters": params, "multiply_adds": macs, "train_seconds": seconds, "train_images": len(data.train),
+        "recipe": recipe.to_dict(), "sizes": sizes, "seed": seed, "history": history, "device": str(device),
+        "versions": versions(),
+    }
+
+
+@cli_main
+def main(argv=None):
+    parser = stage_parser("retrain", __doc__)
+    parser.add_argument("--arch", required=True, help="architecture JSON written by python -m dfnas.search")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    cfg = stage_config(args)
+    out = Path(args.out)
+    write_json(out, retrain(cfg, args.arch, out))
+
+
+if __name__ == "__main__":
+    main()

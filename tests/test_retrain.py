@@ -1,0 +1,111 @@
+"""Retraining found architectures: the space registry, the random baseline, the metrics file."""
+
+import copy
+import json
+
+import pytest
+
+from dfnas.config import validate_config
+from dfnas.errors import DfnasError
+from dfnas.flops import count_macs, count_parameters
+from dfnas.retrain import retrain
+from dfnas.search import run_search
+from dfnas.spaces import build_architecture, get_space
+from dfnas.spaces.darts import DARTS_V2, PRIMITIVES, genotype_to_dict
+
+
+def quiet(*_):
+    pass
+
+
+def test_random_darts_choices_are_uniform_valid_and_seeded():
+    space = get_space("darts")
+    a, b, c = space.random(0), space.random(0), space.random(1)
+    assert a == b and a != c
+    for choices in (a, c):
+        for kind in ("normal", "reduce"):
+            edges = choices[kind]
+            assert len(edges) == 8
+            for node in range(4):
+                (op1, i1), (op2, i2) = edges[2 * node], edges[2 * node + 1]
+                assert i1 != i2 and 0 <= i1 < node + 2 and 0 <= i2 < node + 2
+                assert op1 in PRIMITIVES and op1 != "none" and op2 != "none"
+    # Uniform over the 7 operations: over many draws each appears about 1/7 of the time.
+    ops = [op for s in range(200) for op, _ in space.random(s)["normal"]]
+    counts = {p: ops.count(p) / len(ops) for p in PRIMITIVES if p != "none"}
+    assert all(abs(v - 1 / 7) < 0.03 for v in counts.values())
+
+
+def test_registry_builds_an_architecture_json():
+    arch = {"space": "darts", "space_args": {"steps": 4, "multiplier": 4}, "choices": genotype_to_dict(DARTS_V2)}
+    net = build_architecture(arch, 3, 32, 10, {"cells": 20, "channels": 36, "auxiliary": True})
+    assert count_parameters(net, exclude=get_space("darts").aux_name) == 3_349_342
+    with pytest.raises(DfnasError, match="unknown search space 'nasnet'"):
+        build_architecture({"space": "nasnet", "choices": {}}, 3, 32, 10, {})
+    with pytest.raises(DfnasError, match="unknown operation 'conv_9x9'"):
+        bad = copy.deepcopy(arch)
+        bad["choices"]["normal"][0] = ["conv_9x9", 0]
+        build_architecture(bad, 3, 32, 10, {"cells": 5, "channels": 8})
+
+
+@pytest.fixture
+def retrain_config(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["retrain"] = {"train_images": 100, "epochs": 2, "batch_size": 25, "cutout": 4, "drop_path": 0.2,
+                      "aux_weight": 0.4, "darts": {"cells": 3, "channels": 4}}
+    cfg["search"] = {"darts": {"cells": 3, "channels": 4}}
+    return validate_config(cfg)
+
+
+def test_random_baseline_then_retrain(retrain_config, tmp_path):
+    arch = run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet)
+    assert arch["found_by"]["source"] == "random" and arch["choices"] == get_space("darts").random(7)
+    out = tmp_path / "metrics.json"
+    metrics = retrain(retrain_config, tmp_path / "search" / "architecture.json", out, log=quiet)
+    net = build_architecture(arch, 1, 28, 10, {"cells": 3, "channels": 4, "auxiliary": True})
+    assert metrics["parameters"] == count_parameters(net, exclude="aux_head")
+    assert metrics["multiply_adds"] == count_macs(net, (1, 28, 28))
+    assert metrics["train_images"] == 100 and metrics["test_images"] == 100
+    assert 0 <= metrics["top1"] <= 1 and metrics["top1"] <= metrics["top5"]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["recipe"]["drop_path"] == 0.2 and metrics["sizes"]["auxiliary"] is True
+    assert metrics["found_by"]["seed"] == 7
+    assert not out.with_name("metrics.json.ckpt").exists()
+
+
+def test_same_recipe_seed_for_every_arm_of_a_search_seed(retrain_config, tmp_path):
+    seeds = []
+    for source in ("random", "random"):
+        arch = run_search(retrain_config, "darts", source, 3, tmp_path / source, log=quiet)
+        arch["found_by"]["source"] = "full"  # another arm, same search seed
+        (tmp_path / "a.json").write_text(json.dumps(arch))
+        seeds.append(retrain(validate_config({**copy.deepcopy(retrain_config),
+                                              "retrain": {**retrain_config["retrain"], "epochs": 1}}),
+                             tmp_path / "a.json", tmp_path / "m.json", log=quiet)["seed"])
+    assert seeds[0] == seeds[1]
+
+
+def test_bad_architecture_files(retrain_config, tmp_path):
+    with pytest.raises(DfnasError, match="does not exist"):
+        retrain(retrain_config, tmp_path / "none.json", tmp_path / "m.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"space\": \"darts\"}")
+    with pytest.raises(DfnasError, match="not an architecture JSON"):
+        retrain(retrain_config, bad, tmp_path / "m.json")
+    bad.write_text("{not json")
+    with pytest.raises(DfnasError, match="not valid JSON"):
+        retrain(retrain_config, bad, tmp_path / "m.json")
+
+
+def test_drop_path_grows_linearly_over_the_epochs(retrain_config, tmp_path):
+    from dfnas.data import dataset_from_config
+    from dfnas.train import Recipe, train_classifier
+
+    arch = {"space": "darts", "choices": get_space("darts").random(0)}
+    net = build_architecture(arch, 1, 28, 10, {"cells": 3, "channels": 4, "auxiliary": True})
+    data = dataset_from_config(retrain_config)
+    seen = []
+    train_classifier(net, data.train, Recipe(
+        epochs=4, batch_size=100, drop_path=0.2, aux_weight=0.4, crop_padding=0), "cpu", 0, [0.286], [0.353],
+        log=lambda m: seen.append(net.drop_path_prob))
+    assert seen == pytest.approx([0.0, 0.05, 0.1, 0.15])
