@@ -86,18 +86,20 @@ class SearchData:
         self.images = n
         self.temperature = scfg["temperature"]
         self.norm = Normalize(self.mean, self.std)
+        self.memory_format = torch.contiguous_format
 
     def batches(self, half: int, batch_size: int, generator: torch.Generator):
         idx = self.halves[half]
         if self.synthetic:
             for x, logits in self.data.batches(batch_size, generator, indices=idx, drop_last=len(idx) >= batch_size):
-                yield self.norm(x), logits
+                yield self.norm(x).contiguous(memory_format=self.memory_format), logits
             return
         order = idx[torch.randperm(len(idx), generator=generator)]
         stop = len(order) - len(order) % batch_size if len(order) >= batch_size else len(order)
         for start in range(0, stop, batch_size):
             b = order[start : start + batch_size]
-            yield self.norm(augment_batch(self.pixels[b], self.recipe, generator)), self.labels[b]
+            x = self.norm(augment_batch(self.pixels[b], self.recipe, generator))
+            yield x.contiguous(memory_format=self.memory_format), self.labels[b]
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return self.loss_from_logits(model(batch[0]), batch[1])
@@ -127,8 +129,9 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
                   "num_classes": data.num_classes, "cells": dcfg["cells"], "channels": dcfg["channels"],
                   "steps": dcfg["steps"], "multiplier": dcfg["multiplier"]}
     model = SearchNetwork(**space_args).to(device)
-    if device.type == "cuda":
+    if cfg["search"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+        data.memory_format = torch.channels_last
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=dcfg["lr"], momentum=dcfg["momentum"],
                             weight_decay=dcfg["weight_decay"])
 

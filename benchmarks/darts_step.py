@@ -1,0 +1,115 @@
+"""DARTS search step time, and what replaying cached soft labels saves over running the teacher.
+
+1. One DARTS search step (a first-order architecture step on one batch, then a weight step on
+   another) at a fixed small configuration, in the default memory format and in channels_last.
+2. Producing the distillation targets of one batch: replaying cached views and logits
+   (dfnas.soft_labels) against running the teacher online on freshly augmented views.
+
+Every figure comes from this one run; the ratios are what to read.
+
+    python benchmarks/darts_step.py [--channels 8 --cells 5 --batch 64 --size 32 --in-channels 3]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dfnas.models import build_model  # noqa: E402
+from dfnas.runtime import resolve_device, set_threads  # noqa: E402
+from dfnas.search import kd_loss  # noqa: E402
+from dfnas.soft_labels import draw_views, render_views  # noqa: E402
+from dfnas.spaces.darts import SearchNetwork  # noqa: E402
+from dfnas.strategies.darts import Architect  # noqa: E402
+
+
+def timed(fn, repeats: int, device) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--channels", type=int, default=8)
+    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    shape = (args.in_channels, args.size, args.size)
+    x = torch.randn(args.batch, *shape, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+
+    def loss_fn(model, batch):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    times = {}
+    for fmt in ("contiguous", "channels_last"):
+        net = SearchNetwork(args.in_channels, args.size, 10, args.cells, args.channels).to(device)
+        xb = x
+        if fmt == "channels_last":
+            net = net.to(memory_format=torch.channels_last)
+            xb = x.contiguous(memory_format=torch.channels_last)
+        w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+        architect = Architect(net, loss_fn, order=1)
+
+        def step():
+            architect.step((xb, y), (xb, y), 0.025, w_opt)
+            w_opt.zero_grad(set_to_none=True)
+            loss_fn(net, (xb, y)).backward()
+            w_opt.step()
+
+        times[fmt] = timed(step, args.repeats, device)
+        print(f"DARTS step ({fmt:13s}) {times[fmt]:8.3f} s   ({args.cells} cells, {args.channels} channels, "
+              f"batch {args.batch}, {'x'.join(map(str, shape))}, {device})")
+    print(f"ratio channels_last / contiguous: {times['channels_last'] / times['contiguous']:.3f}")
+
+    # Targets of one batch: cached replay against the teacher online.
+    teacher = build_model("resnet_cifar", depth=20, width=16, num_classes=10, in_channels=args.in_channels).to(device).eval()
+    pixels = torch.rand(args.batch, *shape)
+    boxes, flips = draw_views(args.batch, 10, (0.35, 1.0), (0.75, 4 / 3), True, torch.Generator().manual_seed(0))
+    view = torch.randint(0, 10, (args.batch,))
+    idx = torch.arange(args.batch)
+    cached = torch.randn(args.batch, 10, 10).half()
+
+    def replay():
+        v = render_views(pixels, boxes[idx, view], flips[idx, view]).to(device)
+        return v, cached[idx, view].float().to(device)
+
+    @torch.no_grad()
+    def online():
+        v = render_views(pixels, boxes[idx, view], flips[idx, view]).to(device)
+        return v, teacher(v)
+
+    t_replay = timed(replay, 10, device)
+    t_online = timed(online, 10, device)
+    s_logits = torch.randn(args.batch, 10, device=device)
+    kd_loss(s_logits, replay()[1], 3.0)
+    print(f"targets by replaying the cache  {t_replay * 1000:8.2f} ms per batch")
+    print(f"targets by the teacher online   {t_online * 1000:8.2f} ms per batch (ResNet-20 teacher)")
+    print(f"speed-up of replay over online teacher: {t_online / t_replay:.1f}x; "
+          f"share of a DARTS step the online teacher would add: {t_online * 2 / times['contiguous']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
