@@ -320,23 +320,25 @@ def test_cached_soft_labels_equal_a_fresh_teacher_pass(two_shards, teacher, tmp_
     assert sum(len(y) for _, y in loader) == len(data)
 
 
-def test_soft_labels_refuse_a_changed_dataset(two_shards, teacher, tmp_path):
+@pytest.fixture
+def cached(two_shards, teacher, tmp_path):
+    """A merged dataset and its soft-label cache: (shard paths, dataset, labels)."""
     cfg, paths = two_shards
-    dataset = tmp_path / "dataset.h5"
+    dataset, labels = tmp_path / "dataset.h5", tmp_path / "labels.h5"
     merge(paths, teacher.checksum, 1, 0, dataset)
-    labels = tmp_path / "labels.h5"
     make_soft_labels(cfg, teacher, dataset, labels, log=quiet)
+    return paths, dataset, labels
+
+
+def test_soft_labels_refuse_a_changed_dataset(cached, teacher):
+    paths, dataset, labels = cached
     merge(paths, teacher.checksum, 2, 0, dataset)
     with pytest.raises(DfnasError, match="was cached from another version of"):
         SoftLabelData(dataset, labels)
 
 
-def test_replayed_views_match_render_views(two_shards, teacher, tmp_path):
-    cfg, paths = two_shards
-    dataset = tmp_path / "dataset.h5"
-    merge(paths, teacher.checksum, 1, 0, dataset)
-    labels = tmp_path / "labels.h5"
-    make_soft_labels(cfg, teacher, dataset, labels, log=quiet)
+def test_replayed_views_match_render_views(cached):
+    _, dataset, labels = cached
     data = SoftLabelData(dataset, labels)
     idx = torch.tensor([0, 1])
     view = torch.tensor([2, 3])
