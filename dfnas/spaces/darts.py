@@ -259,7 +259,9 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(ops)
 
     def forward(self, x, weights):
-        return sum(w * op(x) for w, op in zip(weights, self.ops))
+        # The 'none' operation contributes exactly zero: it is not computed (its weight still takes
+        # part in the softmax, so its architecture parameter gets its gradient as before).
+        return sum(w * op(x) for w, op in zip(weights, self.ops) if not isinstance(op, Zero))
 
 
 class SearchCell(nn.Module):
