@@ -138,3 +138,12 @@ def test_smoke_preset_end_to_end(tmp_path):
     again = snakemake("--cores", "2", "--configfile", str(REPO / "config/smoke.yaml"), cwd=tmp_path)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_search_source_must_be_a_synthesized_variant(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((REPO / "config/smoke.yaml").read_text().replace(
+        "sources: [natural, full, random]", "sources: [natural, no_regional]"))
+    result = snakemake("-n", "--configfile", str(cfg), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "config key 'search.sources': 'no_regional' is not in synthesis.variants" in result.stderr + result.stdout
