@@ -1,0 +1,106 @@
+"""The ShuffleNetV2 one-shot space of SPOS (Guo et al., ECCV 2020).
+
+A chain of choice blocks in stages; every block picks one of four operations:
+
+    0  ShuffleNetV2 block, 3x3 depthwise      2  ShuffleNetV2 block, 7x7 depthwise
+    1  ShuffleNetV2 block, 5x5 depthwise      3  Xception-style block (three 3x3 depthwise)
+
+A stride-1 block splits its input channels in half (after a channel shuffle): one half passes
+through, the other goes through the chosen branch. The first block of a stage has stride 2 and
+a projection branch (3x3 depthwise stride 2 + pointwise) beside the chosen one. Stem, stage
+depths and widths and the last convolution are arguments, so that the ImageNet supernet (stem 16;
+4, 4, 8, 4 blocks; widths 64, 160, 320, 640; last conv 1024; 224x224) and a small-image one come
+from the same builder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception_3x3")
+
+# The architecture found by SPOS on ImageNet (block search only), as published with its code.
+SPOS_IMAGENET = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
+
+
+def channel_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel shuffle of two groups, then split: even channels, odd channels."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c // 2, 2, h, w)
+    return x[:, :, 0], x[:, :, 1]
+
+
+def _pw(c_in, c_out, relu=True):
+    layers = [nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+    return layers + ([nn.ReLU(inplace=True)] if relu else [])
+
+
+def _dw(c, k, stride):
+    return [nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False), nn.BatchNorm2d(c)]
+
+
+def branch(choice: int, c_in: int, mid: int, c_out: int, stride: int) -> nn.Sequential:
+    if choice in (0, 1, 2):
+        k = (3, 5, 7)[choice]
+        return nn.Sequential(*_pw(c_in, mid), *_dw(mid, k, stride), *_pw(mid, c_out))
+    if choice == 3:
+        return nn.Sequential(*_dw(c_in, 3, stride), *_pw(c_in, mid), *_dw(mid, 3, 1), *_pw(mid, mid),
+                             *_dw(mid, 3, 1), *_pw(mid, c_out))
+    raise ValueError(f"SPOS choice must be 0..3, got {choice}")
+
+
+class ChoiceBlock(nn.Module):
+    """One block with all four choices (``choices=None``, the supernet) or a fixed one."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, choices=(0, 1, 2, 3)):
+        super().__init__()
+        self.stride = stride
+        side = c_in if stride == 2 else c_in // 2  # channels kept by the projection / pass-through
+        mid = c_out // 2
+        main_in = c_in if stride == 2 else c_in // 2
+        self.choices = tuple(choices)
+        self.branches = nn.ModuleList(branch(c, main_in, mid, c_out - side, stride) for c in self.choices)
+        self.proj = nn.Sequential(*_dw(c_in, 3, 2), *_pw(c_in, c_in)) if stride == 2 else None
+
+    def forward(self, x, choice: int | None = None):
+        b = self.branches[0 if choice is None else self.choices.index(choice)]
+        if self.stride == 1:
+            keep, x = channel_split(x)
+            return torch.cat([keep, b(x)], 1)
+        return torch.cat([self.proj(x), b(x)], 1)
+
+
+class ShuffleNetOneShot(nn.Module):
+    """The SPOS network: the supernet when ``architecture`` is None, else the fixed network."""
+
+    def __init__(self, architecture=None, in_channels: int = 3, num_classes: int = 1000, stem: int = 16,
+                 stem_stride: int = 2, stage_blocks=(4, 4, 8, 4), widths=(64, 160, 320, 640), last_conv: int = 1024,
+                 dropout: float = 0.1):
+        super().__init__()
+        n_blocks = sum(stage_blocks)
+        if architecture is not None and len(architecture) != n_blocks:
+            raise ValueError(f"architecture has {len(architecture)} choices for {n_blocks} blocks")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(stem),
+                                  nn.ReLU(inplace=True))
+        blocks, c, i = [], stem, 0
+        for depth, width in zip(stage_blocks, widths):
+            for j in range(depth):
+                choices = (0, 1, 2, 3) if architecture is None else (architecture[i],)
+                blocks.append(ChoiceBlock(c, width, 2 if j == 0 else 1, choices))
+                c, i = width, i + 1
+        self.blocks = nn.ModuleList(blocks)
+        self.architecture = None if architecture is None else tuple(architecture)
+        self.last = nn.Sequential(*_pw(c, last_conv))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(last_conv, num_classes, bias=False)
+
+    def forward(self, x, path=None):
+        """``path`` picks a choice per block in the supernet; a fixed network ignores it."""
+        x = self.stem(x)
+        for k, block in enumerate(self.blocks):
+            choice = None if self.architecture is not None else (path[k] if path is not None else 0)
+            x = block(x, choice)
+        x = self.pool(self.last(x)).flatten(1)
+        return self.classifier(self.dropout(x))

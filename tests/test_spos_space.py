@@ -1,0 +1,33 @@
+"""The SPOS ShuffleNetV2 one-shot space: the published architecture's size, the supernet's paths."""
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dfnas.flops import count_macs, count_parameters
+from dfnas.spaces.shufflenet import SPOS_IMAGENET, ShuffleNetOneShot
+
+
+def test_published_spos_architecture_size():
+    net = ShuffleNetOneShot(SPOS_IMAGENET)
+    # SPOS (Guo et al. 2020), block search on ImageNet: 323M FLOPs (multiply-adds), 3.5M parameters.
+    macs = count_macs(net, (3, 224, 224))
+    assert abs(macs - 323e6) / 323e6 < 0.02
+    assert abs(count_parameters(net) - 3.5e6) < 0.1e6
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.eval()
+        net(torch.zeros(1, 3, 224, 224))
+    assert macs == counter.get_total_flops() // 2
+
+
+def test_supernet_runs_any_path_and_small_images():
+    net = ShuffleNetOneShot(None, in_channels=1, num_classes=10, stem=8, stem_stride=1, stage_blocks=(2, 2, 2),
+                            widths=(16, 32, 64), last_conv=128)
+    x = torch.randn(2, 1, 28, 28)
+    outs = {path: net(x, path) for path in [(0,) * 6, (3,) * 6, (1, 2, 3, 0, 1, 2)]}
+    assert all(o.shape == (2, 10) for o in outs.values())
+    assert not torch.allclose(outs[(0,) * 6], outs[(3,) * 6])
+    # Only the chosen branches get gradients.
+    net.zero_grad()
+    net(x, (0,) * 6).sum().backward()
+    assert net.blocks[1].branches[0][0].weight.grad is not None
+    assert net.blocks[1].branches[3][0].weight.grad is None
