@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dfnas.errors import DfnasError
+
 CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception_3x3")
 
 # The architecture found by SPOS on ImageNet (block search only), as published with its code.
@@ -104,3 +106,81 @@ class ShuffleNetOneShot(nn.Module):
             x = block(x, choice)
         x = self.pool(self.last(x)).flatten(1)
         return self.classifier(self.dropout(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Multiply-adds per choice, and sampling under a FLOPs budget
+
+
+class FlopsTable:
+    """Multiply-adds of every choice of every block, plus the fixed parts (stem, last conv, classifier).
+
+    ``macs(path)`` is then a sum over blocks; it equals the count of the built network (tested).
+    """
+
+    def __init__(self, net_kwargs: dict, input_shape):
+        from dfnas.flops import count_macs
+
+        kw = {k: v for k, v in net_kwargs.items() if k != "architecture"}
+        n_blocks = sum(kw.get("stage_blocks", (4, 4, 8, 4)))
+        self.n_blocks = n_blocks
+        self.table = [[0] * len(CHOICES) for _ in range(n_blocks)]
+        for choice in range(len(CHOICES)):
+            net = ShuffleNetOneShot((choice,) * n_blocks, **kw)
+            per_block = _block_macs(net, input_shape)
+            for b in range(n_blocks):
+                self.table[b][choice] = per_block[b]
+            if choice == 0:  # the fixed parts: stem, last convolution, classifier
+                self.base = count_macs(net, input_shape) - sum(per_block)
+
+    def macs(self, path) -> int:
+        return self.base + sum(self.table[b][c] for b, c in enumerate(path))
+
+    def bounds(self) -> tuple[int, int]:
+        return (self.base + sum(min(r) for r in self.table), self.base + sum(max(r) for r in self.table))
+
+
+@torch.no_grad()
+def _block_macs(net: ShuffleNetOneShot, input_shape) -> list[int]:
+    """Multiply-adds of each block of a fixed network, from hooks on its convolutions."""
+    owner = {}
+    for b, block in enumerate(net.blocks):
+        for m in block.modules():
+            owner[m] = b
+    counts = [0] * len(net.blocks)
+    handles = []
+
+    def hook(m, inputs, out):
+        kh, kw = m.kernel_size
+        counts[owner[m]] += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    for m, b in owner.items():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(hook))
+    net.eval()
+    net(torch.zeros(1, *input_shape))
+    for h in handles:
+        h.remove()
+    return counts
+
+
+def sample_path(table: FlopsTable, generator: torch.Generator, low: float | None = None, high: float | None = None,
+                bins: int = 1, max_tries: int = 10000) -> tuple[int, ...]:
+    """A path drawn uniformly among those with multiply-adds in [low, high].
+
+    With ``bins`` > 1 the range is cut into equal bins, a bin is drawn uniformly first, then a path
+    inside it (SPOS's sampling within FLOPs bins), so that small and large paths train equally often.
+    """
+    lo_all, hi_all = table.bounds()
+    low = lo_all if low is None else low
+    high = hi_all if high is None else high
+    if bins > 1:
+        k = int(torch.randint(bins, (1,), generator=generator))
+        width = (high - low) / bins
+        low, high = low + k * width, low + (k + 1) * width
+    for _ in range(max_tries):
+        path = tuple(int(c) for c in torch.randint(len(CHOICES), (table.n_blocks,), generator=generator))
+        if low <= table.macs(path) <= high:
+            return path
+    raise DfnasError(f"no path found with multiply-adds in [{low / 1e6:.1f}M, {high / 1e6:.1f}M] after "
+                     f"{max_tries} draws; the space spans [{lo_all / 1e6:.1f}M, {hi_all / 1e6:.1f}M]")
