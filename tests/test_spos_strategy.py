@@ -1,0 +1,45 @@
+"""SPOS strategy pieces: evolution under a FLOPs bound finds a known optimum; BatchNorm recalibration."""
+
+import pytest
+import torch
+from torch import nn
+
+from dfnas.strategies.spos import Evolution, evolve, recalibrate_bn
+
+
+def test_evolution_finds_the_best_path_under_the_bound():
+    cost = [1, 2, 3, 4]
+
+    def macs(path):
+        return sum(cost[c] for c in path)
+
+    calls = []
+
+    def score(path):  # the number of blocks with choice 2; under the bound of 20 the best is 6
+        calls.append(path)
+        return sum(c == 2 for c in path)
+
+    cfg = Evolution(population=20, generations=15, topk=5, mutations=10, crossovers=10, mutation_prob=0.2)
+    best, history = evolve(score, macs, 8, 4, 20, cfg, torch.Generator().manual_seed(0))
+    assert score(best) == 6 and macs(best) <= 20
+    assert all(macs(p) <= 20 for p in calls)
+    assert len(set(calls[:-1])) == len(calls) - 1  # no path scored twice
+    assert len(history) == 15 and history[-1]["best_score"] == 6
+    assert [h["best_score"] for h in history] == sorted(h["best_score"] for h in history)
+    again, _ = evolve(lambda p: sum(c == 2 for c in p), macs, 8, 4, 20, cfg, torch.Generator().manual_seed(0))
+    assert again == best
+
+
+def test_bn_recalibration_is_the_average_over_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+    model[1].running_mean.fill_(5.0)
+    batches = [torch.randn(4, 2, 5, 5) + k for k in range(3)]
+    recalibrate_bn(model, batches, lambda m, x: m(x))
+    with torch.no_grad():
+        feats = [model[0](x) for x in batches]
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats])
+    vars_ = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats])
+    torch.testing.assert_close(model[1].running_mean, means.mean(0))
+    torch.testing.assert_close(model[1].running_var, vars_.mean(0))
+    assert model[1].momentum == pytest.approx(0.1) and not model.training
