@@ -176,6 +176,7 @@ class _Spec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+    num_classes: int = 10
     mirrors: tuple[str, ...] = ()  # base URLs tried in order for each of ``files``
     files: tuple[tuple[str, str], ...] = ()  # (file name, md5); an archive is unpacked into data.root
     subdirs: tuple[str, ...] = ()
@@ -215,13 +216,13 @@ SPECS = {
         how_to_get="extract cifar-10-python.tar.gz into data.root",
     ),
     "cifar100": _Spec(
-        "cifar100", "cifar", (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (),
+        "cifar100", "cifar", (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (), 100,
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         files=(("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),), subdirs=("cifar-100-python",), system_dirs=("cifar100",),
         how_to_get="extract cifar-100-python.tar.gz into data.root",
     ),
     "imagenet": _Spec(
-        "imagenet", "folder", (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (),
+        "imagenet", "folder", (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (), 1000,
         subdirs=("imagenet", "ILSVRC2012"), system_dirs=("imagenet",),
         how_to_get="put the ILSVRC2012 images in ImageFolder layout (train/<class>/*.JPEG, val/<class>/*.JPEG) "
         "under data.root; ImageNet cannot be downloaded automatically",

@@ -14,7 +14,7 @@ on the CPU, ends with the same architecture as an uninterrupted one.
 
 Outputs (in ``--out-dir``): ``architecture.json`` (space, its arguments, the choices, how they were
 found), ``history.csv`` (per-epoch losses, accuracies and the softmax of the architecture
-parameters) and ``cells.png`` (the derived cells).
+parameters) and ``architecture.png`` (the derived cells, or the chosen path).
 
     python -m dfnas.search --config config.yaml --algorithm darts --source full --seed 0 \\
         --dataset results/default/synthesis/full/dataset.h5 --labels results/default/synthesis/full/soft_labels.h5 \\
@@ -39,7 +39,7 @@ from dfnas.errors import DfnasError
 from dfnas.runtime import config_hash, resolve_device, save_torch, seed_everything, versions, write_json
 from dfnas.train import Normalize, Recipe, augment_batch, format_seconds
 
-ALGORITHMS = ("darts",)
+ALGORITHMS = ("darts", "spos")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -51,8 +51,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class SearchData:
     """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
 
-    def __init__(self, cfg: dict, source: str, seed: int, dataset_path=None, labels_path=None):
+    def __init__(self, cfg: dict, source: str, seed: int, dataset_path=None, labels_path=None,
+                 train_portion: float | None = None, label_smoothing: float = 0.0):
         scfg = cfg["search"]
+        train_portion = scfg["train_portion"] if train_portion is None else train_portion
+        self.label_smoothing = label_smoothing
         self.source = source
         self.synthetic = source != "natural"
         gen = torch.Generator().manual_seed(seed)
@@ -79,9 +82,9 @@ class SearchData:
             self.num_classes = natural.info.num_classes
             self.recipe = Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"])
         perm = torch.randperm(n, generator=gen)
-        half = int(n * scfg["train_portion"])
+        half = int(n * train_portion)
         if half < 1 or half >= n:
-            raise DfnasError(f"search.train_portion {scfg['train_portion']} leaves an empty half of {n} images")
+            raise DfnasError(f"train_portion {train_portion} leaves an empty part of {n} images")
         self.halves = (perm[:half], perm[half:])
         self.images = n
         self.temperature = scfg["temperature"]
@@ -108,11 +111,39 @@ class SearchData:
         """Distillation from cached teacher logits (synthetic), or cross-entropy on labels (natural)."""
         if self.synthetic:
             return kd_loss(logits, target, self.temperature)
-        return F.cross_entropy(logits, target)
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> float:
         truth = target.argmax(1) if self.synthetic else target
         return (logits.argmax(1) == truth).float().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: everything a search needs to continue exactly where it stopped
+
+
+def resume(checkpoint: Path, fingerprint: str, stateful: dict, gen: torch.Generator, log) -> tuple[list, int]:
+    """Load ``checkpoint`` into ``stateful`` (name -> module or optimizer) if it is this search's;
+    return the history so far and the number of finished epochs."""
+    if not checkpoint.is_file():
+        return [], 0
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log(f"ignoring {checkpoint}: it belongs to another search")
+        return [], 0
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    log(f"resuming from {checkpoint} after epoch {state['epoch']}")
+    return state["history"], state["epoch"]
+
+
+def save_checkpoint(checkpoint: Path, fingerprint: str, stateful: dict, gen: torch.Generator, history: list,
+                    epoch: int) -> None:
+    save_torch({"fingerprint": fingerprint, **{name: obj.state_dict() for name, obj in stateful.items()},
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                "epoch": epoch}, checkpoint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,19 +177,8 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
     checkpoint = out_dir / "checkpoint.pt"
     fingerprint = config_hash({"search": dcfg, "source": data.source, "seed": seed, "images": data.images,
                                "temperature": data.temperature})
-    history, start = [], 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            w_opt.load_state_dict(state["w_opt"])
-            architect.optimizer.load_state_dict(state["a_opt"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            history, start = state["history"], state["epoch"]
-            log(f"resuming from {checkpoint} after epoch {start}")
-        else:
-            log(f"ignoring {checkpoint}: it belongs to another search")
+    stateful = {"model": model, "w_opt": w_opt, "a_opt": architect.optimizer}
+    history, start = resume(checkpoint, fingerprint, stateful, gen, log)
     t0 = time.time()
     for epoch in range(start, epochs):
         lr = dcfg["lr_min"] + 0.5 * (dcfg["lr"] - dcfg["lr_min"]) * (1 + math.cos(math.pi * epoch / epochs))
@@ -190,9 +210,7 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
                 for k, name in enumerate(PRIMITIVES):
                     row[f"alpha_{kind}_{e}_{name}"] = round(probs[e, k].item(), 6)
         history.append(row)
-        save_torch({"fingerprint": fingerprint, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
-                    "a_opt": architect.optimizer.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}, checkpoint)
+        save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
         eta = (time.time() - t0) / (epoch + 1 - start) * (epochs - epoch - 1)
         log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}"
@@ -203,8 +221,91 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
             "search_args": {k: space_args[k] for k in ("in_channels", "resolution", "num_classes", "cells", "channels")}}
 
 
+# --------------------------------------------------------------------------------------------
+# SPOS
+
+
+def spos_space_args(cfg: dict, input_shape, num_classes: int) -> dict:
+    s = cfg["search"]["spos"]
+    return {"in_channels": input_shape[0], "num_classes": num_classes, "stem": s["stem"], "stem_stride": s["stem_stride"],
+            "stage_blocks": list(s["stage_blocks"]), "widths": list(s["widths"]), "last_conv": s["last_conv"]}
+
+
+def search_spos(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> dict:
+    """Train the supernet with one path per step (uniform within FLOPs bins), then evolve paths
+    under the FLOPs bound, each scored on the held-out part after BatchNorm recalibration."""
+    from dfnas.spaces.shufflenet import CHOICES, FlopsTable, ShuffleNetOneShot, sample_path
+    from dfnas.strategies.spos import Evolution, evolve, recalibrate_bn
+
+    s = cfg["search"]["spos"]
+    space_args = spos_space_args(cfg, data.input_shape, data.num_classes)
+    table = FlopsTable(space_args, data.input_shape)
+    seed_everything(seed)
+    model = ShuffleNetOneShot(None, **space_args, dropout=0.0).to(device)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": s["weight_decay"]}, {"params": no_decay, "weight_decay": 0}],
+                          lr=s["lr"], momentum=s["momentum"])
+    gen = torch.Generator().manual_seed(seed)
+    epochs, bs = s["epochs"], s["batch_size"]
+    steps_per_epoch = max(1, len(data.halves[0]) // bs)
+    total = epochs * steps_per_epoch
+    low, high = s["train_flops"] or (None, None)
+    checkpoint = out_dir / "checkpoint.pt"
+    fingerprint = config_hash({"search": s, "source": data.source, "seed": seed, "images": data.images,
+                               "temperature": data.temperature})
+    stateful = {"model": model, "opt": opt}
+    history, start = resume(checkpoint, fingerprint, stateful, gen, log)
+    t0 = time.time()
+    for epoch in range(start, epochs):
+        model.train()
+        loss_sum, acc_sum, steps = 0.0, 0.0, 0
+        for x, y in data.batches(0, bs, gen):
+            step = epoch * steps_per_epoch + steps
+            for g in opt.param_groups:
+                g["lr"] = s["lr"] * max(0.0, 1 - step / total)  # linear decay, as SPOS
+            path = sample_path(table, gen, low, high, s["bins"])
+            x, y = x.to(device), y.to(device)
+            logits = model(x, path)
+            loss = data.loss_from_logits(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            acc_sum += data.accuracy(logits.detach(), y)
+            steps += 1
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps),
+               "train_acc": acc_sum / max(1, steps)}
+        history.append(row)
+        save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
+        eta = (time.time() - t0) / (epoch + 1 - start) * (epochs - epoch - 1)
+        log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
+            f"  acc {row['train_acc']:.3f}  elapsed {format_seconds(time.time() - t0)}  eta {format_seconds(eta)}")
+
+    # Evolution: every candidate is scored after recalibrating BatchNorm on the same training batches.
+    recal_gen = torch.Generator().manual_seed(seed + 1)
+    recal = [x for _, (x, _) in zip(range(s["bn_batches"]), data.batches(0, bs, recal_gen))]
+
+    def score(path):
+        recalibrate_bn(model, recal, lambda m, x: m(x.to(device), path))
+        return evaluate_half(model, data, device, bs, path)["val_acc"]
+
+    bound = s["flops_bound"] if s["flops_bound"] is not None else table.bounds()[1]
+    ecfg = Evolution(**{k: s[k] for k in ("population", "generations", "topk", "mutations", "crossovers",
+                                          "mutation_prob")})
+    best, evolution = evolve(score, table.macs, table.n_blocks, len(CHOICES), bound, ecfg, gen, log)
+    fixed = ShuffleNetOneShot(best, **space_args)
+    from dfnas.flops import count_parameters
+
+    history = history + [{"epoch": "", **row} for row in evolution]
+    return {"space": "spos", "space_args": space_args, "choices": {"path": list(best)}, "history": history,
+            "checkpoint": checkpoint, "search_args": space_args,
+            "extra": {"multiply_adds": table.macs(best), "parameters": count_parameters(fixed),
+                      "flops_bound": bound}}
+
+
 @torch.no_grad()
-def evaluate_half(model, data: SearchData, device, batch_size: int) -> dict:
+def evaluate_half(model, data: SearchData, device, batch_size: int, path=None) -> dict:
     """Loss and accuracy on the architecture half (whole images, no augmentation)."""
     model.eval()
     idx = data.halves[1]
@@ -216,7 +317,7 @@ def evaluate_half(model, data: SearchData, device, batch_size: int) -> dict:
             x = data.norm(x)
         else:
             x, target = data.norm(data.pixels[b]), data.labels[b]
-        logits = model(x.to(device))
+        logits = model(x.to(device)) if path is None else model(x.to(device), path)
         target = target.to(device)
         total += data.loss_from_logits(logits, target).item() * len(b)
         acc += data.accuracy(logits, target) * len(b)
@@ -232,8 +333,9 @@ def evaluate_half(model, data: SearchData, device, batch_size: int) -> dict:
 def write_history(path: Path, history: list[dict]) -> None:
     from dfnas.runtime import atomic_path
 
+    fields = list(dict.fromkeys(k for row in history for k in row)) or ["epoch"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]) if history else ["epoch"])
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(history)
 
@@ -278,6 +380,39 @@ def plot_darts_cells(choices: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_spos_path(path, out: Path) -> None:
+    """A PNG strip: one coloured cell per block, labelled with its choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dfnas.runtime import atomic_path
+    from dfnas.spaces.shufflenet import CHOICES
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(path)), 1.6))
+    colors = ["#a6cee3", "#1f78b4", "#08306b", "#fdbf6f"]
+    for i, c in enumerate(path):
+        ax.add_patch(plt.Rectangle((i, 0), 0.95, 1, color=colors[c]))
+        ax.text(i + 0.47, 0.5, CHOICES[c].replace("_", "\n"), ha="center", va="center", fontsize=6,
+                color="white" if c in (1, 2) else "black")
+    ax.set_xlim(0, len(path))
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title("SPOS path (one choice per block)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_architecture(arch: dict, out: Path) -> None:
+    if arch["space"] == "darts":
+        plot_darts_cells(arch["choices"], out)
+    else:
+        plot_spos_path(arch["choices"]["path"], out)
+
+
 def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path, dataset=None, labels=None,
                log=print) -> dict:
     if algorithm not in ALGORITHMS:
@@ -286,11 +421,18 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     if source == "random":
         return random_architecture(cfg, algorithm, seed, out_dir, log)
-    data = SearchData(cfg, source, seed, dataset, labels)
+    options = {}
+    if algorithm == "spos":
+        s = cfg["search"]["spos"]
+        options = {"train_portion": s["train_portion"], "label_smoothing": s["label_smoothing"]}
+    data = SearchData(cfg, source, seed, dataset, labels, **options)
     log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and {len(data.halves[1])}),"
         f" seed {seed}, device {device}")
     t0 = time.time()
-    result = search_darts(cfg, data, seed, out_dir, device, log)
+    if algorithm == "darts":
+        result = search_darts(cfg, data, seed, out_dir, device, log)
+    else:
+        result = search_spos(cfg, data, seed, out_dir, device, log)
     seconds = time.time() - t0
     arch = {
         "space": result["space"],
@@ -305,11 +447,12 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     }
     if data.synthetic:
         arch["found_by"]["teacher_sha256"] = data.data.attrs.get("teacher_sha256")
+    arch["found_by"].update(result.get("extra", {}))
     write_history(out_dir / "history.csv", result["history"])
-    plot_darts_cells(result["choices"], out_dir / "cells.png")
+    plot_architecture(arch, out_dir / "architecture.png")
     write_json(out_dir / "architecture.json", arch)
     result["checkpoint"].unlink(missing_ok=True)
-    log(f"architecture written to {out_dir / 'architecture.json'}: {json.dumps(result['choices']['normal'])}")
+    log(f"architecture written to {out_dir / 'architecture.json'}: {json.dumps(result['choices'])}")
     return arch
 
 
@@ -317,14 +460,26 @@ def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, log
     """The random baseline: an architecture drawn uniformly from the algorithm's space with ``seed``."""
     from dfnas.spaces import get_space
 
-    dcfg = cfg["search"][algorithm]
-    space_args = {"steps": dcfg["steps"], "multiplier": dcfg["multiplier"]}
-    choices = get_space(algorithm).random(seed, **space_args)
-    arch = {"space": algorithm, "space_args": space_args, "choices": choices,
-            "found_by": {"algorithm": algorithm, "source": "random", "seed": seed, "data_images": 0,
-                         "search_seconds": 0.0, "versions": versions()}}
+    found_by = {"algorithm": algorithm, "source": "random", "seed": seed, "data_images": 0, "search_seconds": 0.0,
+                "versions": versions()}
+    if algorithm == "darts":
+        dcfg = cfg["search"][algorithm]
+        space_args = {"steps": dcfg["steps"], "multiplier": dcfg["multiplier"]}
+        choices = get_space(algorithm).random(seed, **space_args)
+    else:  # a uniform path under the same FLOPs bound as the search
+        from dfnas.data import SPECS
+        from dfnas.spaces.shufflenet import FlopsTable, sample_path
+
+        spec = SPECS[cfg["data"]["name"]]
+        space_args = spos_space_args(cfg, spec.input_shape, spec.num_classes)
+        table = FlopsTable(space_args, spec.input_shape)
+        bound = cfg["search"]["spos"]["flops_bound"]
+        path = sample_path(table, torch.Generator().manual_seed(seed), None, bound)
+        choices = {"path": list(path)}
+        found_by.update({"multiply_adds": table.macs(path), "flops_bound": bound})
+    arch = {"space": algorithm, "space_args": space_args, "choices": choices, "found_by": found_by}
     write_history(out_dir / "history.csv", [])
-    plot_darts_cells(choices, out_dir / "cells.png")
+    plot_architecture(arch, out_dir / "architecture.png")
     write_json(out_dir / "architecture.json", arch)
     log(f"random {algorithm} architecture (seed {seed}) written to {out_dir / 'architecture.json'}")
     return arch

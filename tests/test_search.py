@@ -103,3 +103,46 @@ def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_pat
 def test_synthetic_source_needs_its_files(tmp_path):
     with pytest.raises(DfnasError, match="source 'full' needs --dataset and --labels"):
         run_search(search_config(), "darts", "full", 0, tmp_path, log=quiet)
+
+
+TINY_SPOS = {"stem": 4, "stem_stride": 1, "stage_blocks": [1, 2], "widths": [8, 16], "last_conv": 32,
+             "epochs": 2, "batch_size": 8, "lr": 0.1, "train_portion": 0.7, "train_flops": None, "bins": 2,
+             "flops_bound": None, "population": 6, "generations": 3, "topk": 3, "mutations": 2, "crossovers": 2,
+             "bn_batches": 2}
+
+
+def spos_config(base=None, **spos):
+    cfg = copy.deepcopy(base) if base else {"device": "cpu"}
+    cfg["search"] = {"algorithms": ["spos"], "natural_images": 40, "spos": {**TINY_SPOS, **spos}}
+    return validate_config(cfg)
+
+
+def test_spos_on_a_synthetic_variant(synthetic_set, tmp_path):
+    from dfnas.spaces.shufflenet import FlopsTable
+
+    dataset, labels = synthetic_set
+    table = FlopsTable({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
+                       | {"in_channels": 1, "num_classes": 10}, (1, 28, 28))
+    lo, hi = table.bounds()
+    bound = (lo + hi) / 2
+    arch = run_search(spos_config(flops_bound=bound), "spos", "full", 0, tmp_path, dataset, labels, log=quiet)
+    path = arch["choices"]["path"]
+    assert arch["space"] == "spos" and len(path) == 3 and all(0 <= c <= 3 for c in path)
+    assert arch["found_by"]["multiply_adds"] == table.macs(path) <= bound
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [r["epoch"] for r in rows[:2]] == ["1", "2"] and [r["generation"] for r in rows[2:]] == ["1", "2", "3"]
+    assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_path):
+    from dfnas.retrain import retrain
+
+    cfg = spos_config(base_config, flops_bound=None)
+    cfg["retrain"] = {"train_images": 50, "epochs": 1, "batch_size": 25}
+    cfg = validate_config(cfg)
+    arch = run_search(cfg, "spos", "random", 4, tmp_path / "r", log=quiet)
+    assert len(arch["choices"]["path"]) == 3
+    metrics = retrain(cfg, tmp_path / "r" / "architecture.json", tmp_path / "m.json", log=quiet)
+    assert metrics["multiply_adds"] == arch["found_by"]["multiply_adds"]
+    assert metrics["space"] == "spos" and 0 <= metrics["top1"] <= 1

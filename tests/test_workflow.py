@@ -125,12 +125,14 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert len(arch["choices"]["normal"]) == 8 and len(arch["choices"]["reduce"]) == 8
         epochs = 0 if source == "random" else 2
         assert len((found / "history.csv").read_text().strip().splitlines()) == 1 + epochs
-        assert (found / "cells.png").read_bytes()[:4] == b"\x89PNG"
+        assert (found / "architecture.png").read_bytes()[:4] == b"\x89PNG"
         assert not (found / "checkpoint.pt").exists()
         metrics = json.loads((out / "retrain" / "darts" / source / "seed0" / "metrics.json").read_text())
         assert metrics["choices"] == arch["choices"] and metrics["found_by"]["source"] == source
         assert metrics["train_images"] == 200 and metrics["test_images"] == 500
         assert 0 <= metrics["top1"] <= 1 and metrics["parameters"] > 0 and metrics["multiply_adds"] > 0
+        spos = json.loads((out / "retrain" / "spos" / source / "seed0" / "metrics.json").read_text())
+        assert spos["space"] == "spos" and len(spos["choices"]["path"]) == 3
     full = json.loads((out / "synthesis" / "full" / "quality.json").read_text())
     # Round 1 is optimized for the teacher's soft outputs, so its targets carry entropy; round 0's are one-hot.
     assert full["rounds"][0]["target_entropy"] == 0 and full["rounds"][1]["target_entropy"] > 0

@@ -184,3 +184,30 @@ def sample_path(table: FlopsTable, generator: torch.Generator, low: float | None
             return path
     raise DfnasError(f"no path found with multiply-adds in [{low / 1e6:.1f}M, {high / 1e6:.1f}M] after "
                      f"{max_tries} draws; the space spans [{lo_all / 1e6:.1f}M, {hi_all / 1e6:.1f}M]")
+
+
+# --------------------------------------------------------------------------------------------
+# Registry hooks (see dfnas.spaces)
+
+NETWORK_KEYS = ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")
+
+
+def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict) -> ShuffleNetOneShot:
+    try:
+        path = tuple(int(c) for c in arch["choices"]["path"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DfnasError(f"SPOS architecture: choices need a 'path' of block choices ({exc})") from None
+    if any(not 0 <= c < len(CHOICES) for c in path):
+        raise DfnasError(f"SPOS architecture: choices must be 0..{len(CHOICES) - 1}, got {list(path)}")
+    args = {k: arch.get("space_args", {})[k] for k in NETWORK_KEYS if k in arch.get("space_args", {})}
+    try:
+        return ShuffleNetOneShot(path, in_channels=in_channels, num_classes=num_classes,
+                                 dropout=sizes.get("dropout", 0.1), **args)
+    except ValueError as exc:
+        raise DfnasError(f"SPOS architecture: {exc}") from None
+
+
+def random_choices(seed: int, stage_blocks=(4, 4, 8, 4), **_) -> dict:
+    """A path drawn uniformly, without a FLOPs bound (the search stage applies the bound)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {"path": torch.randint(len(CHOICES), (sum(stage_blocks),), generator=gen).tolist()}

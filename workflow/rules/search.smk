@@ -43,7 +43,7 @@ rule search:
     output:
         arch=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json",
         history=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/history.csv",
-        cells=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/cells.png",
+        figure=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.png",
     wildcard_constraints:
         algorithm="|".join(ALGORITHMS),
         source="|".join(SOURCES),
