@@ -146,3 +146,22 @@ def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_p
     metrics = retrain(cfg, tmp_path / "r" / "architecture.json", tmp_path / "m.json", log=quiet)
     assert metrics["multiply_adds"] == arch["found_by"]["multiply_adds"]
     assert metrics["space"] == "spos" and 0 <= metrics["top1"] <= 1
+
+
+def test_killed_spos_supernet_resumes_with_the_same_result(synthetic_set, tmp_path):
+    dataset, labels = synthetic_set
+    cfg = spos_config(epochs=3)
+    reference = run_search(cfg, "spos", "full", 2, tmp_path / "ref", dataset, labels, log=quiet)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(msg):
+        if "supernet epoch 2/3" in msg:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(cfg, "spos", "full", 2, tmp_path / "run", dataset, labels, log=kill_after_epoch_2)
+    resumed = run_search(cfg, "spos", "full", 2, tmp_path / "run", dataset, labels, log=quiet)
+    assert resumed["choices"] == reference["choices"]
+    assert (tmp_path / "run" / "history.csv").read_text() == (tmp_path / "ref" / "history.csv").read_text()
