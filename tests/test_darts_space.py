@@ -1,6 +1,5 @@
 """The DARTS cell space: the published network's size, and our multiply-add count against torch's."""
 
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

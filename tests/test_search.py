@@ -77,27 +77,31 @@ def test_darts_on_natural_data(base_config, tmp_path):
     assert "teacher_sha256" not in arch["found_by"]
 
 
-def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_path):
+class Killed(Exception):
+    pass
+
+
+def assert_resumes_like_an_uninterrupted_run(cfg, algorithm, seed, synthetic_set, tmp_path, kill_marker):
+    """Kill a search when ``kill_marker`` is logged, rerun it: same choices and history as a clean run."""
     dataset, labels = synthetic_set
-    cfg = search_config(order=2)
-    reference = run_search(cfg, "darts", "full", 1, tmp_path / "ref", dataset, labels, log=quiet)
+    reference = run_search(cfg, algorithm, "full", seed, tmp_path / "ref", dataset, labels, log=quiet)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_2(msg):
-        if "epoch 2/3" in msg:
+    def kill(msg):
+        if kill_marker in msg:
             raise Killed
 
     with pytest.raises(Killed):
-        run_search(cfg, "darts", "full", 1, tmp_path / "run", dataset, labels, log=kill_after_epoch_2)
+        run_search(cfg, algorithm, "full", seed, tmp_path / "run", dataset, labels, log=kill)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     messages = []
-    resumed = run_search(cfg, "darts", "full", 1, tmp_path / "run", dataset, labels, log=messages.append)
+    resumed = run_search(cfg, algorithm, "full", seed, tmp_path / "run", dataset, labels, log=messages.append)
     assert any(m.startswith("resuming from") and m.endswith("after epoch 2") for m in messages)
     assert resumed["choices"] == reference["choices"]
-    ref_rows = (tmp_path / "ref" / "history.csv").read_text()
-    assert (tmp_path / "run" / "history.csv").read_text() == ref_rows
+    assert (tmp_path / "run" / "history.csv").read_text() == (tmp_path / "ref" / "history.csv").read_text()
+
+
+def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_path):
+    assert_resumes_like_an_uninterrupted_run(search_config(order=2), "darts", 1, synthetic_set, tmp_path, "epoch 2/3")
 
 
 def test_synthetic_source_needs_its_files(tmp_path):
@@ -149,19 +153,5 @@ def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_p
 
 
 def test_killed_spos_supernet_resumes_with_the_same_result(synthetic_set, tmp_path):
-    dataset, labels = synthetic_set
-    cfg = spos_config(epochs=3)
-    reference = run_search(cfg, "spos", "full", 2, tmp_path / "ref", dataset, labels, log=quiet)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_2(msg):
-        if "supernet epoch 2/3" in msg:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_search(cfg, "spos", "full", 2, tmp_path / "run", dataset, labels, log=kill_after_epoch_2)
-    resumed = run_search(cfg, "spos", "full", 2, tmp_path / "run", dataset, labels, log=quiet)
-    assert resumed["choices"] == reference["choices"]
-    assert (tmp_path / "run" / "history.csv").read_text() == (tmp_path / "ref" / "history.csv").read_text()
+    assert_resumes_like_an_uninterrupted_run(spos_config(epochs=3), "spos", 2, synthetic_set, tmp_path,
+                                             "supernet epoch 2/3")
