@@ -12,35 +12,34 @@ from torch import nn
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape, batch: int = 1) -> int:
-    """Multiply-adds of one forward pass on ``batch`` inputs of ``input_shape`` (C, H, W), per input."""
-    total = 0
+def macs_per_layer(model: nn.Module, input_shape) -> dict[nn.Module, int]:
+    """Multiply-adds of every convolution and linear layer in one forward pass on one input."""
+    macs: dict[nn.Module, int] = {}
 
-    def conv_hook(m: nn.Conv2d, inputs, out):
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m: nn.Linear, inputs, out):
-        nonlocal total
-        total += out.numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
+    def hook(m, inputs, out):
         if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+            kh, kw = m.kernel_size
+            per_output = (m.in_channels // m.groups) * kh * kw
+        else:
+            per_output = m.in_features
+        macs[m] = macs.get(m, 0) + out.numel() // out.shape[0] * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        model(torch.zeros(batch, *input_shape, device=device))
+        model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return total // batch
+    return macs
+
+
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-adds of one forward pass on one input of ``input_shape`` (C, H, W)."""
+    return sum(macs_per_layer(model, input_shape).values())
 
 
 def count_parameters(model: nn.Module, exclude: str | None = None) -> int:

@@ -166,10 +166,7 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=dcfg["lr"], momentum=dcfg["momentum"],
                             weight_decay=dcfg["weight_decay"])
 
-    def loss_fn(m, batch):
-        return data.loss(m, tuple(t.to(device) for t in batch))
-
-    architect = Architect(model, loss_fn, lr=dcfg["arch_lr"], betas=dcfg["arch_betas"],
+    architect = Architect(model, data.loss, lr=dcfg["arch_lr"], betas=dcfg["arch_betas"],
                           weight_decay=dcfg["arch_weight_decay"], order=dcfg["order"],
                           network_momentum=dcfg["momentum"], network_weight_decay=dcfg["weight_decay"])
     epochs = dcfg["epochs"]

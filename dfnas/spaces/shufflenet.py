@@ -140,28 +140,12 @@ class FlopsTable:
         return (self.base + sum(min(r) for r in self.table), self.base + sum(max(r) for r in self.table))
 
 
-@torch.no_grad()
 def _block_macs(net: ShuffleNetOneShot, input_shape) -> list[int]:
-    """Multiply-adds of each block of a fixed network, from hooks on its convolutions."""
-    owner = {}
-    for b, block in enumerate(net.blocks):
-        for m in block.modules():
-            owner[m] = b
-    counts = [0] * len(net.blocks)
-    handles = []
+    """Multiply-adds of each block of a fixed network."""
+    from dfnas.flops import macs_per_layer
 
-    def hook(m, inputs, out):
-        kh, kw = m.kernel_size
-        counts[owner[m]] += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    for m, b in owner.items():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(hook))
-    net.eval()
-    net(torch.zeros(1, *input_shape))
-    for h in handles:
-        h.remove()
-    return counts
+    per_layer = macs_per_layer(net, input_shape)
+    return [sum(per_layer.get(m, 0) for m in block.modules()) for block in net.blocks]
 
 
 def sample_path(table: FlopsTable, generator: torch.Generator, low: float | None = None, high: float | None = None,
