@@ -41,4 +41,5 @@ rule all:
         expand(f"{SYN}/{{variant}}/quality.json", variant=VARIANTS),
         expand(f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json",
                algorithm=ALGORITHMS, source=SOURCES, seed=SEEDS),
+        expand(f"{RESULTS}/search/spos/{{source}}/seed{{seed}}/ranking.json", source=RANKED, seed=SEEDS),
     default_target: True

@@ -8,13 +8,18 @@ Data sources:
                  ``search.temperature`` from the cached soft labels of its training split, replaying
                  the cached views; no teacher and no natural image in the loop
 
-The training data is split in half (seeded): one half trains the weights, the other the
-architecture. A checkpoint is written after every epoch: a killed search resumes from it and,
-on the CPU, ends with the same architecture as an uninterrupted one.
+DARTS splits the training data in half (seeded): one half trains the weights, the other the
+architecture. SPOS trains its supernet on the training data and scores candidate paths on a
+held-out part: on a synthetic variant, the merged set's validation split (``synthesis.val_per_class``
+images per class), on natural data ``search.spos.train_portion`` of the subset. A checkpoint is
+written after every epoch: a killed search resumes from it and, on the CPU, ends with the same
+architecture as an uninterrupted one.
 
 Outputs (in ``--out-dir``): ``architecture.json`` (space, its arguments, the choices, how they were
 found), ``history.csv`` (per-epoch losses, accuracies and the softmax of the architecture
-parameters) and ``architecture.png`` (the derived cells, or the chosen path).
+parameters) and ``architecture.png`` (the derived cells, or the chosen path); for every source
+but random, ``search_network.pt``: the trained search network (DARTS network with its
+architecture parameters, SPOS supernet), from which `dfnas.ranking` scores fixed paths.
 
     python -m dfnas.search --config config.yaml --algorithm darts --source full --seed 0 \\
         --dataset results/default/synthesis/full/dataset.h5 --labels results/default/synthesis/full/soft_labels.h5 \\
@@ -52,7 +57,7 @@ class SearchData:
     """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
 
     def __init__(self, cfg: dict, source: str, seed: int, dataset_path=None, labels_path=None,
-                 train_portion: float | None = None, label_smoothing: float = 0.0):
+                 train_portion: float | None = None, label_smoothing: float = 0.0, synthetic_holdout: str = "portion"):
         scfg = cfg["search"]
         train_portion = scfg["train_portion"] if train_portion is None else train_portion
         self.label_smoothing = label_smoothing
@@ -81,12 +86,21 @@ class SearchData:
             self.input_shape = natural.info.input_shape
             self.num_classes = natural.info.num_classes
             self.recipe = Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"])
-        perm = torch.randperm(n, generator=gen)
-        half = int(n * train_portion)
-        if half < 1 or half >= n:
-            raise DfnasError(f"train_portion {train_portion} leaves an empty part of {n} images")
-        self.halves = (perm[:half], perm[half:])
         self.images = n
+        if self.synthetic and synthetic_holdout == "val":
+            # The whole training split trains; the merged set's validation split scores.
+            self.heldout = SoftLabelData(dataset_path, labels_path, "val", seed=seed)
+            if len(self.heldout) == 0:
+                raise DfnasError(f"{dataset_path} has an empty validation split (synthesis.val_per_class is 0)")
+            self.halves = (torch.arange(n), torch.arange(len(self.heldout)))
+            self.images = n + len(self.heldout)
+        else:
+            perm = torch.randperm(n, generator=gen)
+            half = int(n * train_portion)
+            if half < 1 or half >= n:
+                raise DfnasError(f"train_portion {train_portion} leaves an empty part of {n} images")
+            self.halves = (perm[:half], perm[half:])
+            self.heldout = self.data if self.synthetic else None
         self.temperature = scfg["temperature"]
         self.norm = Normalize(self.mean, self.std)
         self.memory_format = torch.contiguous_format
@@ -94,7 +108,8 @@ class SearchData:
     def batches(self, half: int, batch_size: int, generator: torch.Generator):
         idx = self.halves[half]
         if self.synthetic:
-            for x, logits in self.data.batches(batch_size, generator, indices=idx, drop_last=len(idx) >= batch_size):
+            source = self.data if half == 0 else self.heldout
+            for x, logits in source.batches(batch_size, generator, indices=idx, drop_last=len(idx) >= batch_size):
                 yield self.norm(x).contiguous(memory_format=self.memory_format), logits
             return
         order = idx[torch.randperm(len(idx), generator=generator)]
@@ -103,6 +118,13 @@ class SearchData:
             b = order[start : start + batch_size]
             x = self.norm(augment_batch(self.pixels[b], self.recipe, generator))
             yield x.contiguous(memory_format=self.memory_format), self.labels[b]
+
+    def heldout_batch(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``b`` of the held-out part, whole and unaugmented (normalized), with their targets."""
+        if self.synthetic:
+            x, target = self.heldout.get(b, torch.zeros_like(b))
+            return self.norm(x), target
+        return self.norm(self.pixels[b]), self.labels[b]
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return self.loss_from_logits(model(batch[0]), batch[1])
@@ -214,7 +236,7 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
             f"  elapsed {format_seconds(time.time() - t0)}  eta {format_seconds(eta)}")
     genotype = model.genotype()
     return {"space": "darts", "space_args": {k: space_args[k] for k in ("steps", "multiplier")},
-            "choices": genotype_to_dict(genotype), "history": history, "checkpoint": checkpoint,
+            "choices": genotype_to_dict(genotype), "history": history, "checkpoint": checkpoint, "network": model,
             "search_args": {k: space_args[k] for k in ("in_channels", "resolution", "num_classes", "cells", "channels")}}
 
 
@@ -296,7 +318,7 @@ def search_spos(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, l
 
     history = history + [{"epoch": "", **row} for row in evolution]
     return {"space": "spos", "space_args": space_args, "choices": {"path": list(best)}, "history": history,
-            "checkpoint": checkpoint, "search_args": space_args,
+            "checkpoint": checkpoint, "search_args": space_args, "network": model,
             "extra": {"multiply_adds": table.macs(best), "parameters": count_parameters(fixed),
                       "flops_bound": bound}}
 
@@ -309,11 +331,7 @@ def evaluate_half(model, data: SearchData, device, batch_size: int, path=None) -
     total, acc, n = 0.0, 0.0, 0
     for start in range(0, len(idx), batch_size):
         b = idx[start : start + batch_size]
-        if data.synthetic:
-            x, target = data.data.get(b, torch.zeros_like(b))
-            x = data.norm(x)
-        else:
-            x, target = data.norm(data.pixels[b]), data.labels[b]
+        x, target = data.heldout_batch(b)
         logits = model(x.to(device)) if path is None else model(x.to(device), path)
         target = target.to(device)
         total += data.loss_from_logits(logits, target).item() * len(b)
@@ -421,7 +439,8 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     options = {}
     if algorithm == "spos":
         s = cfg["search"]["spos"]
-        options = {"train_portion": s["train_portion"], "label_smoothing": s["label_smoothing"]}
+        options = {"train_portion": s["train_portion"], "label_smoothing": s["label_smoothing"],
+                   "synthetic_holdout": "val"}
     data = SearchData(cfg, source, seed, dataset, labels, **options)
     log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and {len(data.halves[1])}),"
         f" seed {seed}, device {device}")
@@ -447,10 +466,30 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     arch["found_by"].update(result.get("extra", {}))
     write_history(out_dir / "history.csv", result["history"])
     plot_architecture(arch, out_dir / "architecture.png")
+    save_search_network(out_dir / "search_network.pt", result["network"], arch, result["search_args"])
     write_json(out_dir / "architecture.json", arch)
     result["checkpoint"].unlink(missing_ok=True)
     log(f"architecture written to {out_dir / 'architecture.json'}: {json.dumps(result['choices'])}")
     return arch
+
+
+def save_search_network(path: Path, network: nn.Module, arch: dict, search_args: dict) -> None:
+    """The trained search network's weights (CPU, contiguous) with what rebuilds it."""
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_torch({"space": arch["space"], "space_args": arch["space_args"], "search_args": search_args, "found_by": {
+        k: arch["found_by"][k] for k in ("algorithm", "source", "seed", "config_hash")}, "state_dict": state}, path)
+
+
+def load_search_network(path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DfnasError(f"search network {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files
+        raise DfnasError(f"{path}: not a readable search network ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not {"space", "search_args", "state_dict"} <= set(state):
+        raise DfnasError(f"{path}: not a dfnas search network (write one with python -m dfnas.search)")
+    return state
 
 
 def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, log=print) -> dict:

@@ -135,3 +135,23 @@ def teacher_file(tmp_path_factory):
     cfg["teacher"]["source"] = f"file:{bare}"
     make_teacher(cfg, dataset_info(cfg), out, log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_set(teacher_file, tmp_path_factory):
+    """A merged synthetic set (40 images, 1 validation image per class) and its 3-view soft labels."""
+    from dfnas.config import validate_config
+    from dfnas.merge import merge
+    from dfnas.soft_labels import make_soft_labels
+    from dfnas.synthesize import run_shard
+    from dfnas.teacher import load_teacher
+
+    teacher = load_teacher(teacher_file)
+    cfg = validate_config({"device": "cpu", "synthesis": {
+        "shards": 1, "images_per_round": 20, "rounds": 2, "batch_size": 20, "iterations_half": 2,
+        "iterations_full": 2, "warmup": 1, "val_per_class": 1}, "soft_labels": {"views": 3}})
+    d = tmp_path_factory.mktemp("syn")
+    shard = run_shard(cfg, teacher, "full", 0, d / "shard_000.h5", log=lambda *_: None)
+    merge([shard], teacher.checksum, 1, 0, d / "dataset.h5")
+    make_soft_labels(cfg, teacher, d / "dataset.h5", d / "labels.h5", log=lambda *_: None)
+    return d / "dataset.h5", d / "labels.h5"

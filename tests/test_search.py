@@ -10,30 +10,13 @@ import torch
 
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
-from dfnas.merge import merge
 from dfnas.search import kd_loss, run_search
-from dfnas.soft_labels import make_soft_labels
-from dfnas.synthesize import run_shard
-from dfnas.teacher import load_teacher
 
 TINY_DARTS = {"cells": 3, "channels": 4, "epochs": 3, "batch_size": 8}
 
 
 def quiet(*_):
     pass
-
-
-@pytest.fixture(scope="module")
-def synthetic_set(teacher_file, tmp_path_factory):
-    teacher = load_teacher(teacher_file)
-    cfg = validate_config({"device": "cpu", "synthesis": {
-        "shards": 1, "images_per_round": 20, "rounds": 2, "batch_size": 20, "iterations_half": 2,
-        "iterations_full": 2, "warmup": 1, "val_per_class": 1}, "soft_labels": {"views": 3}})
-    d = tmp_path_factory.mktemp("syn")
-    shard = run_shard(cfg, teacher, "full", 0, d / "shard_000.h5", log=quiet)
-    merge([shard], teacher.checksum, 1, 0, d / "dataset.h5")
-    make_soft_labels(cfg, teacher, d / "dataset.h5", d / "labels.h5", log=quiet)
-    return d / "dataset.h5", d / "labels.h5"
 
 
 def search_config(base=None, **darts):
@@ -122,7 +105,7 @@ def spos_config(base=None, **spos):
 
 
 def test_spos_on_a_synthetic_variant(synthetic_set, tmp_path):
-    from dfnas.spaces.shufflenet import FlopsTable
+    from dfnas.spaces.shufflenet import FlopsTable, ShuffleNetOneShot
 
     dataset, labels = synthetic_set
     table = FlopsTable({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
@@ -137,6 +120,11 @@ def test_spos_on_a_synthetic_variant(synthetic_set, tmp_path):
     assert [r["epoch"] for r in rows[:2]] == ["1", "2"] and [r["generation"] for r in rows[2:]] == ["1", "2", "3"]
     assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "checkpoint.pt").exists()
+    # The supernet trains on all 30 training images; candidates are scored on the 10 validation images.
+    assert arch["found_by"]["data_images"] == 40
+    saved = torch.load(tmp_path / "search_network.pt", weights_only=True)
+    assert saved["space"] == "spos" and saved["found_by"]["source"] == "full"
+    assert set(saved["state_dict"]) == set(ShuffleNetOneShot(None, **saved["search_args"]).state_dict())
 
 
 def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_path):

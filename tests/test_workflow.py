@@ -51,11 +51,16 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     result = snakemake("-n", "--configfile", str(preset), cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     s = cfg["search"]
-    searches = len(s["algorithms"]) * len(s["sources"]) * len(s["seeds"])
-    assert planned_jobs(result.stdout) == {
+    arms = len(s["algorithms"]) * len(s["sources"]) * len(s["seeds"])
+    randoms = len(s["algorithms"]) * len(s["seeds"]) if "random" in s["sources"] else 0
+    synthetic = len(set(s["sources"]) - {"natural", "random"})
+    ranked = synthetic * len(s["seeds"]) if "spos" in s["algorithms"] and s["spos"]["ranking"]["paths"] else 0
+    expected = {
         "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
-        "soft_labels": variants, "synthesis_quality": variants, "search": searches, "retrain": searches, "all": 1,
+        "soft_labels": variants, "synthesis_quality": variants, "search": arms - randoms,
+        "random_architecture": randoms, "retrain": arms, "ranking": ranked, "all": 1,
     }
+    assert planned_jobs(result.stdout) == {k: v for k, v in expected.items() if v}
     # The synthetic branch takes no natural-data input: only the teacher and its own files.
     inputs = planned_inputs(result.stdout)
     for rule in ("synthesize", "merge", "soft_labels"):
@@ -67,6 +72,9 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     per_source = len(s["algorithms"]) * len(s["seeds"])
     assert len(synthetic_searches) == per_source * len(set(s["sources"]) - {"natural", "random"})
     assert all("/data/" not in listed and "soft_labels.h5" in listed for listed in synthetic_searches)
+    # The ranking check is an evaluation: it takes the supernet, the synthetic set and natural data.
+    for listed in inputs.get("ranking", []):
+        assert "search_network.pt" in listed and "soft_labels.h5" in listed and "data/dataset.json" in listed
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -133,6 +141,10 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert 0 <= metrics["top1"] <= 1 and metrics["parameters"] > 0 and metrics["multiply_adds"] > 0
         spos = json.loads((out / "retrain" / "spos" / source / "seed0" / "metrics.json").read_text())
         assert spos["space"] == "spos" and len(spos["choices"]["path"]) == 3
+        assert (out / "search" / "spos" / source / "seed0" / "search_network.pt").exists() == (source != "random")
+    ranking = json.loads((out / "search" / "spos" / "full" / "seed0" / "ranking.json").read_text())
+    assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40 
+    assert ranking["kendall_tau"] is None or -1 <= ranking["kendall_tau"] <= 1  # None: a constant score vector
     full = json.loads((out / "synthesis" / "full" / "quality.json").read_text())
     # Round 1 is optimized for the teacher's soft outputs, so its targets carry entropy; round 0's are one-hot.
     assert full["rounds"][0]["target_entropy"] == 0 and full["rounds"][1]["target_entropy"] > 0

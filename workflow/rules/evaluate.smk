@@ -4,7 +4,7 @@
 
 rule retrain:
     input:
-        arch=rules.search.output.arch,
+        arch=f"{RESULTS}/search/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json",
         natural=rules.data.output[0],
     output:
         f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json",

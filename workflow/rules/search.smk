@@ -1,6 +1,8 @@
 # Architecture search: every algorithm x data source x seed is one job; they run side by side.
 # A synthetic source reads only its synthetic set and soft-label cache, never natural images.
 
+from types import SimpleNamespace
+
 SEARCH = f"{RESULTS}/search"
 ALGORITHMS = config["search"]["algorithms"]
 SOURCES = config["search"]["sources"]
@@ -16,13 +18,12 @@ def search_params(wildcards):
     adding a source or a seed reruns no finished search."""
     cfg = json.loads(stage_config("search", *(["data"] if wildcards.source == "natural" else [])))
     shared = {k: v for k, v in cfg["search"].items() if k not in ("algorithms", "sources", "seeds") + tuple(ALGORITHMS)}
-    cfg["search"] = {**shared, wildcards.algorithm: cfg["search"][wildcards.algorithm]}
+    own = {k: v for k, v in cfg["search"][wildcards.algorithm].items() if k != "ranking"}  # read by rule ranking
+    cfg["search"] = {**shared, wildcards.algorithm: own}
     return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
 
 def search_inputs(wildcards):
-    if wildcards.source == "random":
-        return {}
     if wildcards.source == "natural":
         return {"natural": rules.data.output[0]}
     return {
@@ -32,7 +33,7 @@ def search_inputs(wildcards):
 
 
 def search_data_args(wildcards, input):
-    if wildcards.source in ("natural", "random"):
+    if wildcards.source == "natural":
         return ""
     return f"--dataset {input.dataset} --labels {input.labels}"
 
@@ -44,9 +45,10 @@ rule search:
         arch=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json",
         history=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/history.csv",
         figure=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.png",
+        network=f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/search_network.pt",
     wildcard_constraints:
         algorithm="|".join(ALGORITHMS),
-        source="|".join(SOURCES),
+        source="|".join(s for s in SOURCES if s != "random"),
         seed=r"\d+",
     params:
         cfg=search_params,
@@ -65,3 +67,62 @@ rule search:
         "python -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
         " --source {wildcards.source} --seed {wildcards.seed} {params.data} --out-dir {params.out_dir}"
         " --threads {threads} 2>&1 | tee {log}"
+
+
+# The random baseline: an architecture drawn from the space with the seed (SPOS: under the FLOPs
+# bound). It reads no data; it is a job of its own so that it has no search network to write.
+rule random_architecture:
+    output:
+        arch=f"{SEARCH}/{{algorithm}}/random/seed{{seed}}/architecture.json",
+        history=f"{SEARCH}/{{algorithm}}/random/seed{{seed}}/history.csv",
+        figure=f"{SEARCH}/{{algorithm}}/random/seed{{seed}}/architecture.png",
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        seed=r"\d+",
+    params:
+        cfg=lambda wc: search_params(SimpleNamespace(algorithm=wc.algorithm, source="random")),
+        out_dir=lambda wc, output: os.path.dirname(output.arch),
+    log:
+        f"{LOGS}/search/{{algorithm}}_random_seed{{seed}}.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
+        " --source random --seed {wildcards.seed} --out-dir {params.out_dir} --threads {threads} 2>&1 | tee {log}"
+
+
+# How faithfully a synthetic variant ranks SPOS paths: the supernet searched on it scores fixed
+# paths on synthetic and on natural validation data (Kendall tau). An evaluation, like retrain: it
+# reads natural data, which the synthetic search itself never does.
+RANKED = [s for s in SOURCES if s in VARIANTS] if "spos" in ALGORITHMS and config["search"]["spos"]["ranking"]["paths"] else []
+
+
+rule ranking:
+    input:
+        network=f"{SEARCH}/spos/{{source}}/seed{{seed}}/search_network.pt",
+        dataset=f"{SYN}/{{source}}/dataset.h5",
+        labels=f"{SYN}/{{source}}/soft_labels.h5",
+        natural=rules.data.output[0],
+    output:
+        json=f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.json",
+        csv=f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.csv",
+        figure=f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.png",
+    wildcard_constraints:
+        source="|".join(VARIANTS),
+        seed=r"\d+",
+    params:
+        cfg=stage_config("data", "search"),
+        out_dir=lambda wc, output: os.path.dirname(output.json),
+    log:
+        f"{LOGS}/search/spos_{{source}}_seed{{seed}}_ranking.log",
+    benchmark:
+        f"{BENCH}/search/spos_{{source}}_seed{{seed}}_ranking.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.ranking --config-json {params.cfg:q} --network {input.network} --dataset {input.dataset}"
+        " --labels {input.labels} --out-dir {params.out_dir} --threads {threads} 2>&1 | tee {log}"

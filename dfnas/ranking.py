@@ -1,0 +1,186 @@
+"""The SPOS ranking check: does the synthetic data rank architectures as natural data would?
+
+A one-shot search is only as good as the ranking its supernet gives to paths. For a fixed set of
+paths (drawn with the seed, uniformly under the search's FLOPs bound; the same paths for every
+source of a seed), the supernet trained on a synthetic variant scores each path twice, each time
+after recalibrating BatchNorm on training batches of the same domain:
+
+    synthetic   accuracy (agreement with the teacher) on the merged set's validation split,
+                what the evolution ranks by; recalibrated on synthetic training views
+    natural     accuracy on a class-balanced set of natural training images
+                (``search.spos.ranking.natural_images``); recalibrated on other natural images
+
+Kendall's tau (tau-b, ties counted) between the two score vectors says how faithful the synthetic
+data is as a proxy: 1 = the same order, 0 = unrelated. This is an evaluation rule beside retrain:
+it reads natural data, so it never runs inside the synthetic search.
+
+Outputs: ``ranking.json`` (tau, the scores, the paths), ``ranking.csv`` (one row per path) and
+``ranking.png`` (synthetic against natural accuracy).
+
+    python -m dfnas.ranking --config config.yaml --network results/default/search/spos/full/seed0/search_network.pt \\
+        --dataset results/default/synthesis/full/dataset.h5 --labels results/default/synthesis/full/soft_labels.h5 \\
+        --out-dir results/default/search/spos/full/seed0
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.errors import DfnasError
+from dfnas.runtime import atomic_path, resolve_device, seed_everything, write_json
+
+
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-b of two score vectors: (concordant - discordant) pairs over the geometric mean
+    of the pairs not tied in each vector; nan when either vector is constant."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"kendall_tau needs two vectors of one length, got {a.shape} and {b.shape}")
+    i, j = np.triu_indices(len(a), k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    s = da * db
+    concordant, discordant = int((s > 0).sum()), int((s < 0).sum())
+    untied_a, untied_b = int((da != 0).sum()), int((db != 0).sum())
+    if untied_a == 0 or untied_b == 0:
+        return math.nan
+    return (concordant - discordant) / math.sqrt(untied_a * untied_b)
+
+
+def ranking_paths(cfg: dict, table, seed: int) -> list[tuple[int, ...]]:
+    """The fixed paths of a seed: distinct, drawn uniformly under the search's FLOPs bound."""
+    from dfnas.spaces.shufflenet import sample_path
+    from dfnas.synthesize import derived_seed
+
+    s = cfg["search"]["spos"]
+    count = s["ranking"]["paths"]
+    gen = torch.Generator().manual_seed(derived_seed(seed, "ranking", "paths") % (2**63))
+    paths: list[tuple[int, ...]] = []
+    for _ in range(100 * count):
+        path = sample_path(table, gen, None, s["flops_bound"])
+        if path not in paths:
+            paths.append(path)
+        if len(paths) == count:
+            return paths
+    raise DfnasError(f"search.spos.ranking.paths: only {len(paths)} distinct paths under the FLOPs bound")
+
+
+@torch.no_grad()
+def accuracy(model, path, batches, device) -> float:
+    model.eval()
+    hits, n = 0, 0
+    for x, y in batches:
+        logits = model(x.to(device), path)
+        truth = y.argmax(1) if y.ndim == 2 else y
+        hits += int((logits.argmax(1).cpu() == truth).sum())
+        n += len(y)
+    return hits / max(1, n)
+
+
+def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=print) -> dict:
+    from dfnas.data import all_pixels, dataset_from_config, stratified_subset
+    from dfnas.search import SearchData, load_search_network
+    from dfnas.spaces.shufflenet import FlopsTable, ShuffleNetOneShot
+    from dfnas.strategies.spos import recalibrate_bn
+    from dfnas.synthesize import derived_seed
+
+    s = cfg["search"]["spos"]
+    saved = load_search_network(network_path)
+    if saved["space"] != "spos":
+        raise DfnasError(f"{network_path}: a {saved['space']} search network; the ranking check needs a SPOS supernet")
+    seed, source = saved["found_by"]["seed"], saved["found_by"]["source"]
+    device = resolve_device(cfg["device"])
+    seed_everything(seed)
+    space_args = saved["search_args"]
+    model = ShuffleNetOneShot(None, **space_args, dropout=0.0)
+    model.load_state_dict(saved["state_dict"])
+    model.to(device)
+    data = SearchData(cfg, source, seed, dataset_path, labels_path, synthetic_holdout="val")
+    input_shape = data.input_shape
+    table = FlopsTable(space_args, input_shape)
+    paths = ranking_paths(cfg, table, seed)
+    bs, n_recal = s["batch_size"], s["bn_batches"]
+
+    # Synthetic: the search's own scoring (recalibrate on training views, score the validation split).
+    syn_recal = [x for _, (x, _) in zip(range(n_recal), data.batches(0, bs, torch.Generator().manual_seed(seed + 1)))]
+    syn_val = [data.heldout_batch(data.halves[1][i : i + bs]) for i in range(0, len(data.halves[1]), bs)]
+
+    # Natural: a class-balanced set of training images, part recalibrates, the rest is scored.
+    natural = dataset_from_config(cfg)
+    n_val = s["ranking"]["natural_images"]
+    n_recal_images = min(n_recal * bs, n_val)
+    idx = stratified_subset(natural.train.targets, n_val + n_recal_images, derived_seed(seed, "ranking", "natural") % (2**32))
+    idx = np.random.default_rng(seed).permutation(idx)
+    pixels = data.norm(all_pixels(natural.train, idx))  # the supernet's own input normalization
+    labels = torch.as_tensor(np.asarray(natural.train.targets)[idx])
+    nat_recal = list(pixels[:n_recal_images].split(bs))
+    nat_val = list(zip(pixels[n_recal_images:].split(bs), labels[n_recal_images:].split(bs)))
+    log(f"ranking {len(paths)} paths of the {source} supernet (seed {seed}): {len(data.halves[1])} synthetic and "
+        f"{len(pixels) - n_recal_images} natural validation images, device {device}")
+
+    rows = []
+    for k, path in enumerate(paths):
+        forward = lambda m, x, p=path: m(x.to(device), p)  # noqa: E731
+        recalibrate_bn(model, syn_recal, forward)
+        syn = accuracy(model, path, syn_val, device)
+        recalibrate_bn(model, nat_recal, forward)
+        nat = accuracy(model, path, nat_val, device)
+        rows.append({"path": "".join(map(str, path)), "multiply_adds": table.macs(path), "synthetic_acc": syn,
+                     "natural_acc": nat})
+        log(f"path {k + 1}/{len(paths)} {rows[-1]['path']}: synthetic {syn:.3f}  natural {nat:.3f}")
+    tau = kendall_tau([r["synthetic_acc"] for r in rows], [r["natural_acc"] for r in rows])
+    log(f"Kendall tau between the synthetic and the natural ranking: {tau:.3f}")
+    result = {"source": source, "seed": seed, "kendall_tau": None if math.isnan(tau) else tau, "paths": rows,
+              "synthetic_images": len(data.halves[1]), "natural_images": len(pixels) - n_recal_images,
+              "bn_batches": n_recal, "flops_bound": s["flops_bound"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "ranking.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_ranking(result, out_dir / "ranking.png")
+    write_json(out_dir / "ranking.json", result)
+    return result
+
+
+def plot_ranking(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    syn = [r["synthetic_acc"] for r in result["paths"]]
+    nat = [r["natural_acc"] for r in result["paths"]]
+    macs = [r["multiply_adds"] / 1e6 for r in result["paths"]]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    points = ax.scatter(syn, nat, c=macs, cmap="viridis", s=28)
+    fig.colorbar(points, ax=ax, label="multiply-adds (M)")
+    ax.set_xlabel("accuracy on synthetic validation")
+    ax.set_ylabel("accuracy on natural validation")
+    tau = result["kendall_tau"]
+    ax.set_title(f"SPOS supernet ({result['source']}, seed {result['seed']}): Kendall tau "
+                 + ("undefined (a constant ranking)" if tau is None else f"{tau:.2f}"), fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+@cli_main
+def main(argv=None):
+    parser = stage_parser("ranking", __doc__)
+    parser.add_argument("--network", required=True, help="search_network.pt of a SPOS search on a synthetic source")
+    parser.add_argument("--dataset", required=True, help="that source's synthetic dataset (HDF5)")
+    parser.add_argument("--labels", required=True, help="its soft-label cache (HDF5)")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    rank(stage_config(args), args.network, args.dataset, args.labels, Path(args.out_dir))
+
+
+if __name__ == "__main__":
+    main()
