@@ -44,7 +44,7 @@ from dfnas.errors import DfnasError
 from dfnas.runtime import config_hash, resolve_device, save_torch, seed_everything, versions, write_json
 from dfnas.train import Normalize, Recipe, augment_batch, format_seconds
 
-ALGORITHMS = ("darts", "spos")
+ALGORITHMS = ("darts", "spos", "proxyless")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -421,9 +421,41 @@ def plot_spos_path(path, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_proxyless_ops(ops, out: Path) -> None:
+    """A PNG strip: one cell per searchable block, its height the expansion, labelled with the kernel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dfnas.runtime import atomic_path
+    from dfnas.spaces.proxyless import OPS, ZERO
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(ops)), 1.8))
+    for i, c in enumerate(ops):
+        if c == ZERO:
+            ax.text(i + 0.47, 0.1, "skip", ha="center", va="bottom", fontsize=6, color="0.4")
+            continue
+        kernel, expansion = OPS[c].split("_e")
+        ax.add_patch(plt.Rectangle((i, 0), 0.95, int(expansion) / 6, color={"3x3": "#a6cee3", "5x5": "#1f78b4",
+                                                                           "7x7": "#08306b"}[kernel]))
+        ax.text(i + 0.47, 0.05, f"{kernel[0]}\ne{expansion}", ha="center", va="bottom", fontsize=6,
+                color="black" if kernel == "3x3" else "white")
+    ax.set_xlim(0, len(ops))
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title("ProxylessNAS blocks (kernel, expansion as height; skip = zero operation)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def plot_architecture(arch: dict, out: Path) -> None:
     if arch["space"] == "darts":
         plot_darts_cells(arch["choices"], out)
+    elif arch["space"] == "proxyless":
+        plot_proxyless_ops(arch["choices"]["ops"], out)
     else:
         plot_spos_path(arch["choices"]["path"], out)
 
@@ -437,18 +469,23 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     if source == "random":
         return random_architecture(cfg, algorithm, seed, out_dir, log)
     options = {}
+    if algorithm in ("spos", "proxyless"):
+        s = cfg["search"][algorithm]
+        options = {"train_portion": s["train_portion"], "label_smoothing": s["label_smoothing"]}
     if algorithm == "spos":
-        s = cfg["search"]["spos"]
-        options = {"train_portion": s["train_portion"], "label_smoothing": s["label_smoothing"],
-                   "synthetic_holdout": "val"}
+        options["synthetic_holdout"] = "val"
     data = SearchData(cfg, source, seed, dataset, labels, **options)
     log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and {len(data.halves[1])}),"
         f" seed {seed}, device {device}")
     t0 = time.time()
     if algorithm == "darts":
         result = search_darts(cfg, data, seed, out_dir, device, log)
-    else:
+    elif algorithm == "spos":
         result = search_spos(cfg, data, seed, out_dir, device, log)
+    else:
+        from dfnas.strategies.proxyless import search_proxyless
+
+        result = search_proxyless(cfg, data, seed, out_dir, device, log)
     seconds = time.time() - t0
     arch = {
         "space": result["space"],
@@ -498,15 +535,25 @@ def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, log
 
     found_by = {"algorithm": algorithm, "source": "random", "seed": seed, "data_images": 0, "search_seconds": 0.0,
                 "versions": versions()}
+    from dfnas.data import SPECS
+
+    spec = SPECS[cfg["data"]["name"]]
     if algorithm == "darts":
         dcfg = cfg["search"][algorithm]
         space_args = {"steps": dcfg["steps"], "multiplier": dcfg["multiplier"]}
         choices = get_space(algorithm).random(seed, **space_args)
+    elif algorithm == "proxyless":  # one operation per block, uniform over those the block allows
+        from dfnas.flops import count_macs
+        from dfnas.strategies.proxyless import proxyless_space_args
+
+        space_args = proxyless_space_args(cfg, spec.input_shape, spec.num_classes)
+        choices = get_space(algorithm).random(seed, **space_args)
+        net = get_space(algorithm).build({"space_args": space_args, "choices": choices}, spec.input_shape[0],
+                                         spec.input_shape[1], spec.num_classes, {})
+        found_by["multiply_adds"] = count_macs(net, spec.input_shape)
     else:  # a uniform path under the same FLOPs bound as the search
-        from dfnas.data import SPECS
         from dfnas.spaces.shufflenet import FlopsTable, sample_path
 
-        spec = SPECS[cfg["data"]["name"]]
         space_args = spos_space_args(cfg, spec.input_shape, spec.num_classes)
         table = FlopsTable(space_args, spec.input_shape)
         bound = cfg["search"]["spos"]["flops_bound"]

@@ -143,3 +143,36 @@ def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_p
 def test_killed_spos_supernet_resumes_with_the_same_result(synthetic_set, tmp_path):
     assert_resumes_like_an_uninterrupted_run(spos_config(epochs=3), "spos", 2, synthetic_set, tmp_path,
                                              "supernet epoch 2/3")
+
+
+TINY_PROXYLESS = {"stem": 4, "stem_stride": 2, "first": 4, "stage_blocks": [1, 2], "widths": [8, 8], "strides": [2, 1],
+                  "feature_mix": 16, "warmup_epochs": 1, "epochs": 1, "batch_size": 8, "arch_every": 1}
+
+
+def proxyless_config(base=None, **over):
+    cfg = copy.deepcopy(base) if base else {"device": "cpu"}
+    cfg["search"] = {"algorithms": ["proxyless"], "proxyless": {**TINY_PROXYLESS, **over}}
+    return validate_config(cfg)
+
+
+def test_proxyless_on_a_synthetic_variant_then_retrained(synthetic_set, base_config, tmp_path):
+    from dfnas.retrain import retrain
+    from dfnas.spaces.proxyless import OPS
+
+    arch = run_search(proxyless_config(), "proxyless", "full", 0, tmp_path / "s", *synthetic_set, log=quiet)
+    ops = arch["choices"]["ops"]
+    assert arch["space"] == "proxyless" and len(ops) == 3 and all(0 <= c < len(OPS) for c in ops)
+    assert arch["found_by"]["hardware_metric"] == "flops" and arch["found_by"]["data_images"] == 30
+    rows = list(csv.DictReader(open(tmp_path / "s" / "history.csv")))
+    assert [r["phase"] for r in rows] == ["warmup", "search"]
+    assert (tmp_path / "s" / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "s" / "search_network.pt").exists() and not (tmp_path / "s" / "checkpoint.pt").exists()
+    cfg = proxyless_config(base_config)
+    cfg["retrain"] = {"train_images": 50, "epochs": 1, "batch_size": 25}
+    cfg = validate_config(cfg)
+    metrics = retrain(cfg, tmp_path / "s" / "architecture.json", tmp_path / "m.json", log=quiet)
+    assert metrics["multiply_adds"] == arch["found_by"]["multiply_adds"]
+    random = run_search(cfg, "proxyless", "random", 1, tmp_path / "r", log=quiet)
+    assert len(random["choices"]["ops"]) == 3 and random["choices"]["ops"][0] != OPS.index("zero")
+    net_macs = retrain(cfg, tmp_path / "r" / "architecture.json", tmp_path / "r.json", log=quiet)["multiply_adds"]
+    assert random["found_by"]["multiply_adds"] == net_macs

@@ -49,6 +49,8 @@ def build_architecture(arch: dict, in_channels: int, resolution: int, num_classe
 
 from dfnas.spaces import darts as _darts  # noqa: E402
 from dfnas.spaces import shufflenet as _shufflenet  # noqa: E402
+from dfnas.spaces import proxyless as _proxyless  # noqa: E402
 
 register_space(Space("darts", _darts.build_from_arch, _darts.random_choices, aux_name="aux_head"))
 register_space(Space("spos", _shufflenet.build_from_arch, _shufflenet.random_choices))
+register_space(Space("proxyless", _proxyless.build_from_arch, _proxyless.random_choices))

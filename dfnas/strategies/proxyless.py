@@ -1,0 +1,465 @@
+"""The ProxylessNAS search strategy (Cai, Zhu, Han, ICLR 2019): path-level binarization.
+
+Every searchable block b has architecture parameters alpha_b, one per operation it allows; its
+probabilities are p_b = softmax(alpha_b). Two kinds of steps alternate:
+
+Weight step (``weight_step``): one operation per block is drawn from p_b and only that path is run,
+so that training the supernet costs the memory of one network.
+
+Architecture step (``arch_step``), on the held-out part of the data: per block two operations are
+drawn without replacement from p_b, their probabilities are renormalized over the pair
+(q = softmax(alpha_b[pair])), one of them is made active by a draw from q, and the block outputs
+
+    g_a * o_a(x) + g_i * o_i(x)          (plus x where the block has a shortcut)
+
+with binary gates g_a = 1, g_i = 0; the inactive output is computed without a graph (its
+activations are not kept), so the step still holds about one path. The gradient reaches the two
+alphas through the binary-gate rule
+
+    dL/dalpha_i = sum_j dL/dg_j q_j (delta_ij - q_i),     i, j over the pair,
+
+Adam (betas (0, 0.999): a zero gradient moves nothing) updates them, and then both are shifted by
+the same offset so that their log-sum-exp is unchanged: the operations not drawn keep their
+probabilities exactly (the paper's re-normalization). The zero operation has o(x) = 0, hence
+dL/dg_zero = 0; unlike the released code, which skips a block whose active operation is zero, the
+rule is applied to every block.
+
+Hardware term: the expected cost of the supernet, E[cost] = base + sum_b sum_k p_bk cost_bk (zero
+costs nothing), from a table of multiply-adds (``dfnas.spaces.proxyless.FlopsTable``) or of
+latencies measured on the current device (``measure_latency_table``). Loss of the architecture step
+(multiplicative form):
+
+    L = CE * (E[cost] / target) ** weight
+
+In the architecture step E[cost] uses the pair probabilities q (zero elsewhere), as the released code
+does, so only the two drawn alphas get a gradient. ``weight`` is the elasticity d log L / d log E[cost];
+the released code's default, CE * (log E / log target) ** 0.3 with target 300M multiply-adds, has an
+elasticity of 0.3 / ln(3e8) = 0.015 at E = target. ``target`` only normalizes (a constant factor, to
+which Adam is blind).
+
+    python -m dfnas.strategies.proxyless --config config.yaml --latency-table latency.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfnas.errors import DfnasError
+from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, network_args
+
+
+class ArchParameters(nn.Module):
+    """alpha of every block as one (blocks, len(OPS)) parameter; operations a block does not allow
+    are masked out of its softmax (they get probability 0 and no gradient)."""
+
+    def __init__(self, allowed, init_std: float = 1e-3):
+        super().__init__()
+        mask = torch.zeros(len(allowed), len(OPS), dtype=torch.bool)
+        for b, ops in enumerate(allowed):
+            mask[b, list(ops)] = True
+        self.register_buffer("mask", mask)
+        self.allowed = [tuple(ops) for ops in allowed]
+        self.alpha = nn.Parameter(torch.randn(len(allowed), len(OPS)) * init_std * mask)
+
+    def probs(self) -> torch.Tensor:
+        return F.softmax(self.alpha.masked_fill(~self.mask, float("-inf")), dim=1)
+
+    def argmax(self) -> list[int]:
+        return self.probs().detach().argmax(1).tolist()
+
+    def sample_path(self, generator: torch.Generator) -> list[int]:
+        """One operation per block, drawn from its probabilities."""
+        probs = self.probs().detach().cpu().double()
+        return [int(torch.multinomial(p, 1, generator=generator)) for p in probs]
+
+    def sample_pairs(self, generator: torch.Generator) -> tuple[list[tuple[int, int | None]], torch.Tensor]:
+        """Two operations per block without replacement, the active one first (drawn from the pair's
+        renormalized probabilities); and those probabilities q, shape (blocks, 2), differentiable in
+        alpha. A block with a single operation gets (op, None) and q = (1, 0)."""
+        probs = self.probs().detach().cpu().double()
+        pairs = []
+        for b, p in enumerate(probs):
+            if len(self.allowed[b]) == 1:
+                pairs.append((self.allowed[b][0], None))
+                continue
+            two = torch.multinomial(p, 2, replacement=False, generator=generator).tolist()
+            q = F.softmax(self.alpha.detach()[b, two].cpu().double(), 0)
+            c = int(torch.multinomial(q, 1, generator=generator))
+            pairs.append((two[c], two[1 - c]))
+        return pairs, self.pair_probs(pairs)
+
+    def pair_probs(self, pairs) -> torch.Tensor:
+        """softmax(alpha_b[(active, inactive)]) per block, shape (blocks, 2)."""
+        single = torch.tensor([1.0, 0.0], dtype=self.alpha.dtype, device=self.alpha.device)
+        return torch.stack([single if i is None else F.softmax(self.alpha[b, [a, i]], 0)
+                            for b, (a, i) in enumerate(pairs)])
+
+    def scatter_pairs(self, pairs, q: torch.Tensor) -> torch.Tensor:
+        """The (blocks, len(OPS)) probabilities that are q on each pair and 0 elsewhere."""
+        rows, cols, vals = [], [], []
+        for b, (a, i) in enumerate(pairs):
+            for k, op in enumerate((a, i)):
+                if op is not None:
+                    rows.append(b)
+                    cols.append(op)
+                    vals.append(q[b, k])
+        device = self.alpha.device
+        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        return torch.zeros_like(self.alpha).index_put(index, torch.stack(vals))
+
+
+def binary_gate_grad(gate_grad: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """dL/dalpha_i = sum_j dL/dg_j q_j (delta_ij - q_i) for each row (block) of gate gradients."""
+    return q * gate_grad - q * (q * gate_grad).sum(-1, keepdim=True)
+
+
+def gated_forward(model: ProxylessNet, x: torch.Tensor, pairs, gates: torch.Tensor) -> torch.Tensor:
+    """Forward with binary gates over two operations per block; the inactive output has no graph."""
+    x = model.features_in(x)
+    for b, block in enumerate(model.blocks):
+        active, inactive = pairs[b]
+        out = 0
+        op = block.candidate(active)
+        if op is not None:
+            out = out + gates[b, 0] * op(x)
+        if inactive is not None and inactive != ZERO:
+            with torch.no_grad():
+                other = block.candidate(inactive)(x)
+            out = out + gates[b, 1] * other
+        x = x + out if block.residual else out
+    return model.head(x)
+
+
+def hardware_loss(ce: torch.Tensor, cost: torch.Tensor | None, target: float | None, weight: float) -> torch.Tensor:
+    """CE * (E[cost] / target) ** weight (CE alone without a cost)."""
+    if cost is None or weight == 0:
+        return ce
+    return ce * (cost / target) ** weight
+
+
+def weight_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_from_logits, generator):
+    """Draw one path, train the weights on it; return (loss, logits, path)."""
+    path = arch.sample_path(generator)
+    logits = model(x, path)
+    loss = loss_from_logits(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach(), path
+
+
+def arch_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_from_logits, generator,
+              cost_table=None, target: float | None = None, weight: float = 0.0) -> dict:
+    """One architecture step on a batch; see the module docstring. Returns the loss, CE and E[cost]."""
+    pairs, q = arch.sample_pairs(generator)
+    gates = torch.zeros(len(pairs), 2, device=x.device)
+    gates[:, 0] = 1.0
+    gates.requires_grad_(True)
+    logits = gated_forward(model, x, pairs, gates)
+    ce = loss_from_logits(logits, y)
+    cost = None
+    if cost_table is not None:
+        cost = cost_table.expected(arch.scatter_pairs(pairs, q))
+    loss = hardware_loss(ce, cost, target, weight)
+    gate_grad, alpha_grad = torch.autograd.grad(loss, [gates, arch.alpha], allow_unused=True)
+    alpha_grad = torch.zeros_like(arch.alpha) if alpha_grad is None else alpha_grad.clone()
+    two = binary_gate_grad(gate_grad.to(q.dtype), q.detach())
+    for b, (a, i) in enumerate(pairs):
+        alpha_grad[b, a] += two[b, 0]
+        if i is not None:
+            alpha_grad[b, i] += two[b, 1]
+    old = arch.alpha.detach().clone()
+    optimizer.zero_grad(set_to_none=True)
+    arch.alpha.grad = alpha_grad
+    optimizer.step()
+    rescale_pairs(arch, old, pairs)
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()),
+            "cost": None if cost is None else float(cost.detach())}
+
+
+@torch.no_grad()
+def rescale_pairs(arch: ArchParameters, old: torch.Tensor, pairs) -> None:
+    """Shift the updated pair of every block so that its log-sum-exp is what it was before the step."""
+    for b, (a, i) in enumerate(pairs):
+        if i is None:
+            continue
+        idx = [a, i]
+        offset = torch.logsumexp(arch.alpha[b, idx], 0) - torch.logsumexp(old[b, idx], 0)
+        arch.alpha[b, idx] -= offset
+
+
+# --------------------------------------------------------------------------------------------
+# Latency lookup table
+
+
+class LatencyTable:
+    """Latency (ms) of every (block, operation), plus the fixed parts; same interface as FlopsTable."""
+
+    def __init__(self, table: dict):
+        self.data = table
+        self.base = float(table["base"])
+        blocks = table["blocks"]
+        self.table = torch.zeros(len(blocks), len(OPS), dtype=torch.float64)
+        for b, row in enumerate(blocks):
+            for k, v in enumerate(row):
+                self.table[b, k] = 0.0 if v is None else float(v)
+
+    def latency(self, path) -> float:
+        return self.base + sum(float(self.table[b, c]) for b, c in enumerate(path))
+
+    def expected(self, probs: torch.Tensor) -> torch.Tensor:
+        return self.base + (probs * self.table.to(device=probs.device, dtype=probs.dtype)).sum()
+
+
+def _timed_ms(fn, device, repeats: int, min_seconds: float) -> float:
+    """Median over ``repeats`` of the mean time of one call, each measurement at least ``min_seconds`` long."""
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, min(1000, math.ceil(min_seconds / once)))
+    samples = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        samples.append((time.perf_counter() - t0) / inner * 1000)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def measure_latency_table(space_args: dict, input_shape, device, batch: int = 1, repeats: int = 5,
+                          min_seconds: float = 2e-3) -> dict:
+    """Time every (block, operation) of the space on ``device`` (inference, batch ``batch``).
+
+    Returns a JSON-serialisable dict: ``blocks[b][k]`` is the latency in ms of operation OPS[k] in
+    block b (including the shortcut addition where the block has one; 0 for zero, None where not
+    allowed), ``base`` the stem, first block and head together.
+    """
+    device = torch.device(device)
+    net = ProxylessNet(None, in_channels=input_shape[0], num_classes=space_args.get("num_classes", 1000),
+                       **network_args(space_args)).to(device).eval()
+    gen = torch.Generator().manual_seed(0)  # not the global generator: measuring must not change a search
+    x = torch.randn(batch, *input_shape, generator=gen).to(device)
+    base = _timed_ms(lambda: net.features_in(x), device, repeats, min_seconds)
+    h = net.features_in(x)
+    blocks = []
+    for block in net.blocks:
+        row = [None] * len(OPS)
+        for c in block.choices:
+            row[c] = 0.0 if c == ZERO else _timed_ms(lambda c=c: block(h, c), device, repeats, min_seconds)
+        blocks.append(row)
+        h = block(h, block.choices[0])
+    base += _timed_ms(lambda: net.head(h), device, repeats, min_seconds)
+    return {"unit": "ms", "device": str(device), "batch": batch, "input_shape": list(input_shape),
+            "space_args": measure_key(space_args), "ops": list(OPS), "base": base, "blocks": blocks}
+
+
+def measure_key(space_args: dict) -> dict:
+    """The network arguments a latency table was measured for, as they read back from JSON."""
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in network_args(space_args).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+
+def proxyless_space_args(cfg: dict, input_shape, num_classes: int) -> dict:
+    s = cfg["search"]["proxyless"]
+    return {"in_channels": input_shape[0], "num_classes": num_classes, "stem": s["stem"],
+            "stem_stride": s["stem_stride"], "first": s["first"], "stage_blocks": list(s["stage_blocks"]),
+            "widths": list(s["widths"]), "strides": list(s["strides"]), "feature_mix": s["feature_mix"]}
+
+
+def _latency_table(s: dict, space_args: dict, input_shape, device, out_dir: Path, log) -> LatencyTable:
+    """The configured table, or one measured now on ``device`` and kept in ``out_dir`` (a resumed
+    search reads it back, so that it continues with the same costs)."""
+    hw = s["hardware"]
+    if hw["latency_table"]:
+        path = Path(hw["latency_table"])
+        if not path.is_file():
+            raise DfnasError(f"search.proxyless.hardware.latency_table: {path} does not exist")
+        table = json.loads(path.read_text())
+    else:
+        path = out_dir / "latency_table.json"
+        wanted = {"space_args": measure_key(space_args), "input_shape": list(input_shape),
+                  "batch": hw["latency_batch"]}
+        table = json.loads(path.read_text()) if path.is_file() else None
+        if table is None or any(table.get(k) != v for k, v in wanted.items()):
+            log(f"measuring the latency of every (block, operation) on {device}")
+            table = measure_latency_table(space_args, input_shape, device, batch=hw["latency_batch"])
+            from dfnas.runtime import write_json
+
+            write_json(path, table)
+    n_blocks = sum(space_args["stage_blocks"])
+    if len(table.get("blocks", [])) != n_blocks:
+        raise DfnasError(f"latency table {path} has {len(table.get('blocks', []))} blocks, the space {n_blocks}")
+    return LatencyTable(table)
+
+
+def _cosine(lr: float, step: int, total: int) -> float:
+    return 0.5 * lr * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def _cycle(make):
+    """Batches of ``make()`` passes, one pass after another, without end."""
+    while True:
+        empty = True
+        for batch in make():
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the architecture part yields no batch")
+
+
+def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=print) -> dict:
+    """Warm up the supernet's weights (one sampled path per step), then alternate weight steps with an
+    architecture step every ``arch_every`` of them; the architecture is the argmax per block.
+
+    Same contract as ``dfnas.search.search_spos``: a checkpoint after every epoch, a resumed search ends
+    as an uninterrupted one on the CPU.
+    """
+    from dfnas.flops import count_parameters
+    from dfnas.runtime import config_hash, seed_everything
+    from dfnas.search import evaluate_half, resume, save_checkpoint
+    from dfnas.spaces.proxyless import FlopsTable
+    from dfnas.train import format_seconds
+
+    s = cfg["search"]["proxyless"]
+    hw = s["hardware"]
+    out_dir = Path(out_dir)
+    space_args = proxyless_space_args(cfg, data.input_shape, data.num_classes)
+    flops = FlopsTable(space_args, data.input_shape)
+    latency = None
+    if hw["metric"] == "latency":
+        latency = _latency_table(s, space_args, data.input_shape, device, out_dir, log)
+    cost_table = {"flops": flops, "latency": latency}.get(hw["metric"])
+    seed_everything(seed)
+    model = ProxylessNet(None, **space_args, dropout=0.0).to(device)
+    arch = ArchParameters(model.allowed, s["arch_init_std"]).to(device)
+    if cfg["search"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+        data.memory_format = torch.channels_last
+    target = hw["target"]
+    if cost_table is not None and target is None:  # the expected cost of the uniform supernet
+        uniform = arch.mask.double() / arch.mask.sum(1, keepdim=True)
+        target = float(cost_table.expected(uniform.cpu()))
+    w_opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["nesterov"],
+                            weight_decay=s["weight_decay"])
+    betas = tuple(float(b) for b in s["arch_betas"])
+    a_opt = torch.optim.Adam([arch.alpha], lr=s["arch_lr"], betas=betas, weight_decay=0)
+    gen = torch.Generator().manual_seed(seed)
+    warmup, epochs, bs = s["warmup_epochs"], s["epochs"], s["batch_size"]
+    total_epochs = warmup + epochs
+    steps_per_epoch = max(1, len(data.halves[0]) // bs)
+    checkpoint = out_dir / "checkpoint.pt"
+    fingerprint = config_hash({"search": s, "source": data.source, "seed": seed, "images": data.images,
+                               "temperature": data.temperature})
+    stateful = {"model": model, "arch": arch, "w_opt": w_opt, "a_opt": a_opt}
+    history, start = resume(checkpoint, fingerprint, stateful, gen, log)
+    t0 = time.time()
+    for epoch in range(start, total_epochs):
+        searching = epoch >= warmup
+        model.train()
+        sums = {"loss": 0.0, "acc": 0.0, "steps": 0, "arch_loss": 0.0, "arch_steps": 0}
+        arch_batches = _cycle(lambda: data.batches(1, bs, gen)) if searching else None
+        for x, y in data.batches(0, bs, gen):
+            step = sums["steps"]
+            if searching:
+                lr = _cosine(s["lr"], (epoch - warmup) * steps_per_epoch + step, epochs * steps_per_epoch)
+            else:
+                lr = _cosine(s["warmup_lr"], epoch * steps_per_epoch + step, warmup * steps_per_epoch)
+            for g in w_opt.param_groups:
+                g["lr"] = lr
+            x, y = x.to(device), y.to(device)
+            loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen)
+            sums["loss"] += loss.item()
+            sums["acc"] += data.accuracy(logits, y)
+            sums["steps"] += 1
+            if searching and sums["steps"] % s["arch_every"] == 0:
+                ax, ay = next(arch_batches)
+                out = arch_step(model, arch, a_opt, ax.to(device), ay.to(device), data.loss_from_logits, gen,
+                                cost_table, target, hw["weight"])
+                sums["arch_loss"] += out["loss"]
+                sums["arch_steps"] += 1
+        steps = max(1, sums["steps"])
+        ops = arch.argmax()
+        val = evaluate_half(model, data, device, bs, ops)
+        probs = arch.probs().detach().cpu()
+        row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
+               "train_loss": sums["loss"] / steps, "train_acc": sums["acc"] / steps,
+               "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else "",
+               "arch_steps": sums["arch_steps"], **val,
+               "expected_macs": float(flops.expected(probs.double())), "argmax_macs": flops.macs(ops),
+               "argmax_ops": " ".join(OPS[c] for c in ops)}
+        if latency is not None:
+            row["expected_latency_ms"] = float(latency.expected(probs.double()))
+        for b, allowed in enumerate(arch.allowed):
+            for k in allowed:
+                row[f"p_{b}_{OPS[k]}"] = round(probs[b, k].item(), 6)
+        history.append(row)
+        save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
+        eta = (time.time() - t0) / (epoch + 1 - start) * (total_epochs - epoch - 1)
+        log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
+            f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}"
+            f"  acc {row['val_acc']:.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M  argmax {''.join(map(str, ops))}"
+            f"  elapsed {format_seconds(time.time() - t0)}"
+            f"  eta {format_seconds(eta)}")
+    ops = arch.argmax()
+    fixed = ProxylessNet(ops, **space_args)
+    return {"space": "proxyless", "space_args": space_args, "choices": {"ops": ops}, "history": history,
+            "checkpoint": checkpoint, "search_args": space_args, "network": model,
+            "extra": {"multiply_adds": flops.macs(ops), "parameters": count_parameters(fixed),
+                      "latency_ms": None if latency is None else latency.latency(ops),
+                      "hardware_metric": hw["metric"], "hardware_target": target}}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: a latency table for the configured space on this machine
+
+
+def main(argv=None):
+    from dfnas.cli import cli_main, stage_config, stage_parser
+
+    @cli_main
+    def run(argv):
+        parser = stage_parser("strategies.proxyless", __doc__)
+        parser.add_argument("--latency-table", required=True, help="JSON file to write")
+        parser.add_argument("--batch", type=int, default=None, help="batch size (default: hardware.latency_batch)")
+        parser.add_argument("--device", default=None, help="device (default: the config's)")
+        args = parser.parse_args(argv)
+        cfg = stage_config(args)
+        from dfnas.data import SPECS
+        from dfnas.runtime import resolve_device, write_json
+
+        spec = SPECS[cfg["data"]["name"]]
+        space_args = proxyless_space_args(cfg, spec.input_shape, spec.num_classes)
+        hw = cfg["search"]["proxyless"]["hardware"]
+        device = resolve_device(args.device or cfg["device"])
+        table = measure_latency_table(space_args, spec.input_shape, device, batch=args.batch or hw["latency_batch"])
+        write_json(Path(args.latency_table), table)
+        print(f"latency table of {len(table['blocks'])} blocks on {device} written to {args.latency_table}: "
+              f"fixed parts {table['base']:.3f} ms")
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    main()
