@@ -20,6 +20,9 @@ from dfnas.errors import DfnasError  # noqa: E402
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 try:
     validate_config(config)
 except DfnasError as exc:
@@ -32,6 +35,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/synthesis.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -42,4 +46,5 @@ rule all:
         expand(f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json",
                algorithm=ALGORITHMS, source=SOURCES, seed=SEEDS),
         expand(f"{RESULTS}/search/spos/{{source}}/seed{{seed}}/ranking.json", source=RANKED, seed=SEEDS),
+        rules.report.output.summary,
     default_target: True

@@ -158,8 +158,30 @@ def distill_student(teacher, pixels: torch.Tensor, qcfg: dict, device, seed: int
     return student
 
 
-def quality(cfg: dict, teacher, dataset_path: Path, log=print) -> dict:
+def natural_reference(cfg: dict, teacher, n_images: int, log=print) -> dict:
+    """The reference student: the same recipe distilled from ``n_images`` class-balanced natural
+    training images (as many as a variant's synthetic training split), tested on the natural test
+    split. It is the same for every variant, so the workflow computes it once."""
     from dfnas.data import all_pixels, dataset_from_config, stratified_subset
+    from dfnas.train import evaluate
+
+    device = resolve_device(cfg["device"])
+    qcfg = cfg["quality"]
+    natural = dataset_from_config(cfg)
+    teacher.model.to(device)
+    t0 = time.time()
+    idx = stratified_subset(natural.train.targets, n_images, cfg["seed"])
+    nat_px = all_pixels(natural.train, idx)
+    log(f"distilling the reference student from {len(nat_px)} natural training images")
+    ref = distill_student(teacher, nat_px, qcfg, device, cfg["seed"], teacher.input_shape[0], log)
+    top1 = evaluate(ref, natural.test, device, teacher.mean, teacher.std)["top1"]
+    log(f"reference student top-1 on the natural test split: {top1:.4f}")
+    return {"images": int(len(nat_px)), "top1": top1, "recipe": qcfg["student"], "seconds": time.time() - t0,
+            "teacher_sha256": teacher.checksum}
+
+
+def quality(cfg: dict, teacher, dataset_path: Path, log=print, reference: dict | None = None) -> dict:
+    from dfnas.data import all_pixels, dataset_from_config
     from dfnas.train import evaluate
 
     device = resolve_device(cfg["device"])
@@ -199,17 +221,20 @@ def quality(cfg: dict, teacher, dataset_path: Path, log=print) -> dict:
         log(f"distilling the student from {len(train_px)} synthetic images")
         student = distill_student(teacher, train_px, qcfg, device, cfg["seed"], c, log)
         syn_acc = evaluate(student, nat_test, device, teacher.mean, teacher.std)["top1"]
-        idx = stratified_subset(natural.train.targets, len(train_px), cfg["seed"])
-        nat_px = all_pixels(natural.train, idx)
-        log(f"distilling the same student from {len(nat_px)} natural training images")
-        ref = distill_student(teacher, nat_px, qcfg, device, cfg["seed"], c, log)
-        nat_acc = evaluate(ref, nat_test, device, teacher.mean, teacher.std)["top1"]
+        seconds = time.time() - t0
+        if reference is None:
+            reference = natural_reference(cfg, teacher, len(train_px), log)
+        elif reference.get("images") != len(train_px) or reference.get("recipe") != s or \
+                reference.get("teacher_sha256") != teacher.checksum:
+            raise DfnasError(f"the natural reference ({reference.get('images')} images) was not made for this "
+                             f"variant's {len(train_px)} training images, student recipe and teacher; remake it")
+        nat_acc = reference["top1"]
         result["student"] = {
             "recipe": s,
             "synthetic_top1": syn_acc,
             "natural_reference_top1": nat_acc,
             "data_efficiency": syn_acc / nat_acc if nat_acc > 0 else math.nan,
-            "seconds": time.time() - t0,
+            "seconds": seconds,
         }
         log(f"student top-1 on the natural test split: {syn_acc:.4f} from synthetic vs {nat_acc:.4f} from natural "
             f"images (ratio {result['student']['data_efficiency']:.3f})")
@@ -224,11 +249,26 @@ def main(argv=None):
 
     parser = stage_parser("synthesis_quality", __doc__, teacher="the teacher file the dataset was made from")
     parser.add_argument("--dataset", required=True, help="merged synthetic dataset (python -m dfnas.merge)")
-    parser.add_argument("--out", required=True, help="quality JSON to write")
+    parser.add_argument("--out", help="quality JSON to write")
+    parser.add_argument("--reference", help="natural reference JSON to compare with (made with --write-reference;"
+                                            " without it, the reference student is distilled here)")
+    parser.add_argument("--write-reference", help="only distill the natural reference student, sized like the "
+                                                  "dataset's training split, and write it to this JSON")
     args = parser.parse_args(argv)
+    if bool(args.out) == bool(args.write_reference):
+        raise DfnasError("give either --out (the quality of a variant) or --write-reference")
     cfg = stage_config(args)
     teacher = load_teacher(args.teacher, resolve_device(cfg["device"]))
-    write_json(args.out, quality(cfg, teacher, Path(args.dataset)))
+    if args.write_reference:
+        n_train = sh.load_split(Path(args.dataset), "train")[0].shape[0]
+        write_json(args.write_reference, natural_reference(cfg, teacher, n_train))
+        return
+    reference = None
+    if args.reference:
+        import json
+
+        reference = json.loads(Path(args.reference).read_text())
+    write_json(args.out, quality(cfg, teacher, Path(args.dataset), reference=reference))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The Snakemake workflow: presets plan, bad configs stop before any job, the smoke preset runs."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -57,8 +58,8 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     ranked = synthetic * len(s["seeds"]) if "spos" in s["algorithms"] and s["spos"]["ranking"]["paths"] else 0
     expected = {
         "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
-        "soft_labels": variants, "synthesis_quality": variants, "search": arms - randoms,
-        "random_architecture": randoms, "retrain": arms, "ranking": ranked, "all": 1,
+        "soft_labels": variants, "synthesis_quality": variants, "natural_reference": 1, "search": arms - randoms,
+        "random_architecture": randoms, "retrain": arms, "ranking": ranked, "report": 1, "all": 1,
     }
     assert planned_jobs(result.stdout) == {k: v for k, v in expected.items() if v}
     # The synthetic branch takes no natural-data input: only the teacher and its own files.
@@ -75,6 +76,28 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     # The ranking check is an evaluation: it takes the supernet, the synthetic set and natural data.
     for listed in inputs.get("ranking", []):
         assert "search_network.pt" in listed and "soft_labels.h5" in listed and "data/dataset.json" in listed
+
+
+# Job counts of the paper-scale presets, written out by hand from their configs.
+PRESET_JOBS = {
+    # 5 variants x 10 shards; DARTS x 5 data sources x 4 seeds, 4 random baselines; 24 retrains
+    "paper-cifar10.yaml": {"synthesize": 50, "merge": 5, "search": 20, "random_architecture": 4, "retrain": 24},
+    # 4 variants x 20 shards; (SPOS, ProxylessNAS) x 5 sources x 1 seed; SPOS ranking per synthetic source
+    "paper-imagenet.yaml": {"synthesize": 80, "merge": 4, "search": 10, "random_architecture": 2, "retrain": 12,
+                            "ranking": 4},
+    # 5 variants x 4 shards; 3 algorithms x 5 sources x 3 seeds; 3 x 3 random; 4 synthetic sources x 3 seeds ranked
+    "fmnist-study.yaml": {"synthesize": 20, "merge": 5, "search": 45, "random_architecture": 9, "retrain": 54,
+                          "ranking": 12},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_JOBS))
+def test_paper_presets_plan_the_expected_jobs(name, tmp_path):
+    result = snakemake("-n", "--configfile", str(REPO / "config" / name), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs = planned_jobs(result.stdout)
+    assert {k: jobs.get(k, 0) for k in PRESET_JOBS[name]} == PRESET_JOBS[name]
+    assert jobs["teacher"] == jobs["report"] == jobs["natural_reference"] == 1
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -142,16 +165,42 @@ def test_smoke_preset_end_to_end(tmp_path):
         spos = json.loads((out / "retrain" / "spos" / source / "seed0" / "metrics.json").read_text())
         assert spos["space"] == "spos" and len(spos["choices"]["path"]) == 3
         assert (out / "search" / "spos" / source / "seed0" / "search_network.pt").exists() == (source != "random")
+        proxyless = json.loads((out / "retrain" / "proxyless" / source / "seed0" / "metrics.json").read_text())
+        assert proxyless["space"] == "proxyless" and len(proxyless["choices"]["ops"]) == 3
     ranking = json.loads((out / "search" / "spos" / "full" / "seed0" / "ranking.json").read_text())
-    assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40 
+    assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40
     assert ranking["kendall_tau"] is None or -1 <= ranking["kendall_tau"] <= 1  # None: a constant score vector
     full = json.loads((out / "synthesis" / "full" / "quality.json").read_text())
     # Round 1 is optimized for the teacher's soft outputs, so its targets carry entropy; round 0's are one-hot.
     assert full["rounds"][0]["target_entropy"] == 0 and full["rounds"][1]["target_entropy"] > 0
 
+    # The report: one table per algorithm with the three arms, the summary, the HTML report.
+    for algorithm in ("darts", "spos", "proxyless"):
+        rows = list(csv.DictReader(open(out / "report" / f"{algorithm}.csv")))
+        assert [r["source"] for r in rows] == ["natural", "full", "random"]
+        retrained = json.loads((out / "retrain" / algorithm / "full" / "seed0" / "metrics.json").read_text())
+        assert float(rows[1]["top1_mean"]) == pytest.approx(100 * retrained["top1"], abs=1e-4)
+    summary = (out / "report" / "summary.md").read_text()
+    assert summary.count("searched on synthetic data (full) reaches") == 3 and "Kendall tau" in summary
+    html = snakemake("--configfile", str(REPO / "config/smoke.yaml"), "--report", "report.html", cwd=tmp_path)
+    assert html.returncode == 0, html.stderr[-2000:]
+    page = (tmp_path / "report.html").read_text()
+    assert all(name in page for name in ("summary.md", "accuracy.png", "ranking.png", "samples.png", "darts.md"))
+
     again = snakemake("--cores", "2", "--configfile", str(REPO / "config/smoke.yaml"), cwd=tmp_path)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # One search key changed: only the searches of that algorithm (not its random baseline, which
+    # reads no training keys), their retrains and the report are planned again.
+    changed = tmp_path / "changed.yaml"
+    text = (REPO / "config/smoke.yaml").read_text()
+    assert "darts: {cells: 3, channels: 4, epochs: 2, batch_size: 10}" in text
+    changed.write_text(text.replace("darts: {cells: 3, channels: 4, epochs: 2, batch_size: 10}",
+                                    "darts: {cells: 3, channels: 4, epochs: 3, batch_size: 10}"))
+    plan = snakemake("-n", "--configfile", str(changed), cwd=tmp_path)
+    assert planned_jobs(plan.stdout) == {"search": 2, "retrain": 2, "report": 1, "all": 1}
+    assert "search/darts/natural/seed0" in plan.stdout and "search/darts/full/seed0" in plan.stdout
 
 
 def test_search_source_must_be_a_synthesized_variant(tmp_path):

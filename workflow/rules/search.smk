@@ -13,13 +13,28 @@ for _source in SOURCES:
         raise WorkflowError(f"config key 'search.sources': {_source!r} is not in synthesis.variants {VARIANTS}")
 
 
+# The keys that define a space (and its FLOPs bound): all that a random baseline reads.
+RANDOM_KEYS = {
+    "darts": ("steps", "multiplier"),
+    "spos": ("stem", "stem_stride", "stage_blocks", "widths", "last_conv", "flops_bound"),
+    "proxyless": ("stem", "stem_stride", "first", "stage_blocks", "widths", "strides", "feature_mix"),
+}
+
+
 def search_params(wildcards):
     """What one search reads: its algorithm's keys and the shared ones, not the lists of jobs, so that
-    adding a source or a seed reruns no finished search."""
-    cfg = json.loads(stage_config("search", *(["data"] if wildcards.source == "natural" else [])))
-    shared = {k: v for k, v in cfg["search"].items() if k not in ("algorithms", "sources", "seeds") + tuple(ALGORITHMS)}
+    adding a source or a seed reruns no finished search, and a random baseline only the keys of its
+    space (and the dataset's name, which fixes the input shape)."""
+    cfg = json.loads(stage_config("search", "data"))
     own = {k: v for k, v in cfg["search"][wildcards.algorithm].items() if k != "ranking"}  # read by rule ranking
-    cfg["search"] = {**shared, wildcards.algorithm: own}
+    if wildcards.source == "random":
+        cfg["search"] = {wildcards.algorithm: {k: v for k, v in own.items() if k in RANDOM_KEYS[wildcards.algorithm]}}
+        cfg["data"] = {"name": cfg["data"]["name"]}
+    else:
+        shared = {k: v for k, v in cfg["search"].items() if k not in ("algorithms", "sources", "seeds") + tuple(ALGORITHMS)}
+        cfg["search"] = {**shared, wildcards.algorithm: own}
+        if wildcards.source != "natural":
+            del cfg["data"]
     return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
 
@@ -84,6 +99,8 @@ rule random_architecture:
         out_dir=lambda wc, output: os.path.dirname(output.arch),
     log:
         f"{LOGS}/search/{{algorithm}}_random_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/random_architecture/{{algorithm}}_seed{{seed}}.tsv"
     threads: 1
     conda:
         ENV
@@ -98,6 +115,13 @@ rule random_architecture:
 RANKED = [s for s in SOURCES if s in VARIANTS] if "spos" in ALGORITHMS and config["search"]["spos"]["ranking"]["paths"] else []
 
 
+def ranking_params(wildcards):
+    """The data, the SPOS keys and the distillation temperature: what the ranking check reads."""
+    cfg = json.loads(stage_config("data", "search"))
+    cfg["search"] = {"algorithms": ["spos"], "temperature": cfg["search"]["temperature"], "spos": cfg["search"]["spos"]}
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
 rule ranking:
     input:
         network=f"{SEARCH}/spos/{{source}}/seed{{seed}}/search_network.pt",
@@ -107,17 +131,18 @@ rule ranking:
     output:
         json=f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.json",
         csv=f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.csv",
-        figure=f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.png",
+        figure=report(f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.png", caption="../report/ranking.rst",
+                      category="3. Search", labels=lambda wc: {"source": wc.source, "seed": wc.seed}),
     wildcard_constraints:
         source="|".join(VARIANTS),
         seed=r"\d+",
     params:
-        cfg=stage_config("data", "search"),
+        cfg=ranking_params,
         out_dir=lambda wc, output: os.path.dirname(output.json),
     log:
         f"{LOGS}/search/spos_{{source}}_seed{{seed}}_ranking.log",
     benchmark:
-        f"{BENCH}/search/spos_{{source}}_seed{{seed}}_ranking.tsv"
+        f"{BENCH}/ranking/spos_{{source}}_seed{{seed}}.tsv"
     threads: config["threads"]
     resources:
         gpu=GPU,

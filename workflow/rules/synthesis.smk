@@ -48,11 +48,14 @@ rule merge:
         shards=expand(f"{SYN}/{{{{variant}}}}/shard_{{shard}}.h5", shard=SHARD_IDS),
     output:
         dataset=f"{SYN}/{{variant}}/dataset.h5",
-        grid=f"{SYN}/{{variant}}/samples.png",
+        grid=report(f"{SYN}/{{variant}}/samples.png", caption="../report/samples.rst", category="2. Synthetic data",
+                    labels=lambda wc: {"variant": wc.variant}),
     params:
         cfg=stage_config("synthesis"),
     log:
         f"{LOGS}/merge/{{variant}}.log",
+    benchmark:
+        f"{BENCH}/merge/{{variant}}.tsv"
     threads: 1
     conda:
         ENV
@@ -83,11 +86,38 @@ rule soft_labels:
         " --dataset {input.dataset} --out {output} --threads {threads} 2>&1 | tee {log}"
 
 
+# The reference of the data-efficiency score: the quality student distilled from as many natural
+# images as a variant has synthetic training images. The same for every variant, so made once
+# (sized by the first variant's training split; all variants have the same size).
+rule natural_reference:
+    input:
+        teacher=rules.teacher.output.teacher,
+        dataset=f"{SYN}/{VARIANTS[0]}/dataset.h5",
+        natural=rules.data.output[0],
+    output:
+        f"{SYN}/natural_reference.json",
+    params:
+        cfg=stage_config("data", "quality"),
+    log:
+        f"{LOGS}/synthesis_quality/natural_reference.log",
+    benchmark:
+        f"{BENCH}/natural_reference.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.synthesis_quality --config-json {params.cfg:q} --teacher {input.teacher}"
+        " --dataset {input.dataset} --write-reference {output} --threads {threads} 2>&1 | tee {log}"
+
+
 rule synthesis_quality:
     input:
         teacher=rules.teacher.output.teacher,
         dataset=rules.merge.output.dataset,
         natural=rules.data.output[0],
+        reference=rules.natural_reference.output[0],
     output:
         f"{SYN}/{{variant}}/quality.json",
     params:
@@ -101,4 +131,4 @@ rule synthesis_quality:
         ENV
     shell:
         "python -m dfnas.synthesis_quality --config-json {params.cfg:q} --teacher {input.teacher}"
-        " --dataset {input.dataset} --out {output} --threads {threads} 2>&1 | tee {log}"
+        " --dataset {input.dataset} --reference {input.reference} --out {output} --threads {threads} 2>&1 | tee {log}"
