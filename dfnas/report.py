@@ -10,7 +10,7 @@ curves, the soft-label entropy per synthesis round and, for SPOS, the ranking ch
 
 Everything is read from the file contracts under ``results/<run>/`` (retrain metrics, architecture
 JSONs, search histories, synthesis quality, SPOS ranking), for the algorithms, sources and seeds
-of the config.
+of the config, and aggregated with pandas.
 
     python -m dfnas.report --config config.yaml --run-dir results/default --out-dir results/default/report
 """
@@ -81,22 +81,26 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def arm_rows(records: list[dict], algorithm: str) -> list[dict]:
-    """The table of one algorithm: one row per source, numbers aggregated over seeds."""
+    """The table of one algorithm: one row per source (in the records' order), numbers over seeds."""
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in records if r["algorithm"] == algorithm])
+    df["top1"] = 100 * df["top1"]
+    grouped = df.groupby("source", sort=False).agg(
+        seeds=("seed", "count"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
+        parameters=("parameters", "mean"), multiply_adds=("multiply_adds", "mean"),
+        search_seconds=("search_seconds", "mean"), data_images=("data_images", "first"))
     rows = []
-    sources = list(dict.fromkeys(r["source"] for r in records if r["algorithm"] == algorithm))
-    for source in sources:
-        arm = [r for r in records if r["algorithm"] == algorithm and r["source"] == source]
-        top1, top1_std = mean_std([100 * r["top1"] for r in arm])
-        images = arm[0]["data_images"]
+    for source, g in grouped.iterrows():
+        images = int(g["data_images"])
         data = ("none" if source == "random" else
                 f"{images} natural images" if source == "natural" else f"{images} synthetic images")
         rows.append({
-            "searched_on": source_label(source), "source": source, "seeds": len(arm),
-            "top1_mean": round(top1, 4), "top1_std": None if math.isnan(top1_std) else round(top1_std, 4),
-            "parameters": round(mean_std([r["parameters"] for r in arm])[0]),
-            "multiply_adds": round(mean_std([r["multiply_adds"] for r in arm])[0]),
-            "search_seconds": round(mean_std([r["search_seconds"] for r in arm])[0], 1),
-            "data": data,
+            "searched_on": source_label(source), "source": source, "seeds": int(g["seeds"]),
+            "top1_mean": round(float(g["top1_mean"]), 4),
+            "top1_std": None if pd.isna(g["top1_std"]) else round(float(g["top1_std"]), 4),
+            "parameters": round(float(g["parameters"])), "multiply_adds": round(float(g["multiply_adds"])),
+            "search_seconds": round(float(g["search_seconds"]), 1), "data": data,
         })
     return rows
 
