@@ -9,14 +9,15 @@ CORES  ?= 2
 STAMP  := $(VENV)/.dfnas-installed
 BIN    := $(VENV)/bin
 
-.PHONY: setup data run test clean
+.PHONY: setup data slurm run test clean
 
 setup: $(STAMP)
 
-# The virtualenv, dfnas (editable) and every dependency of pyproject.toml, tests included.
-$(STAMP): pyproject.toml
+# The virtualenv, dfnas (editable) and every dependency of pyproject.toml, tests and the SLURM
+# executor plugin included.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,slurm]'
 	touch $@
 
 # Fashion-MNIST for the embedded default: Debian packages it; without root or apt, the data stage
@@ -30,10 +31,22 @@ data:
 	  else echo "note: Fashion-MNIST is not installed system-wide; dfnas will download it into resources/data"; fi; \
 	fi
 
+# SLURM and munge for tests/test_slurm.py, which starts a single-node cluster with
+# scripts/slurm-cluster: Debian packages them; without root or apt-get that test skips.
+slurm:
+	@if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1 || \
+	    ! command -v munged >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null)) || \
+	     echo "note: apt-get could not install slurm-wlm and munge; tests/test_slurm.py will skip"; \
+	  else echo "note: SLURM is not installed and this is not root with apt-get; tests/test_slurm.py will skip"; fi; \
+	fi
+
 run: setup data
 	$(BIN)/snakemake --cores $(CORES)
 
-test: setup data
+test: setup data slurm
 	$(BIN)/python -m pytest
 
 clean:

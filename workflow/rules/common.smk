@@ -8,6 +8,9 @@ RESULTS = f"results/{config['run']}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 ENV = os.path.join(workflow.basedir, "envs", "dfnas.yaml")
+# GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
+# sbatch --gpus): none when the config pins the CPU.
+GPU = 0 if config["device"] == "cpu" else 1
 
 # Jobs import dfnas from this checkout, in a plain virtualenv and under --use-conda alike. Without
 # conda, `python` in a rule is the interpreter that runs Snakemake (a virtualenv need not be active);

@@ -5,7 +5,6 @@
 SYN = f"{RESULTS}/synthesis"
 VARIANTS = config["synthesis"]["variants"]
 SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
-GPU = 0 if config["device"] == "cpu" else 1
 
 
 def synthesis_params():

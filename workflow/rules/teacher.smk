@@ -14,6 +14,8 @@ rule teacher:
     benchmark:
         f"{BENCH}/teacher.tsv"
     threads: config["threads"]
+    resources:
+        gpu=GPU if config["teacher"]["source"] == "train" else 0,  # only a stand-in trains
     conda:
         ENV
     shell:
