@@ -27,3 +27,7 @@ def stage_config(*sections):
     """
     keys = ("seed", "device", "threads") + sections
     return json.dumps({k: config[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+
+
+# Priorities (higher first among ready jobs): the synthetic branch is the long chain of a run, so
+# the teacher and synthesis jump the queue, and the natural-data and random arms fill free cores.

@@ -8,7 +8,10 @@ rule data:
         cfg=stage_config("data"),
     log:
         f"{LOGS}/data.log",
-    threads: 1
+    priority: 100
+    # As many cores as the teacher that follows: the teacher, the first long job, then finds them
+    # all free, instead of waiting behind jobs started beside this one.
+    threads: config["teacher"]["threads"] or config["threads"]
     conda:
         ENV
     shell:

@@ -73,6 +73,7 @@ rule search:
         f"{LOGS}/search/{{algorithm}}_{{source}}_seed{{seed}}.log",
     benchmark:
         f"{BENCH}/search/{{algorithm}}_{{source}}_seed{{seed}}.tsv"
+    priority: 20
     threads: config["threads"]
     resources:
         gpu=GPU,

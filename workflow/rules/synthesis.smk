@@ -31,6 +31,7 @@ rule synthesize:
         f"{LOGS}/synthesize/{{variant}}_{{shard}}.log",
     benchmark:
         f"{BENCH}/synthesize/{{variant}}_{{shard}}.tsv"
+    priority: 80
     threads: config["threads"]
     resources:
         gpu=GPU,
@@ -55,6 +56,7 @@ rule merge:
         f"{LOGS}/merge/{{variant}}.log",
     benchmark:
         f"{BENCH}/merge/{{variant}}.tsv"
+    priority: 80
     threads: 1
     conda:
         ENV
@@ -75,6 +77,7 @@ rule soft_labels:
         f"{LOGS}/soft_labels/{{variant}}.log",
     benchmark:
         f"{BENCH}/soft_labels/{{variant}}.tsv"
+    priority: 80
     threads: config["threads"]
     resources:
         gpu=GPU,

@@ -13,7 +13,8 @@ rule teacher:
         f"{LOGS}/teacher.log",
     benchmark:
         f"{BENCH}/teacher.tsv"
-    threads: config["threads"]
+    priority: 100
+    threads: config["teacher"]["threads"] or config["threads"]
     resources:
         gpu=GPU if config["teacher"]["source"] == "train" else 0,  # only a stand-in trains
     conda:
