@@ -149,11 +149,9 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
 
 
 def plot_ranking(result: dict, out: Path) -> None:
-    import matplotlib
+    from dfnas.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     syn = [r["synthetic_acc"] for r in result["paths"]]
     nat = [r["natural_acc"] for r in result["paths"]]
     macs = [r["multiply_adds"] / 1e6 for r in result["paths"]]
@@ -165,10 +163,7 @@ def plot_ranking(result: dict, out: Path) -> None:
     tau = result["kendall_tau"]
     ax.set_title(f"SPOS supernet ({result['source']}, seed {result['seed']}): Kendall tau "
                  + ("undefined (a constant ranking)" if tau is None else f"{tau:.2f}"), fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 @cli_main

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.errors import DfnasError
+from dfnas.plots import pyplot, save_figure
 from dfnas.runtime import atomic_path
 
 NAMES = {"darts": "DARTS", "spos": "SPOS", "proxyless": "ProxylessNAS"}
@@ -179,26 +180,9 @@ def write_text(path: Path, text: str) -> None:
 # Figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 def plot_accuracy(tables: dict[str, list[dict]], path: Path) -> None:
     """The tables as bars: top-1 per source, error bars one standard deviation over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), squeeze=False)
     colors = {"natural": "tab:green", "random": "tab:gray"}
     for ax, (algorithm, rows) in zip(axes[0], tables.items()):
@@ -213,7 +197,7 @@ def plot_accuracy(tables: dict[str, list[dict]], path: Path) -> None:
             ax.text(i, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
         ax.set_title(NAMES.get(algorithm, algorithm))
         ax.set_ylabel("top-1 on the natural test split (%)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -226,7 +210,7 @@ def read_history(path: Path) -> list[dict]:
 def plot_search_curves(run_dir: Path, search_cfg: dict, path: Path) -> None:
     """Per algorithm: held-out accuracy (or training accuracy) per epoch of each search; for SPOS
     also the best score per generation of the evolution."""
-    plt = _pyplot()
+    plt = pyplot()
     algorithms = search_cfg["algorithms"]
     fig, axes = plt.subplots(1, len(algorithms), figsize=(4.4 * len(algorithms), 3.4), squeeze=False)
     for ax, algorithm in zip(axes[0], algorithms):
@@ -249,13 +233,13 @@ def plot_search_curves(run_dir: Path, search_cfg: dict, path: Path) -> None:
         ax.set_ylabel("accuracy")
         ax.set_title(NAMES.get(algorithm, algorithm))
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_entropy(qualities: dict[str, dict], path: Path) -> None:
     """Soft-label entropy of the targets of each synthesis round, per variant: recursive label
     calibration shows as entropy rising after round 0."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for variant, q in qualities.items():
         rounds = q.get("rounds", [])
@@ -264,7 +248,7 @@ def plot_entropy(qualities: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("target entropy (nats)")
     ax.set_title("soft-label entropy per round")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -357,13 +357,9 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 def plot_darts_cells(choices: dict, path: Path) -> None:
     """A PNG of the normal and reduction cells: inputs, intermediate nodes, output, labelled edges."""
-    import matplotlib
+    from dfnas.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dfnas.runtime import atomic_path
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, kind in zip(axes, ("normal", "reduce")):
         edges = choices[kind]
@@ -389,22 +385,15 @@ def plot_darts_cells(choices: dict, path: Path) -> None:
         ax.set_ylim(-2.5, 2.5)
         ax.set_title(f"{kind} cell")
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_spos_path(path, out: Path) -> None:
     """A PNG strip: one coloured cell per block, labelled with its choice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dfnas.runtime import atomic_path
+    from dfnas.plots import pyplot, save_figure
     from dfnas.spaces.shufflenet import CHOICES
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(path)), 1.6))
     colors = ["#a6cee3", "#1f78b4", "#08306b", "#fdbf6f"]
     for i, c in enumerate(path):
@@ -415,22 +404,15 @@ def plot_spos_path(path, out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.axis("off")
     ax.set_title("SPOS path (one choice per block)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_proxyless_ops(ops, out: Path) -> None:
     """A PNG strip: one cell per searchable block, its height the expansion, labelled with the kernel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dfnas.runtime import atomic_path
+    from dfnas.plots import pyplot, save_figure
     from dfnas.spaces.proxyless import OPS, ZERO
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(ops)), 1.8))
     for i, c in enumerate(ops):
         if c == ZERO:
@@ -445,10 +427,7 @@ def plot_proxyless_ops(ops, out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.axis("off")
     ax.set_title("ProxylessNAS blocks (kernel, expansion as height; skip = zero operation)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_architecture(arch: dict, out: Path) -> None:

@@ -104,6 +104,20 @@ def base_config(fake_fmnist):
     })
 
 
+def planned_jobs(output: str) -> dict:
+    """rule -> number of jobs, from the job-count table Snakemake prints (with -n or before a run)."""
+    jobs, table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and parts[:1] == ["total"]:
+            break
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
 def run_cli(*args, cwd=None, timeout=600):
     """Run ``python -m ...`` the way a user or a rule does; return the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO, capture_output=True, text=True,

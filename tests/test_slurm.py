@@ -19,7 +19,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, planned_jobs
 
 SCRIPT = REPO / "scripts" / "slurm-cluster"
 PROFILE = REPO / "workflow" / "profiles" / "slurm-local"
@@ -74,20 +74,6 @@ def snakemake(*args, cwd, env, timeout):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def job_stats(output: str) -> dict:
-    """rule -> number of jobs, from the table Snakemake prints before it starts."""
-    jobs, table = {}, False
-    for line in output.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-        elif table and parts[:1] == ["total"]:
-            break
-        elif table and len(parts) == 2 and parts[1].isdigit():
-            jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
 def test_smoke_workflow_on_slurm(slurm_env, fake_fmnist, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -97,7 +83,7 @@ def test_smoke_workflow_on_slurm(slurm_env, fake_fmnist, tmp_path):
 
     planned = snakemake("-n", "--configfile", str(SMOKE), cwd=work, env=slurm_env, timeout=300)
     assert planned.returncode == 0, planned.stderr[-3000:]
-    smoke_rules = set(job_stats(planned.stdout)) - {"all"}
+    smoke_rules = set(planned_jobs(planned.stdout)) - {"all"}
 
     result = snakemake(*configs, "--profile", str(PROFILE), "--slurm-keep-successful-logs",
                        cwd=work, env=slurm_env, timeout=900)
@@ -105,7 +91,7 @@ def test_smoke_workflow_on_slurm(slurm_env, fake_fmnist, tmp_path):
     assert result.returncode == 0, out[-5000:]
 
     # Every job but the local target rule went to SLURM, once, with a job id of its own.
-    stats = job_stats(out)
+    stats = planned_jobs(out)
     remote = {rule: n for rule, n in stats.items() if rule != "all"}
     assert set(remote) == smoke_rules, f"extend OVERRIDES so that every rule of the smoke preset runs: {smoke_rules - set(remote)}"
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", out)

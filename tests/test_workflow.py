@@ -9,7 +9,7 @@ import h5py
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, planned_jobs
 from dfnas.config import load_config
 
 PRESETS = [REPO / "config.yaml", *sorted((REPO / "config").glob("*.yaml"))]
@@ -18,20 +18,6 @@ PRESETS = [REPO / "config.yaml", *sorted((REPO / "config").glob("*.yaml"))]
 def snakemake(*args, cwd, timeout=900):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def planned_jobs(output: str) -> dict:
-    """The job-count table that ``snakemake -n`` prints."""
-    jobs, table = {}, False
-    for line in output.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-        elif table and parts[:1] == ["total"]:
-            break
-        elif table and len(parts) == 2 and parts[1].isdigit():
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 def planned_inputs(output: str) -> dict:
