@@ -11,15 +11,17 @@ Data sources:
 DARTS splits the training data in half (seeded): one half trains the weights, the other the
 architecture. SPOS trains its supernet on the training data and scores candidate paths on a
 held-out part: on a synthetic variant, the merged set's validation split (``synthesis.val_per_class``
-images per class), on natural data ``search.spos.train_portion`` of the subset. A checkpoint is
-written after every epoch: a killed search resumes from it and, on the CPU, ends with the same
-architecture as an uninterrupted one.
+images per class), on natural data ``search.spos.train_portion`` of the subset. ProxylessNAS
+(``dfnas.strategies.proxyless``) trains weights on ``search.proxyless.train_portion`` of the data
+and its architecture parameters on the rest. A checkpoint is written after every epoch: a killed
+search resumes from it and, on the CPU, ends with the same architecture as an uninterrupted one.
 
 Outputs (in ``--out-dir``): ``architecture.json`` (space, its arguments, the choices, how they were
 found), ``history.csv`` (per-epoch losses, accuracies and the softmax of the architecture
-parameters) and ``architecture.png`` (the derived cells, or the chosen path); for every source
-but random, ``search_network.pt``: the trained search network (DARTS network with its
-architecture parameters, SPOS supernet), from which `dfnas.ranking` scores fixed paths.
+parameters) and ``architecture.png`` (the derived cells, the chosen path or blocks); for every
+source but random, ``search_network.pt``: the trained search network (DARTS network with its
+architecture parameters, SPOS or ProxylessNAS supernet), from which `dfnas.ranking` scores fixed
+SPOS paths.
 
     python -m dfnas.search --config config.yaml --algorithm darts --source full --seed 0 \\
         --dataset results/default/synthesis/full/dataset.h5 --labels results/default/synthesis/full/soft_labels.h5 \\
