@@ -264,6 +264,21 @@ def test_search_with_a_measured_latency_table(base_config, tmp_path):
     assert out["history"][-1]["expected_latency_ms"] > 0
 
 
+def test_a_given_latency_table_prices_a_flops_search(base_config, tmp_path):
+    from dfnas.strategies.proxyless import proxyless_space_args
+
+    cfg, data = tiny_search(base_config)
+    table = measure_latency_table(proxyless_space_args(cfg, (1, 28, 28), 10), (1, 28, 28), "cpu", repeats=1,
+                                  min_seconds=1e-4)
+    (tmp_path / "lat.json").write_text(json.dumps(table))
+    cfg, data = tiny_search(base_config, warmup_epochs=0, epochs=1,
+                            hardware={"metric": "flops", "latency_table": str(tmp_path / "lat.json")})
+    out = search_proxyless(cfg, data, 0, tmp_path / "s", "cpu", log=lambda *_: None)
+    assert out["extra"]["hardware_metric"] == "flops"
+    assert out["extra"]["latency_ms"] == pytest.approx(LatencyTable(table).latency(out["choices"]["ops"]))
+    assert "expected_latency_ms" in out["history"][-1]
+
+
 def test_latency_table_command_line(tmp_path, capsys):
     from dfnas.strategies.proxyless import main
 

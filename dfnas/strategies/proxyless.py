@@ -348,7 +348,7 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
     space_args = proxyless_space_args(cfg, data.input_shape, data.num_classes)
     flops = FlopsTable(space_args, data.input_shape)
     latency = None
-    if hw["metric"] == "latency":
+    if hw["metric"] == "latency" or hw["latency_table"]:  # a given table also prices a FLOPs search's result
         latency = _latency_table(s, space_args, data.input_shape, device, out_dir, log)
     cost_table = {"flops": flops, "latency": latency}.get(hw["metric"])
     seed_everything(seed)
