@@ -72,19 +72,19 @@ def ranking_paths(cfg: dict, table, seed: int) -> list[tuple[int, ...]]:
 
 @torch.no_grad()
 def accuracy(model, path, batches, device) -> float:
+    """Top-1 of ``path`` on natural ``(images, labels)`` batches."""
     model.eval()
     hits, n = 0, 0
     for x, y in batches:
         logits = model(x.to(device), path)
-        truth = y.argmax(1) if y.ndim == 2 else y
-        hits += int((logits.argmax(1).cpu() == truth).sum())
+        hits += int((logits.argmax(1).cpu() == y).sum())
         n += len(y)
     return hits / max(1, n)
 
 
 def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=print) -> dict:
     from dfnas.data import all_pixels, dataset_from_config, stratified_subset
-    from dfnas.search import SearchData, load_search_network
+    from dfnas.search import SearchData, load_search_network, spos_scorer
     from dfnas.spaces.shufflenet import FlopsTable, ShuffleNetOneShot
     from dfnas.strategies.spos import recalibrate_bn
     from dfnas.synthesize import derived_seed
@@ -107,8 +107,7 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     bs, n_recal = s["batch_size"], s["bn_batches"]
 
     # Synthetic: the search's own scoring (recalibrate on training views, score the validation split).
-    syn_recal = [x for _, (x, _) in zip(range(n_recal), data.batches(0, bs, torch.Generator().manual_seed(seed + 1)))]
-    syn_val = [data.heldout_batch(data.halves[1][i : i + bs]) for i in range(0, len(data.halves[1]), bs)]
+    synthetic_score = spos_scorer(model, data, s, seed, device)
 
     # Natural: a class-balanced set of training images, part recalibrates, the rest is scored.
     natural = dataset_from_config(cfg)
@@ -125,10 +124,8 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
 
     rows = []
     for k, path in enumerate(paths):
-        forward = lambda m, x, p=path: m(x.to(device), p)  # noqa: E731
-        recalibrate_bn(model, syn_recal, forward)
-        syn = accuracy(model, path, syn_val, device)
-        recalibrate_bn(model, nat_recal, forward)
+        syn = synthetic_score(path)
+        recalibrate_bn(model, nat_recal, lambda m, x, p=path: m(x.to(device), p))
         nat = accuracy(model, path, nat_val, device)
         rows.append({"path": "".join(map(str, path)), "multiply_adds": table.macs(path), "synthetic_acc": syn,
                      "natural_acc": nat})

@@ -232,10 +232,9 @@ def search_darts(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, 
                     row[f"alpha_{kind}_{e}_{name}"] = round(probs[e, k].item(), 6)
         history.append(row)
         save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
-        eta = (time.time() - t0) / (epoch + 1 - start) * (epochs - epoch - 1)
         log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}"
-            f"  elapsed {format_seconds(time.time() - t0)}  eta {format_seconds(eta)}")
+            f"  {progress(t0, epoch + 1, start, epochs)}")
     genotype = model.genotype()
     return {"space": "darts", "space_args": {k: space_args[k] for k in ("steps", "multiplier")},
             "choices": genotype_to_dict(genotype), "history": history, "checkpoint": checkpoint, "network": model,
@@ -256,7 +255,7 @@ def search_spos(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, l
     """Train the supernet with one path per step (uniform within FLOPs bins), then evolve paths
     under the FLOPs bound, each scored on the held-out part after BatchNorm recalibration."""
     from dfnas.spaces.shufflenet import CHOICES, FlopsTable, ShuffleNetOneShot, sample_path
-    from dfnas.strategies.spos import Evolution, evolve, recalibrate_bn
+    from dfnas.strategies.spos import Evolution, evolve
 
     s = cfg["search"]["spos"]
     space_args = spos_space_args(cfg, data.input_shape, data.num_classes)
@@ -299,17 +298,10 @@ def search_spos(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, l
                "train_acc": acc_sum / max(1, steps)}
         history.append(row)
         save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
-        eta = (time.time() - t0) / (epoch + 1 - start) * (epochs - epoch - 1)
         log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
-            f"  acc {row['train_acc']:.3f}  elapsed {format_seconds(time.time() - t0)}  eta {format_seconds(eta)}")
+            f"  acc {row['train_acc']:.3f}  {progress(t0, epoch + 1, start, epochs)}")
 
-    # Evolution: every candidate is scored after recalibrating BatchNorm on the same training batches.
-    recal_gen = torch.Generator().manual_seed(seed + 1)
-    recal = [x for _, (x, _) in zip(range(s["bn_batches"]), data.batches(0, bs, recal_gen))]
-
-    def score(path):
-        recalibrate_bn(model, recal, lambda m, x: m(x.to(device), path))
-        return evaluate_half(model, data, device, bs, path)["val_acc"]
+    score = spos_scorer(model, data, s, seed, device)
 
     bound = s["flops_bound"] if s["flops_bound"] is not None else table.bounds()[1]
     ecfg = Evolution(**{k: s[k] for k in ("population", "generations", "topk", "mutations", "crossovers",
@@ -323,6 +315,28 @@ def search_spos(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, l
             "checkpoint": checkpoint, "search_args": space_args, "network": model,
             "extra": {"multiply_adds": table.macs(best), "parameters": count_parameters(fixed),
                       "flops_bound": bound}}
+
+
+def spos_scorer(model, data: SearchData, s: dict, seed: int, device):
+    """How SPOS scores a path: BatchNorm recalibrated on the same ``bn_batches`` training batches
+    (drawn with ``seed + 1``), then accuracy on the held-out part."""
+    from dfnas.strategies.spos import recalibrate_bn
+
+    recal_gen = torch.Generator().manual_seed(seed + 1)
+    recal = [x for _, (x, _) in zip(range(s["bn_batches"]), data.batches(0, s["batch_size"], recal_gen))]
+
+    def score(path) -> float:
+        recalibrate_bn(model, recal, lambda m, x: m(x.to(device), path))
+        return evaluate_half(model, data, device, s["batch_size"], path)["val_acc"]
+
+    return score
+
+
+def progress(t0: float, done: int, start: int, total: int) -> str:
+    """``elapsed ..  eta ..`` after ``done`` of ``total`` epochs, ``start`` of them done before a resume."""
+    elapsed = time.time() - t0
+    eta = elapsed / (done - start) * (total - done)
+    return f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}"
 
 
 @torch.no_grad()

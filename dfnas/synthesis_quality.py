@@ -18,6 +18,7 @@ This is an evaluation stage: it reads the natural test split, unlike the synthet
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -263,11 +264,7 @@ def main(argv=None):
         n_train = sh.load_split(Path(args.dataset), "train")[0].shape[0]
         write_json(args.write_reference, natural_reference(cfg, teacher, n_train))
         return
-    reference = None
-    if args.reference:
-        import json
-
-        reference = json.loads(Path(args.reference).read_text())
+    reference = json.loads(Path(args.reference).read_text()) if args.reference else None
     write_json(args.out, quality(cfg, teacher, Path(args.dataset), reference=reference))
 
 

@@ -338,9 +338,8 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
     """
     from dfnas.flops import count_parameters
     from dfnas.runtime import config_hash, seed_everything
-    from dfnas.search import evaluate_half, resume, save_checkpoint
+    from dfnas.search import evaluate_half, progress, resume, save_checkpoint
     from dfnas.spaces.proxyless import FlopsTable
-    from dfnas.train import format_seconds
 
     s = cfg["search"]["proxyless"]
     hw = s["hardware"]
@@ -416,12 +415,10 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
                 row[f"p_{b}_{OPS[k]}"] = round(probs[b, k].item(), 6)
         history.append(row)
         save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
-        eta = (time.time() - t0) / (epoch + 1 - start) * (total_epochs - epoch - 1)
         log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
             f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}"
             f"  acc {row['val_acc']:.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M  argmax {''.join(map(str, ops))}"
-            f"  elapsed {format_seconds(time.time() - t0)}"
-            f"  eta {format_seconds(eta)}")
+            f"  {progress(t0, epoch + 1, start, total_epochs)}")
     ops = arch.argmax()
     fixed = ProxylessNet(ops, **space_args)
     return {"space": "proxyless", "space_args": space_args, "choices": {"ops": ops}, "history": history,
