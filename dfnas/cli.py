@@ -11,7 +11,9 @@ import argparse
 import functools
 import sys
 
+from dfnas.config import load_config
 from dfnas.errors import DfnasError
+from dfnas.runtime import set_threads
 
 
 def cli_main(func):
@@ -44,9 +46,6 @@ def stage_parser(module: str, doc: str, teacher: str | None = None, threads: boo
 
 def stage_config(args) -> dict:
     """The validated config of a parsed command line; sets the thread count when the stage has one."""
-    from dfnas.config import load_config
-    from dfnas.runtime import set_threads
-
     cfg = load_config(args.config, args.config_json)
     if hasattr(args, "threads"):
         set_threads(args.threads or cfg["threads"])

@@ -24,7 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.download import download_file, extract_archive
 from dfnas.errors import DfnasError
+from dfnas.runtime import write_json
+from dfnas.sampling import stratified_subset
 
 SYSTEM_DATASETS = Path("/usr/share/datasets")
 
@@ -254,8 +257,6 @@ def _download(spec: _Spec, root: Path) -> str | None:
 
     IDX files go to ``root/<first subdir>``; archives are unpacked into ``root`` and removed.
     """
-    from dfnas.download import download_file, extract_archive
-
     if not spec.files:
         return "this dataset has no automatic download"
     target = root / spec.subdirs[0] if spec.kind == "idx" else root
@@ -305,25 +306,6 @@ def locate(name: str, root=None, download: bool = False) -> Path:
     where = ", ".join(str(p) for p in looked)
     raise DfnasError(f"dataset {name} not found; looked in: {where}; {reason}. To get it: {spec.how_to_get}"
                      + (", or set data.download: true on a machine with internet" if spec.files else ""))
-
-
-def stratified_subset(labels, n: int, seed: int) -> np.ndarray:
-    """Indices of a class-balanced subset of size ``n`` (or all, if ``n`` is larger), fixed by ``seed``.
-
-    Each class gets ``n // C`` images (the first ``n % C`` classes one more, where they have them);
-    the result is sorted so that the subset keeps the dataset's order.
-    """
-    labels = np.asarray(labels)
-    if n is None or n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    quota = {c: n // len(classes) + (1 if k < n % len(classes) else 0) for k, c in enumerate(classes)}
-    picked = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        picked.append(rng.permutation(members)[: quota[c]])
-    return np.sort(np.concatenate(picked))
 
 
 def _subset(ds: Dataset, n, seed: int) -> Dataset:
@@ -429,8 +411,6 @@ def iterate_batches(ds: Dataset, batch_size: int, shuffle: bool = False, generat
 
 @cli_main
 def main(argv=None):
-    from dfnas.runtime import write_json
-
     parser = stage_parser("data", __doc__, threads=False)
     parser.add_argument("--name", help="dataset name (overrides data.name)")
     parser.add_argument("--root", help="data folder (overrides data.root)")

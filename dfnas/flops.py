@@ -45,3 +45,51 @@ def count_macs(model: nn.Module, input_shape) -> int:
 def count_parameters(model: nn.Module, exclude: str | None = None) -> int:
     """Trainable parameters, leaving out those whose name contains ``exclude`` (e.g. an auxiliary head)."""
     return sum(p.numel() for name, p in model.named_parameters() if not (exclude and exclude in name))
+
+
+class CostTable:
+    """The cost of every choice of every searchable block, plus the fixed parts of the network.
+
+    ``table[b, k]`` is the cost of choice ``k`` in block ``b`` (0 for choices a block does not allow,
+    and for a zero operation); ``base`` the stem, head and other fixed layers. One interface for
+    multiply-adds (``unit`` "macs", counted) and latency ("ms", measured on a device):
+    ``cost(path)`` prices one architecture, ``expected(probs)`` a distribution over them
+    (differentiable in ``probs``), ``bounds()`` the cheapest and dearest path.
+    """
+
+    def __init__(self, base: float, table: torch.Tensor, allowed=None, unit: str = "macs"):
+        self.base = base
+        self.table = table.to(torch.float64)
+        self.n_blocks, self.n_choices = self.table.shape
+        self.allowed = [tuple(a) for a in allowed] if allowed is not None else [tuple(range(self.n_choices))] * self.n_blocks
+        self.unit = unit
+
+    def cost(self, path):
+        total = self.base + sum(self.table[b, c].item() for b, c in enumerate(path))
+        return int(total) if self.unit == "macs" else total
+
+    def expected(self, probs: torch.Tensor) -> torch.Tensor:
+        """``base + sum_b sum_k probs[b, k] * table[b, k]`` for probabilities of shape (blocks, choices)."""
+        return self.base + (probs * self.table.to(device=probs.device, dtype=probs.dtype)).sum()
+
+    def bounds(self) -> tuple:
+        lo = sum(min(self.table[b, c].item() for c in ops) for b, ops in enumerate(self.allowed))
+        hi = sum(max(self.table[b, c].item() for c in ops) for b, ops in enumerate(self.allowed))
+        if self.unit == "macs":
+            return int(self.base + lo), int(self.base + hi)
+        return self.base + lo, self.base + hi
+
+
+def flops_table(build, choices, n_choices: int, input_shape, allowed=None) -> CostTable:
+    """Multiply-adds per (block, choice), counted on fixed networks: ``build(k)`` is the network with
+    choice ``k`` in every searchable block (its ``blocks``); the fixed parts are counted once."""
+    table, base = None, None
+    for choice in choices:
+        net = build(choice)
+        per_layer = macs_per_layer(net, input_shape)
+        per_block = [sum(per_layer.get(m, 0) for m in block.modules()) for block in net.blocks]
+        if table is None:
+            table = torch.zeros(len(per_block), n_choices, dtype=torch.float64)
+            base = sum(per_layer.values()) - sum(per_block)
+        table[:, choice] = torch.tensor(per_block, dtype=torch.float64)
+    return CostTable(base, table, allowed, "macs")

@@ -21,20 +21,8 @@ from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.errors import DfnasError
 from dfnas.runtime import atomic_path
-
-
-def stratified_split(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_index, val_index)``: ``val_per_class`` images of each class (fewer if a class has
-    fewer than twice that many, so that it keeps training images) go to validation."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        k = min(val_per_class, len(members) // 2)
-        val.append(rng.permutation(members)[:k])
-    val_index = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
-    train_index = np.setdiff1d(np.arange(len(labels)), val_index)
-    return train_index, val_index
+from dfnas.sampling import stratified_split
+from dfnas.teacher import load_teacher
 
 
 def read_shards(paths, teacher_sha256: str, variant: str | None = None) -> tuple[dict, dict]:
@@ -114,8 +102,6 @@ def sample_grid(data: dict, num_classes: int, out: Path, per_cell: int = 4) -> N
 
 @cli_main
 def main(argv=None):
-    from dfnas.teacher import load_teacher
-
     parser = stage_parser("merge", __doc__, teacher="the teacher file the shards were made from", threads=False)
     parser.add_argument("--variant", help="refuse shards of any other variant")
     parser.add_argument("--shards", nargs="+", required=True, help="shard files (HDF5)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dfnas.runtime import atomic_path
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (jobs run without a display)."""
@@ -17,8 +19,6 @@ def pyplot():
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
     """Lay out ``fig``, write it to ``path`` as PNG through a temporary name, and close it."""
-    from dfnas.runtime import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

@@ -24,7 +24,6 @@ Outputs: ``ranking.json`` (tau, the scores, the paths), ``ranking.csv`` (one row
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -32,8 +31,22 @@ import numpy as np
 import torch
 
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.data import all_pixels, dataset_from_config
 from dfnas.errors import DfnasError
-from dfnas.runtime import atomic_path, resolve_device, seed_everything, write_json
+from dfnas.evaluation import evaluate_batches
+from dfnas.plots import pyplot, save_figure
+from dfnas.runtime import (
+    derived_seed,
+    resolve_device,
+    seed_everything,
+    write_csv,
+    write_json,
+)
+from dfnas.sampling import stratified_subset
+from dfnas.search_data import SearchData
+from dfnas.search_result import load_search_network
+from dfnas.spaces.shufflenet import ShuffleNetOneShot, flops_table, sample_path
+from dfnas.strategies.spos import data_options, path_scorer, recalibrate_bn
 
 
 def kendall_tau(a, b) -> float:
@@ -54,9 +67,6 @@ def kendall_tau(a, b) -> float:
 
 def ranking_paths(cfg: dict, table, seed: int) -> list[tuple[int, ...]]:
     """The fixed paths of a seed: distinct, drawn uniformly under the search's FLOPs bound."""
-    from dfnas.spaces.shufflenet import sample_path
-    from dfnas.synthesize import derived_seed
-
     s = cfg["search"]["spos"]
     count = s["ranking"]["paths"]
     gen = torch.Generator().manual_seed(derived_seed(seed, "ranking", "paths") % (2**63))
@@ -70,25 +80,7 @@ def ranking_paths(cfg: dict, table, seed: int) -> list[tuple[int, ...]]:
     raise DfnasError(f"search.spos.ranking.paths: only {len(paths)} distinct paths under the FLOPs bound")
 
 
-@torch.no_grad()
-def accuracy(model, path, batches, device) -> float:
-    """Top-1 of ``path`` on natural ``(images, labels)`` batches."""
-    model.eval()
-    hits, n = 0, 0
-    for x, y in batches:
-        logits = model(x.to(device), path)
-        hits += int((logits.argmax(1).cpu() == y).sum())
-        n += len(y)
-    return hits / max(1, n)
-
-
 def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=print) -> dict:
-    from dfnas.data import all_pixels, dataset_from_config, stratified_subset
-    from dfnas.search import SearchData, load_search_network, spos_scorer
-    from dfnas.spaces.shufflenet import FlopsTable, ShuffleNetOneShot
-    from dfnas.strategies.spos import recalibrate_bn
-    from dfnas.synthesize import derived_seed
-
     s = cfg["search"]["spos"]
     saved = load_search_network(network_path)
     if saved["space"] != "spos":
@@ -100,14 +92,13 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     model = ShuffleNetOneShot(None, **space_args, dropout=0.0)
     model.load_state_dict(saved["state_dict"])
     model.to(device)
-    data = SearchData(cfg, source, seed, dataset_path, labels_path, synthetic_holdout="val")
-    input_shape = data.input_shape
-    table = FlopsTable(space_args, input_shape)
+    data = SearchData(cfg, source, seed, dataset_path, labels_path, **data_options(s))
+    table = flops_table(space_args, data.input_shape)
     paths = ranking_paths(cfg, table, seed)
     bs, n_recal = s["batch_size"], s["bn_batches"]
 
     # Synthetic: the search's own scoring (recalibrate on training views, score the validation split).
-    synthetic_score = spos_scorer(model, data, s, seed, device)
+    synthetic_score = path_scorer(model, data, s, seed, device)
 
     # Natural: a class-balanced set of training images, part recalibrates, the rest is scored.
     natural = dataset_from_config(cfg)
@@ -126,8 +117,9 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     for k, path in enumerate(paths):
         syn = synthetic_score(path)
         recalibrate_bn(model, nat_recal, lambda m, x, p=path: m(x.to(device), p))
-        nat = accuracy(model, path, nat_val, device)
-        rows.append({"path": "".join(map(str, path)), "multiply_adds": table.macs(path), "synthetic_acc": syn,
+        model.eval()
+        nat = evaluate_batches(lambda x, p=path: model(x, p), nat_val, device=device)["top1"]
+        rows.append({"path": "".join(map(str, path)), "multiply_adds": table.cost(path), "synthetic_acc": syn,
                      "natural_acc": nat})
         log(f"path {k + 1}/{len(paths)} {rows[-1]['path']}: synthetic {syn:.3f}  natural {nat:.3f}")
     tau = kendall_tau([r["synthetic_acc"] for r in rows], [r["natural_acc"] for r in rows])
@@ -136,18 +128,13 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
               "synthetic_images": len(data.halves[1]), "natural_images": len(pixels) - n_recal_images,
               "bn_batches": n_recal, "flops_bound": s["flops_bound"]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "ranking.csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_dir / "ranking.csv", rows)
     plot_ranking(result, out_dir / "ranking.png")
     write_json(out_dir / "ranking.json", result)
     return result
 
 
 def plot_ranking(result: dict, out: Path) -> None:
-    from dfnas.plots import pyplot, save_figure
-
     plt = pyplot()
     syn = [r["synthetic_acc"] for r in result["paths"]]
     nat = [r["natural_acc"] for r in result["paths"]]

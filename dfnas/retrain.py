@@ -18,8 +18,18 @@ import time
 from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.data import dataset_from_config
 from dfnas.errors import DfnasError
-from dfnas.runtime import resolve_device, seed_everything, versions, write_json
+from dfnas.flops import count_macs, count_parameters
+from dfnas.runtime import (
+    derived_seed,
+    resolve_device,
+    seed_everything,
+    versions,
+    write_json,
+)
+from dfnas.spaces import build_architecture, get_space
+from dfnas.train import Recipe, evaluate, train_classifier
 
 
 def read_architecture(path) -> dict:
@@ -35,12 +45,6 @@ def read_architecture(path) -> dict:
 
 
 def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
-    from dfnas.data import dataset_from_config
-    from dfnas.flops import count_macs, count_parameters
-    from dfnas.spaces import build_architecture, get_space
-    from dfnas.synthesize import derived_seed
-    from dfnas.train import Recipe, evaluate, train_classifier
-
     arch = read_architecture(arch_path)
     rcfg = cfg["retrain"]
     space = get_space(arch["space"])
@@ -63,7 +67,8 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     t0 = time.time()
     checkpoint = out.with_name(out.name + ".ckpt")
     history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
-                               num_workers=cfg["data"]["workers"], checkpoint=checkpoint)
+                               num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
+                               identity={k: arch.get(k) for k in ("space", "space_args", "choices")})
     seconds = time.time() - t0
     scores = evaluate(model, data.test, device, data.info.mean, data.info.std, num_workers=cfg["data"]["workers"])
     checkpoint.unlink(missing_ok=True)

@@ -1,13 +1,15 @@
-"""Process set-up shared by every stage: threads, device, seeds, atomic files, checksums."""
+"""Process set-up shared by every stage: threads, device, seeds, atomic files, checksums, progress lines."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 from dfnas.errors import DfnasError
@@ -52,6 +54,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed drawn from ``parts`` (the run seed and names): independent streams for every
+    shard, round, split and arm, the same on every machine."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def configure_backends(device) -> None:
@@ -130,8 +139,46 @@ def save_torch(obj, path) -> str:
 
 
 def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(text)
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """Rows as CSV with the union of their keys as columns (first-seen order); missing cells empty."""
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_json(path, needed_by: str = "this stage") -> dict:
+    """A JSON file, or a one-line error naming it (missing or damaged)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DfnasError(f"{needed_by} needs {path}, which does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DfnasError(f"{path}: not valid JSON ({exc})") from None
+
+
+def format_seconds(s: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress(t0: float, done: int, total: int, start: int = 0) -> str:
+    """``elapsed ..  eta ..`` after ``done`` of ``total`` units of work, ``start`` of them finished
+    before this process began (a resume), timed from ``t0`` (``time.time()`` at the start)."""
+    elapsed = time.time() - t0
+    eta = elapsed / max(1, done - start) * (total - done)
+    return f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}"
 
 
 def versions() -> dict:

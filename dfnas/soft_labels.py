@@ -24,9 +24,15 @@ import torch.nn.functional as F
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.errors import DfnasError
-from dfnas.runtime import atomic_path, config_hash, resolve_device, sha256_file
-from dfnas.synthesis import crop_resize, random_boxes
-from dfnas.synthesize import derived_seed
+from dfnas.imaging import Normalize, crop_resize, random_boxes
+from dfnas.runtime import (
+    atomic_path,
+    config_hash,
+    derived_seed,
+    resolve_device,
+    sha256_file,
+)
+from dfnas.teacher import load_teacher
 
 LABELS_FORMAT = "dfnas-soft-labels"
 
@@ -62,15 +68,14 @@ def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator
     values = group.create_dataset("logits" if not topk else "topk_probs", (n, views, width), dtype=dtype,
                                   chunks=(max(1, min(n, 256)), views, width), compression="gzip")
     indices = group.create_dataset("topk_indices", (n, views, width), dtype=np.int16) if topk else None
-    mean_t = torch.tensor(teacher.mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(teacher.std, device=device).view(1, -1, 1, 1)
+    norm = Normalize(teacher.mean, teacher.std).to(device)
     per_batch = max(1, batch_size // views)
     for start in range(0, n, per_batch):
         x = pixels[start : start + per_batch]
         m = len(x)
         rep = x.repeat_interleave(views, dim=0)
         v = render_views(rep, boxes[start : start + m].reshape(-1, 4), flips[start : start + m].reshape(-1))
-        logits = teacher.model(((v.to(device) - mean_t) / std_t)).float().cpu().view(m, views, num_classes)
+        logits = teacher.model(norm(v.to(device))).float().cpu().view(m, views, num_classes)
         if topk:
             probs = F.softmax(logits / temperature, dim=-1)
             top = probs.topk(topk, dim=-1)
@@ -186,8 +191,6 @@ class SoftLabelData(torch.utils.data.Dataset):
 
 @cli_main
 def main(argv=None):
-    from dfnas.teacher import load_teacher
-
     parser = stage_parser("soft_labels", __doc__, teacher="the teacher file the dataset was made from")
     parser.add_argument("--dataset", required=True, help="merged synthetic dataset (python -m dfnas.merge)")
     parser.add_argument("--out", required=True, help="soft-label cache to write (HDF5)")

@@ -18,7 +18,6 @@ This is an evaluation stage: it reads the natural test split, unlike the synthet
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -29,11 +28,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas import shards as sh
+from dfnas.bnstats import MomentAccumulator
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.data import all_pixels, dataset_from_config
 from dfnas.errors import DfnasError
-from dfnas.runtime import resolve_device, seed_everything, versions, write_json
-from dfnas.synthesis import crop_resize, random_boxes
-from dfnas.train import Normalize, format_seconds, lr_at
+from dfnas.imaging import Normalize, crop_resize, random_boxes
+from dfnas.losses import kd_loss
+from dfnas.models import build_model
+from dfnas.optim import cosine_lr, set_lr
+from dfnas.runtime import (
+    progress,
+    read_json,
+    resolve_device,
+    seed_everything,
+    versions,
+    write_json,
+)
+from dfnas.sampling import stratified_subset
+from dfnas.teacher import load_teacher
+from dfnas.train import evaluate
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -59,37 +72,6 @@ def round_statistics(arrays: dict) -> list[dict]:
     return rows
 
 
-class _Stats:
-    """Per-channel sums of the inputs of every BatchNorm layer, over many batches."""
-
-    def __init__(self, model):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.sums = [None] * len(self.layers)
-        self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
-
-    def _hook(self, i):
-        def hook(module, inputs, output):
-            x = inputs[0].detach().double()
-            dims = [0] + list(range(2, x.ndim))
-            count = x.numel() / x.shape[1]
-            s = (x.sum(dim=dims), (x * x).sum(dim=dims), count)
-            prev = self.sums[i]
-            self.sums[i] = s if prev is None else (prev[0] + s[0], prev[1] + s[1], prev[2] + s[2])
-
-        return hook
-
-    def distance(self) -> float:
-        for h in self.handles:
-            h.remove()
-        d = []
-        for layer, (s1, s2, n) in zip(self.layers, self.sums):
-            mean = s1 / n
-            var = s2 / n - mean * mean
-            d.append((torch.linalg.vector_norm(mean - layer.running_mean.double())
-                      + torch.linalg.vector_norm(var - layer.running_var.double())).item())
-        return float(np.mean(d))
-
-
 @torch.no_grad()
 def teacher_pass(teacher, pixels: torch.Tensor, device, batch_size: int = 500) -> tuple[float, torch.Tensor]:
     """BatchNorm-statistics distance over ``pixels`` and the penultimate features of every image."""
@@ -98,14 +80,14 @@ def teacher_pass(teacher, pixels: torch.Tensor, device, batch_size: int = 500) -
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     feats = []
     handle = head.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().float().cpu()))
-    stats = _Stats(model)
     try:
-        for i in range(0, len(pixels), batch_size):
-            model(norm(pixels[i : i + batch_size].to(device)))
+        with MomentAccumulator(model) as stats:
+            for i in range(0, len(pixels), batch_size):
+                model(norm(pixels[i : i + batch_size].to(device)))
+                stats.add()
     finally:
         handle.remove()
-        distance = stats.distance()
-    return distance, torch.cat(feats)
+    return stats.mean_distance(), torch.cat(feats)
 
 
 def within_class_diversity(features: torch.Tensor, labels: np.ndarray) -> float:
@@ -124,8 +106,6 @@ def within_class_diversity(features: torch.Tensor, labels: np.ndarray) -> float:
 
 def distill_student(teacher, pixels: torch.Tensor, qcfg: dict, device, seed: int, in_channels: int, log) -> nn.Module:
     """A student trained to match the teacher (KL at temperature T) on random resized crops of ``pixels``."""
-    from dfnas.models import build_model
-
     seed_everything(seed)
     s = qcfg["student"]
     student = build_model(s["arch"], **s["kwargs"], num_classes=teacher.num_classes, in_channels=in_channels).to(device)
@@ -146,16 +126,13 @@ def distill_student(teacher, pixels: torch.Tensor, qcfg: dict, device, seed: int
             t_logits = teacher.model(x)
         student.train()
         s_logits = student(x)
-        loss = F.kl_div(F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1),
-                        reduction="batchmean") * temperature**2
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, 0, s["lr"])
+        loss = kd_loss(s_logits, t_logits, temperature)
+        set_lr(opt, cosine_lr(step, steps, s["lr"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % max(1, steps // 4) == 0:
-            eta = (time.time() - t0) / (step + 1) * (steps - step - 1)
-            log(f"  student step {step + 1}/{steps}  kd loss {loss.item():.4f}  eta {format_seconds(eta)}")
+            log(f"  student step {step + 1}/{steps}  kd loss {loss.item():.4f}  {progress(t0, step + 1, steps)}")
     return student
 
 
@@ -163,9 +140,6 @@ def natural_reference(cfg: dict, teacher, n_images: int, log=print) -> dict:
     """The reference student: the same recipe distilled from ``n_images`` class-balanced natural
     training images (as many as a variant's synthetic training split), tested on the natural test
     split. It is the same for every variant, so the workflow computes it once."""
-    from dfnas.data import all_pixels, dataset_from_config, stratified_subset
-    from dfnas.train import evaluate
-
     device = resolve_device(cfg["device"])
     qcfg = cfg["quality"]
     natural = dataset_from_config(cfg)
@@ -182,9 +156,6 @@ def natural_reference(cfg: dict, teacher, n_images: int, log=print) -> dict:
 
 
 def quality(cfg: dict, teacher, dataset_path: Path, log=print, reference: dict | None = None) -> dict:
-    from dfnas.data import all_pixels, dataset_from_config
-    from dfnas.train import evaluate
-
     device = resolve_device(cfg["device"])
     qcfg = cfg["quality"]
     train_px, train, attrs = sh.load_split(dataset_path, "train")
@@ -246,8 +217,6 @@ def quality(cfg: dict, teacher, dataset_path: Path, log=print, reference: dict |
 
 @cli_main
 def main(argv=None):
-    from dfnas.teacher import load_teacher
-
     parser = stage_parser("synthesis_quality", __doc__, teacher="the teacher file the dataset was made from")
     parser.add_argument("--dataset", required=True, help="merged synthetic dataset (python -m dfnas.merge)")
     parser.add_argument("--out", help="quality JSON to write")
@@ -264,7 +233,7 @@ def main(argv=None):
         n_train = sh.load_split(Path(args.dataset), "train")[0].shape[0]
         write_json(args.write_reference, natural_reference(cfg, teacher, n_train))
         return
-    reference = json.loads(Path(args.reference).read_text()) if args.reference else None
+    reference = read_json(args.reference, "the quality stage") if args.reference else None
     write_json(args.out, quality(cfg, teacher, Path(args.dataset), reference=reference))
 
 

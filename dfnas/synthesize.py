@@ -21,7 +21,6 @@ Variants (``synthesis.variants``), so that the paper's ablation runs from one co
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,17 @@ import torch.nn.functional as F
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.errors import DfnasError
-from dfnas.runtime import atomic_path, config_hash, resolve_device, versions
+from dfnas.imaging import Normalize
+from dfnas.runtime import (
+    atomic_path,
+    config_hash,
+    derived_seed,
+    progress,
+    resolve_device,
+    versions,
+)
 from dfnas.synthesis import Objective, Region, Schedule, noise_images, synthesize_batch
-from dfnas.train import format_seconds
+from dfnas.teacher import load_teacher
 
 VARIANTS = ("full", "no_recursive", "no_regional", "deepinversion", "noise")
 
@@ -68,11 +75,6 @@ def shard_sizes(total: int, shards: int) -> list[int]:
     return [total // shards + (1 if s < total % shards else 0) for s in range(shards)]
 
 
-def derived_seed(*parts) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def balanced_labels(offset: int, n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
     """Classes ``(offset + i) % C`` for i < n, shuffled: shards together cover the classes evenly."""
     labels = (torch.arange(n) + offset) % num_classes
@@ -88,9 +90,8 @@ def synthesis_config_hash(cfg: dict, variant: str) -> str:
 def teacher_logits(model, images: torch.Tensor, mean, std, batch_size: int) -> torch.Tensor:
     """The teacher's logits on pixel images in [0, 1]."""
     device = next(model.parameters()).device
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    out = [model((images[i : i + batch_size].to(device) - mean_t) / std_t).float().cpu()
+    norm = Normalize(mean, std).to(device)
+    out = [model(norm(images[i : i + batch_size].to(device))).float().cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -137,7 +138,7 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
                 labels = balanced_labels(offset, n, num_classes, gen)
                 targets = F.one_hot(labels, num_classes).float()
             warm = r > 0 and scfg["calibration"]["init"] == "warm" and spec.optimize
-            init_all = _normalize(sh.from_storage(prev["images"]), mean, std) if warm else None
+            init_all = Normalize(mean, std)(sh.from_storage(prev["images"])) if warm else None
             batches = []
             for b, start in enumerate(range(0, n, bs)):
                 tb = targets[start : start + bs]
@@ -149,11 +150,9 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
                 else:
                     x = noise_images(len(tb), shape, mean, std, gen)
                 batches.append(x.cpu())
-                elapsed = time.time() - t0
                 steps_done = (r - done) * n + start + len(tb)
-                eta = elapsed / steps_done * ((rounds - done) * n - steps_done)
                 log(f"{variant} shard {shard}: round {r + 1}/{rounds} batch {b + 1}/{-(-n // bs)} done"
-                    f"  elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}")
+                    f"  {progress(t0, steps_done, (rounds - done) * n)}")
             stored = sh.to_storage(torch.cat(batches), mean, std, scfg["storage"])
             logits = teacher_logits(teacher.model, sh.from_storage(stored), mean, std, bs)
             agree = (logits.argmax(1) == labels).float().mean().item()
@@ -180,10 +179,6 @@ def _finalize(partial: Path, out: Path) -> None:
         sh.create_group_datasets(f, attrs["input_shape"], int(attrs["num_classes"]), attrs["storage"])
         sh.append(f, data)
     partial.unlink()
-
-
-def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
-    return (pixels - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
@@ -213,8 +208,6 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
 
 @cli_main
 def main(argv=None):
-    from dfnas.teacher import load_teacher
-
     parser = stage_parser("synthesize", __doc__, teacher="teacher file written by python -m dfnas.teacher",
                           epilog="Variants: " + ", ".join(VARIANTS))
     parser.add_argument("--variant", required=True, choices=VARIANTS)

@@ -26,12 +26,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dfnas.download import download_file
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.config import validate_config
+from dfnas.data import dataset_from_config
+from dfnas.download import download_file
 from dfnas.errors import DfnasError
 from dfnas.models import build_model
-from dfnas.runtime import (config_hash, resolve_device, save_torch, seed_everything, sha256_file, sha256_state_dict,
-                           versions, write_json)
+from dfnas.runtime import (
+    config_hash,
+    resolve_device,
+    save_torch,
+    seed_everything,
+    sha256_file,
+    sha256_state_dict,
+    versions,
+    write_json,
+)
+from dfnas.train import Recipe, evaluate, train_classifier
 
 TEACHER_FORMAT = "dfnas-teacher"
 TEACHER_FORMAT_VERSION = 1
@@ -240,9 +251,6 @@ def _from_torchvision(value: str, info: dict) -> tuple[nn.Module, dict]:
 
 
 def _train_standin(cfg: dict, log, checkpoint: Path) -> tuple[nn.Module, dict, dict]:
-    from dfnas.data import dataset_from_config
-    from dfnas.train import Recipe, evaluate, train_classifier
-
     data = dataset_from_config(cfg)
     info = data.info.to_dict()
     arch = cfg["teacher"]["arch"]
@@ -334,15 +342,11 @@ def dataset_info(cfg: dict, dataset_json=None) -> dict:
             return json.loads(Path(dataset_json).read_text())
         except (OSError, ValueError) as exc:
             raise DfnasError(f"{dataset_json}: cannot read the dataset description ({exc})") from None
-    from dfnas.data import dataset_from_config
-
     return dataset_from_config(cfg).summary()
 
 
 @cli_main
 def main(argv=None):
-    from dfnas.config import validate_config
-
     parser = stage_parser("teacher", __doc__,
                           epilog="Sources: train | file:<path> | url:<address> | torchvision:<model>:<weights>")
     parser.add_argument("--source", help="overrides teacher.source")

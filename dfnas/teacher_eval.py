@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.data import dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.runtime import resolve_device, versions, write_json
+from dfnas.teacher import check_teacher, load_teacher
+from dfnas.train import evaluate
 
 
 def evaluate_teacher(cfg: dict, teacher_path, log=print) -> dict:
-    from dfnas.data import dataset_from_config
-    from dfnas.teacher import check_teacher, load_teacher
-    from dfnas.train import evaluate
-
     device = resolve_device(cfg["device"])
     data = dataset_from_config(cfg)
     teacher = load_teacher(teacher_path)

@@ -1,10 +1,18 @@
 """Search spaces behind one registry: an architecture JSON names its space, and the space builds it.
 
-A space registers a `Space` with
-    build(arch, in_channels, resolution, num_classes, sizes)  -> the derived network to retrain
-    random(seed)                                               -> choices drawn uniformly from the space
-where ``arch`` is the architecture JSON (space, space_args, choices, found_by) and ``sizes`` the
-retrain-time size keys of that space (``retrain.<space>`` in the config).
+A `Space` carries everything the stages need of a space, so that none of them asks which one it has:
+
+    build(arch, in_channels, resolution, num_classes, sizes)  the derived network to retrain
+    random(space_config, seed, input_shape, num_classes)      the random baseline: ``space_args``,
+                                                              ``choices`` and what ``found_by`` records,
+                                                              drawn under the space's FLOPs bound
+    plot(choices, path)                                       the architecture as a PNG
+    config_keys                                               the keys of ``search.<space>`` that
+                                                              define the space (all a random draw reads)
+
+``arch`` is the architecture JSON (space, space_args, choices, found_by) and ``sizes`` the
+retrain-time size keys of that space (``retrain.<space>`` in the config). A new space is one module
+and one `register_space` line below.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dfnas.errors import DfnasError
+from dfnas.spaces import darts as _darts
+from dfnas.spaces import proxyless as _proxyless
+from dfnas.spaces import shufflenet as _shufflenet
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,8 @@ class Space:
     name: str
     build: Callable
     random: Callable
+    plot: Callable
+    config_keys: tuple[str, ...]
     aux_name: str | None = None  # parameters under this name are not counted (an auxiliary head)
 
 
@@ -39,6 +52,10 @@ def get_space(name: str) -> Space:
     return _SPACES[name]
 
 
+def space_names() -> list[str]:
+    return sorted(_SPACES)
+
+
 def build_architecture(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict):
     """The network of an architecture JSON, ready to retrain."""
     for key in ("space", "choices"):
@@ -47,10 +64,9 @@ def build_architecture(arch: dict, in_channels: int, resolution: int, num_classe
     return get_space(arch["space"]).build(arch, in_channels, resolution, num_classes, sizes)
 
 
-from dfnas.spaces import darts as _darts  # noqa: E402
-from dfnas.spaces import shufflenet as _shufflenet  # noqa: E402
-from dfnas.spaces import proxyless as _proxyless  # noqa: E402
-
-register_space(Space("darts", _darts.build_from_arch, _darts.random_choices, aux_name="aux_head"))
-register_space(Space("spos", _shufflenet.build_from_arch, _shufflenet.random_choices))
-register_space(Space("proxyless", _proxyless.build_from_arch, _proxyless.random_choices))
+register_space(Space("darts", _darts.build_from_arch, _darts.random_architecture, _darts.plot_choices,
+                     ("steps", "multiplier"), aux_name="aux_head"))
+register_space(Space("spos", _shufflenet.build_from_arch, _shufflenet.random_architecture, _shufflenet.plot_choices,
+                     _shufflenet.NETWORK_KEYS + ("flops_bound",)))
+register_space(Space("proxyless", _proxyless.build_from_arch, _proxyless.random_architecture,
+                     _proxyless.plot_choices, _proxyless.NETWORK_KEYS))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas.errors import DfnasError
+from dfnas.plots import pyplot, save_figure
 
 PRIMITIVES = (
     "none",
@@ -387,3 +388,47 @@ def random_choices(seed: int, steps: int = 4, multiplier: int = 4) -> dict:
 
     concat = list(range(2 + steps - multiplier, steps + 2))
     return genotype_to_dict(Genotype(cell(), concat, cell(), concat))
+
+
+def search_args(scfg: dict, input_shape, num_classes: int) -> dict:
+    """The search network's arguments from ``search.darts`` and the data's shape."""
+    return {"in_channels": input_shape[0], "resolution": input_shape[1], "num_classes": num_classes,
+            "cells": scfg["cells"], "channels": scfg["channels"], "steps": scfg["steps"],
+            "multiplier": scfg["multiplier"]}
+
+
+def random_architecture(scfg: dict, seed: int, input_shape, num_classes: int) -> dict:
+    """A genotype drawn uniformly (`random_choices`); the cell's shape is all the space has."""
+    args = {"steps": scfg["steps"], "multiplier": scfg["multiplier"]}
+    return {"space_args": args, "choices": random_choices(seed, **args), "found_by": {}}
+
+
+def plot_choices(choices: dict, path) -> None:
+    """A PNG of the normal and reduction cells: inputs, intermediate nodes, output, labelled edges."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, kind in zip(axes, ("normal", "reduce")):
+        edges = choices[kind]
+        steps = len(edges) // 2
+        pos = {0: (0, 1.5), 1: (0, -1.5)}
+        for i in range(steps):
+            pos[i + 2] = (2 + 2 * i, (1.8, 0.6, -0.6, -1.8)[i % 4])
+        pos["out"] = (2 + 2 * steps, 0)
+        names = {0: "c_{k-2}", 1: "c_{k-1}", "out": "c_{k}"}
+        for (op, src), k in zip(edges, range(len(edges))):
+            dst = k // 2 + 2
+            (x0, y0), (x1, y1) = pos[src], pos[dst]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.3"})
+            ax.text(x0 + 0.4 * (x1 - x0), y0 + 0.4 * (y1 - y0), op, fontsize=7, ha="center", color="tab:blue",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+        for node in choices[f"{kind}_concat"]:
+            (x0, y0), (x1, y1) = pos[node], pos["out"]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.7"})
+        for node, (x, y) in pos.items():
+            ax.text(x, y, names[node] if node in names else str(node - 2), ha="center", va="center", fontsize=9,
+                    bbox={"boxstyle": "round", "fc": "lightyellow" if node in names else "lightblue"})
+        ax.set_xlim(-1, 3 + 2 * steps)
+        ax.set_ylim(-2.5, 2.5)
+        ax.set_title(f"{kind} cell")
+        ax.axis("off")
+    save_figure(fig, path)

@@ -38,6 +38,9 @@ import torch
 from torch import nn
 
 from dfnas.errors import DfnasError
+from dfnas.flops import CostTable, count_macs
+from dfnas.flops import flops_table as flops_table_of
+from dfnas.plots import pyplot, save_figure
 
 OPS = ("3x3_e3", "3x3_e6", "5x5_e3", "5x5_e6", "7x7_e3", "7x7_e6", "zero")
 ZERO = OPS.index("zero")
@@ -191,49 +194,15 @@ class ProxylessNet(nn.Module):
 # Multiply-adds per (block, operation)
 
 
-class FlopsTable:
-    """Multiply-adds of every operation of every block, plus the fixed parts (stem, first block, head).
-
-    ``table[b, k]`` holds the multiply-adds of operation ``k`` (index into OPS) in block ``b``; zero and
-    operations a block does not allow hold 0. ``macs(path)`` sums it (equal to the count of the built
-    network, tested); ``expected(probs)`` is ``base + sum_b sum_k probs[b, k] * table[b, k]``, a
-    differentiable function of the probabilities (a tensor of shape (blocks, len(OPS))).
-    """
-
-    def __init__(self, net_kwargs: dict, input_shape):
-        from dfnas.flops import count_macs
-
-        kw = {k: v for k, v in net_kwargs.items() if k not in ("choices", "candidates", "allow_zero", "dropout")}
-        layout = block_layout(**kw)
-        self.n_blocks = len(layout)
-        self.allowed = allowed_ops(layout)
-        self.table = torch.zeros(self.n_blocks, len(OPS), dtype=torch.float64)
-        for op in MBCONV:
-            net = ProxylessNet((op,) * self.n_blocks, **kw)
-            per_block = _block_macs(net, input_shape)
-            self.table[:, op] = torch.tensor(per_block, dtype=torch.float64)
-            if op == 0:
-                self.base = count_macs(net, input_shape) - sum(per_block)
-
-    def macs(self, path) -> int:
-        return int(self.base + sum(int(self.table[b, c]) for b, c in enumerate(path)))
-
-    def expected(self, probs: torch.Tensor) -> torch.Tensor:
-        table = self.table.to(device=probs.device, dtype=probs.dtype)
-        return self.base + (probs * table).sum()
-
-    def bounds(self) -> tuple[int, int]:
-        lo = [min(int(self.table[b, c]) for c in ops) for b, ops in enumerate(self.allowed)]
-        hi = [max(int(self.table[b, c]) for c in ops) for b, ops in enumerate(self.allowed)]
-        return self.base + sum(lo), self.base + sum(hi)
-
-
-def _block_macs(net: ProxylessNet, input_shape) -> list[int]:
-    """Multiply-adds of each searchable block of a fixed network."""
-    from dfnas.flops import macs_per_layer
-
-    per_layer = macs_per_layer(net, input_shape)
-    return [sum(per_layer.get(m, 0) for m in block.modules()) for block in net.blocks]
+def flops_table(net_kwargs: dict, input_shape) -> CostTable:
+    """Multiply-adds of every operation (index into OPS) of every block, plus the fixed parts (stem,
+    first block, head); zero and the operations a block does not allow cost 0. ``cost(path)`` equals
+    the count of the built network (tested)."""
+    kw = {k: v for k, v in net_kwargs.items() if k not in ("choices", "candidates", "allow_zero", "dropout")}
+    layout = block_layout(**kw)
+    n = len(layout)
+    return flops_table_of(lambda op: ProxylessNet((op,) * n, **kw), MBCONV, len(OPS), input_shape,
+                          allowed_ops(layout))
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +235,44 @@ def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: 
         raise DfnasError(f"ProxylessNAS architecture: {exc}") from None
 
 
+def space_args(scfg: dict, input_shape, num_classes: int) -> dict:
+    """The supernet's arguments from ``search.proxyless`` and the data's shape."""
+    return {"in_channels": input_shape[0], "num_classes": num_classes, "stem": scfg["stem"],
+            "stem_stride": scfg["stem_stride"], "first": scfg["first"], "stage_blocks": list(scfg["stage_blocks"]),
+            "widths": list(scfg["widths"]), "strides": list(scfg["strides"]), "feature_mix": scfg["feature_mix"]}
+
+
 def random_choices(seed: int, **space_args) -> dict:
     """One operation per block, uniform over the operations that block allows (zero only where allowed)."""
     gen = torch.Generator().manual_seed(seed)
     allowed = allowed_ops(block_layout(**network_args(space_args)))
     return {"ops": [ops[int(torch.randint(len(ops), (1,), generator=gen))] for ops in allowed]}
+
+
+def random_architecture(scfg: dict, seed: int, input_shape, num_classes: int) -> dict:
+    """One operation per block, uniform over those it allows (`random_choices`)."""
+    args = space_args(scfg, input_shape, num_classes)
+    choices = random_choices(seed, **args)
+    net = build_from_arch({"space_args": args, "choices": choices}, input_shape[0], input_shape[1], num_classes, {})
+    return {"space_args": args, "choices": choices, "found_by": {"multiply_adds": count_macs(net, input_shape)}}
+
+
+def plot_choices(choices: dict, out) -> None:
+    """A PNG strip: one cell per searchable block, its height the expansion, labelled with the kernel."""
+    plt = pyplot()
+    ops = choices["ops"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(ops)), 1.8))
+    for i, c in enumerate(ops):
+        if c == ZERO:
+            ax.text(i + 0.47, 0.1, "skip", ha="center", va="bottom", fontsize=6, color="0.4")
+            continue
+        kernel, expansion = OPS[c].split("_e")
+        ax.add_patch(plt.Rectangle((i, 0), 0.95, int(expansion) / 6, color={"3x3": "#a6cee3", "5x5": "#1f78b4",
+                                                                           "7x7": "#08306b"}[kernel]))
+        ax.text(i + 0.47, 0.05, f"{kernel[0]}\ne{expansion}", ha="center", va="bottom", fontsize=6,
+                color="black" if kernel == "3x3" else "white")
+    ax.set_xlim(0, len(ops))
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title("ProxylessNAS blocks (kernel, expansion as height; skip = zero operation)", fontsize=9)
+    save_figure(fig, out)

@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 from dfnas.errors import DfnasError
+from dfnas.flops import CostTable
+from dfnas.flops import flops_table as flops_table_of
+from dfnas.plots import pyplot, save_figure
 
 CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception_3x3")
 
@@ -112,43 +115,18 @@ class ShuffleNetOneShot(nn.Module):
 # Multiply-adds per choice, and sampling under a FLOPs budget
 
 
-class FlopsTable:
+def flops_table(net_kwargs: dict, input_shape) -> CostTable:
     """Multiply-adds of every choice of every block, plus the fixed parts (stem, last conv, classifier).
 
-    ``macs(path)`` is then a sum over blocks; it equals the count of the built network (tested).
+    ``cost(path)`` is then a sum over blocks; it equals the count of the built network (tested).
     """
-
-    def __init__(self, net_kwargs: dict, input_shape):
-        from dfnas.flops import count_macs
-
-        kw = {k: v for k, v in net_kwargs.items() if k != "architecture"}
-        n_blocks = sum(kw.get("stage_blocks", (4, 4, 8, 4)))
-        self.n_blocks = n_blocks
-        self.table = [[0] * len(CHOICES) for _ in range(n_blocks)]
-        for choice in range(len(CHOICES)):
-            net = ShuffleNetOneShot((choice,) * n_blocks, **kw)
-            per_block = _block_macs(net, input_shape)
-            for b in range(n_blocks):
-                self.table[b][choice] = per_block[b]
-            if choice == 0:  # the fixed parts: stem, last convolution, classifier
-                self.base = count_macs(net, input_shape) - sum(per_block)
-
-    def macs(self, path) -> int:
-        return self.base + sum(self.table[b][c] for b, c in enumerate(path))
-
-    def bounds(self) -> tuple[int, int]:
-        return (self.base + sum(min(r) for r in self.table), self.base + sum(max(r) for r in self.table))
+    kw = {k: v for k, v in net_kwargs.items() if k != "architecture"}
+    n_blocks = sum(kw.get("stage_blocks", (4, 4, 8, 4)))
+    return flops_table_of(lambda choice: ShuffleNetOneShot((choice,) * n_blocks, **kw), range(len(CHOICES)),
+                          len(CHOICES), input_shape)
 
 
-def _block_macs(net: ShuffleNetOneShot, input_shape) -> list[int]:
-    """Multiply-adds of each block of a fixed network."""
-    from dfnas.flops import macs_per_layer
-
-    per_layer = macs_per_layer(net, input_shape)
-    return [sum(per_layer.get(m, 0) for m in block.modules()) for block in net.blocks]
-
-
-def sample_path(table: FlopsTable, generator: torch.Generator, low: float | None = None, high: float | None = None,
+def sample_path(table: CostTable, generator: torch.Generator, low: float | None = None, high: float | None = None,
                 bins: int = 1, max_tries: int = 10000) -> tuple[int, ...]:
     """A path drawn uniformly among those with multiply-adds in [low, high].
 
@@ -164,7 +142,7 @@ def sample_path(table: FlopsTable, generator: torch.Generator, low: float | None
         low, high = low + k * width, low + (k + 1) * width
     for _ in range(max_tries):
         path = tuple(int(c) for c in torch.randint(len(CHOICES), (table.n_blocks,), generator=generator))
-        if low <= table.macs(path) <= high:
+        if low <= table.cost(path) <= high:
             return path
     raise DfnasError(f"no path found with multiply-adds in [{low / 1e6:.1f}M, {high / 1e6:.1f}M] after "
                      f"{max_tries} draws; the space spans [{lo_all / 1e6:.1f}M, {hi_all / 1e6:.1f}M]")
@@ -191,7 +169,35 @@ def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: 
         raise DfnasError(f"SPOS architecture: {exc}") from None
 
 
-def random_choices(seed: int, stage_blocks=(4, 4, 8, 4), **_) -> dict:
-    """A path drawn uniformly, without a FLOPs bound (the search stage applies the bound)."""
-    gen = torch.Generator().manual_seed(seed)
-    return {"path": torch.randint(len(CHOICES), (sum(stage_blocks),), generator=gen).tolist()}
+def space_args(scfg: dict, input_shape, num_classes: int) -> dict:
+    """The supernet's arguments from ``search.spos`` and the data's shape."""
+    return {"in_channels": input_shape[0], "num_classes": num_classes, "stem": scfg["stem"],
+            "stem_stride": scfg["stem_stride"], "stage_blocks": list(scfg["stage_blocks"]),
+            "widths": list(scfg["widths"]), "last_conv": scfg["last_conv"]}
+
+
+def random_architecture(scfg: dict, seed: int, input_shape, num_classes: int) -> dict:
+    """A path drawn uniformly under the search's FLOPs bound (``flops_bound``; none: the whole space)."""
+    args = space_args(scfg, input_shape, num_classes)
+    table = flops_table(args, input_shape)
+    bound = scfg["flops_bound"]
+    path = sample_path(table, torch.Generator().manual_seed(seed), None, bound)
+    return {"space_args": args, "choices": {"path": list(path)},
+            "found_by": {"multiply_adds": table.cost(path), "flops_bound": bound}}
+
+
+def plot_choices(choices: dict, out) -> None:
+    """A PNG strip: one coloured cell per block, labelled with its choice."""
+    plt = pyplot()
+    path = choices["path"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(path)), 1.6))
+    colors = ["#a6cee3", "#1f78b4", "#08306b", "#fdbf6f"]
+    for i, c in enumerate(path):
+        ax.add_patch(plt.Rectangle((i, 0), 0.95, 1, color=colors[c]))
+        ax.text(i + 0.47, 0.5, CHOICES[c].replace("_", "\n"), ha="center", va="center", fontsize=6,
+                color="white" if c in (1, 2) else "black")
+    ax.set_xlim(0, len(path))
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title("SPOS path (one choice per block)", fontsize=9)
+    save_figure(fig, out)

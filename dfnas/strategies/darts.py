@@ -1,4 +1,8 @@
-"""The DARTS search strategy: bi-level optimization of weights and architecture parameters.
+"""The DARTS search strategy (Liu, Simonyan, Yang, ICLR 2019): bi-level optimization of weights
+and architecture parameters on the cell space (`dfnas.spaces.darts`).
+
+The training part of the data (part 0) trains the weights, the held-out part (part 1) the
+architecture; one step of each per pair of batches, the architecture from ``arch_warmup_epochs`` on.
 
 Weights ``w`` follow SGD on the training half; architecture parameters ``a`` follow Adam on the
 gradient of the validation loss. First order uses ``dL_val(w, a)/da``. Second order uses the
@@ -10,14 +14,26 @@ decay, as in DARTS) and
 where the Hessian-vector product is a central finite difference of ``dL_train/da`` at
 ``w +- eps * v`` with ``eps = 0.01 / ||v||``.
 
-The strategy works on any network with ``weight_parameters()`` and ``arch_parameters()`` and a
+The `Architect` works on any network with ``weight_parameters()`` and ``arch_parameters()`` and a
 loss function ``loss_fn(model, batch)``, so it serves every data source (cross-entropy on natural
 images, distillation from cached soft labels on synthetic ones).
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
+from dfnas.optim import cosine_lr, set_lr
+from dfnas.runtime import progress, seed_everything
+from dfnas.search_data import SearchData
+from dfnas.search_result import SearchResult
+from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, genotype_to_dict, search_args
 
 
 class Architect:
@@ -85,3 +101,64 @@ class Architect:
             hm = torch.zeros_like(a) if hm is None else hm
             result.append(g - xi * (hp - hm) / (2 * eps))
         return val_loss, result
+
+
+def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
+    """Alternate architecture and weight steps for ``epochs`` (cosine weight learning rate); the
+    architecture is the genotype derived from the final architecture parameters."""
+    dcfg = cfg["search"]["darts"]
+    seed_everything(seed)
+    args = search_args(dcfg, data.input_shape, data.num_classes)
+    model = SearchNetwork(**args).to(device)
+    if cfg["search"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+        data.memory_format = torch.channels_last
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=dcfg["lr"], momentum=dcfg["momentum"],
+                            weight_decay=dcfg["weight_decay"])
+    architect = Architect(model, data.loss, lr=dcfg["arch_lr"], betas=dcfg["arch_betas"],
+                          weight_decay=dcfg["arch_weight_decay"], order=dcfg["order"],
+                          network_momentum=dcfg["momentum"], network_weight_decay=dcfg["weight_decay"])
+    epochs, bs = dcfg["epochs"], dcfg["batch_size"]
+    gen = torch.Generator().manual_seed(seed)
+    checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": dcfg, **data.fingerprint(seed)}, log)
+    stateful = {"model": model, "w_opt": w_opt, "a_opt": architect.optimizer}
+    resumed = checkpoint.resume(stateful, gen)
+    history, start = resumed.history, resumed.epoch
+    t0 = time.time()
+    for epoch in range(start, epochs):
+        lr = cosine_lr(epoch, epochs, dcfg["lr"], minimum=dcfg["lr_min"])
+        set_lr(w_opt, lr)
+        model.train()
+        sums = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "steps": 0}
+        for train_batch, val_batch in zip(data.batches(0, bs, gen), data.batches(1, bs, gen)):
+            train_batch = tuple(t.to(device) for t in train_batch)
+            val_batch = tuple(t.to(device) for t in val_batch)
+            if epoch >= dcfg["arch_warmup_epochs"]:
+                sums["arch_loss"] += architect.step(train_batch, val_batch, lr, w_opt)
+            logits = model(train_batch[0])
+            loss = data.loss_from_logits(logits, train_batch[1])
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.weight_parameters(), dcfg["grad_clip"])
+            w_opt.step()
+            sums["train_loss"] += loss.item()
+            sums["train_acc"] += data.accuracy(logits.detach(), train_batch[1])
+            sums["steps"] += 1
+        steps = max(1, sums["steps"])
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["train_loss"] / steps,
+               "train_acc": sums["train_acc"] / steps, "arch_loss": sums["arch_loss"] / steps,
+               **data.evaluate(model, device, bs)}
+        for kind, alphas in (("normal", model.alphas_normal), ("reduce", model.alphas_reduce)):
+            probs = F.softmax(alphas.detach().cpu(), dim=-1)
+            for e in range(probs.shape[0]):
+                for k, name in enumerate(PRIMITIVES):
+                    row[f"alpha_{kind}_{e}_{name}"] = round(probs[e, k].item(), 6)
+        history.append(row)
+        checkpoint.save(stateful, gen, history, epoch + 1)
+        log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
+            f"  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}"
+            f"  {progress(t0, epoch + 1, epochs, start)}")
+    return SearchResult(space_args={k: args[k] for k in ("steps", "multiplier")},
+                        choices=genotype_to_dict(model.genotype()), history=history, network=model,
+                        search_args={k: args[k] for k in ("in_channels", "resolution", "num_classes", "cells",
+                                                          "channels")})

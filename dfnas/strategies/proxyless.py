@@ -25,8 +25,8 @@ dL/dg_zero = 0; unlike the released code, which skips a block whose active opera
 rule is applied to every block.
 
 Hardware term: the expected cost of the supernet, E[cost] = base + sum_b sum_k p_bk cost_bk (zero
-costs nothing), from a table of multiply-adds (``dfnas.spaces.proxyless.FlopsTable``) or of
-latencies measured on the current device (``measure_latency_table``). Loss of the architecture step
+costs nothing), from a table of multiply-adds (``dfnas.spaces.proxyless.flops_table``) or of
+latencies measured on the current device (``dfnas.latency``). Loss of the architecture step
 (multiplicative form):
 
     L = CE * (E[cost] / target) ** weight
@@ -37,14 +37,11 @@ the released code's default, CE * (log E / log target) ** 0.3 with target 300M m
 elasticity of 0.3 / ln(3e8) = 0.015 at E = target. ``target`` only normalizes (a constant factor, to
 which Adam is blind).
 
-    python -m dfnas.strategies.proxyless --config config.yaml --latency-table latency.json
+The weights train on ``train_portion`` of the data, the architecture parameters on the rest.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import statistics
 import time
 from pathlib import Path
 
@@ -52,8 +49,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfnas.errors import DfnasError
-from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, network_args
+from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
+from dfnas.flops import count_parameters
+from dfnas.latency import latency_table
+from dfnas.optim import cosine_lr, set_lr
+from dfnas.runtime import progress, seed_everything
+from dfnas.search_data import SearchData
+from dfnas.search_result import SearchResult
+from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, flops_table, space_args
 
 
 class ArchParameters(nn.Module):
@@ -196,128 +199,6 @@ def rescale_pairs(arch: ArchParameters, old: torch.Tensor, pairs) -> None:
         arch.alpha[b, idx] -= offset
 
 
-# --------------------------------------------------------------------------------------------
-# Latency lookup table
-
-
-class LatencyTable:
-    """Latency (ms) of every (block, operation), plus the fixed parts; same interface as FlopsTable."""
-
-    def __init__(self, table: dict):
-        self.data = table
-        self.base = float(table["base"])
-        blocks = table["blocks"]
-        self.table = torch.zeros(len(blocks), len(OPS), dtype=torch.float64)
-        for b, row in enumerate(blocks):
-            for k, v in enumerate(row):
-                self.table[b, k] = 0.0 if v is None else float(v)
-
-    def latency(self, path) -> float:
-        return self.base + sum(float(self.table[b, c]) for b, c in enumerate(path))
-
-    def expected(self, probs: torch.Tensor) -> torch.Tensor:
-        return self.base + (probs * self.table.to(device=probs.device, dtype=probs.dtype)).sum()
-
-
-def _timed_ms(fn, device, repeats: int, min_seconds: float) -> float:
-    """Median over ``repeats`` of the mean time of one call, each measurement at least ``min_seconds`` long."""
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    once = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, min(1000, math.ceil(min_seconds / once)))
-    samples = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        sync()
-        samples.append((time.perf_counter() - t0) / inner * 1000)
-    return statistics.median(samples)
-
-
-@torch.no_grad()
-def measure_latency_table(space_args: dict, input_shape, device, batch: int = 1, repeats: int = 5,
-                          min_seconds: float = 2e-3) -> dict:
-    """Time every (block, operation) of the space on ``device`` (inference, batch ``batch``).
-
-    Returns a JSON-serialisable dict: ``blocks[b][k]`` is the latency in ms of operation OPS[k] in
-    block b (including the shortcut addition where the block has one; 0 for zero, None where not
-    allowed), ``base`` the stem, first block and head together.
-    """
-    device = torch.device(device)
-    net = ProxylessNet(None, in_channels=input_shape[0], num_classes=space_args.get("num_classes", 1000),
-                       **network_args(space_args)).to(device).eval()
-    gen = torch.Generator().manual_seed(0)  # not the global generator: measuring must not change a search
-    x = torch.randn(batch, *input_shape, generator=gen).to(device)
-    base = _timed_ms(lambda: net.features_in(x), device, repeats, min_seconds)
-    h = net.features_in(x)
-    blocks = []
-    for block in net.blocks:
-        row = [None] * len(OPS)
-        for c in block.choices:
-            row[c] = 0.0 if c == ZERO else _timed_ms(lambda c=c: block(h, c), device, repeats, min_seconds)
-        blocks.append(row)
-        h = block(h, block.choices[0])
-    base += _timed_ms(lambda: net.head(h), device, repeats, min_seconds)
-    return {"unit": "ms", "device": str(device), "batch": batch, "input_shape": list(input_shape),
-            "space_args": measure_key(space_args), "ops": list(OPS), "base": base, "blocks": blocks}
-
-
-def measure_key(space_args: dict) -> dict:
-    """The network arguments a latency table was measured for, as they read back from JSON."""
-    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in network_args(space_args).items()}
-
-
-# --------------------------------------------------------------------------------------------
-# The search
-
-
-def proxyless_space_args(cfg: dict, input_shape, num_classes: int) -> dict:
-    s = cfg["search"]["proxyless"]
-    return {"in_channels": input_shape[0], "num_classes": num_classes, "stem": s["stem"],
-            "stem_stride": s["stem_stride"], "first": s["first"], "stage_blocks": list(s["stage_blocks"]),
-            "widths": list(s["widths"]), "strides": list(s["strides"]), "feature_mix": s["feature_mix"]}
-
-
-def _latency_table(s: dict, space_args: dict, input_shape, device, out_dir: Path, log) -> LatencyTable:
-    """The configured table, or one measured now on ``device`` and kept in ``out_dir`` (a resumed
-    search reads it back, so that it continues with the same costs)."""
-    hw = s["hardware"]
-    if hw["latency_table"]:
-        path = Path(hw["latency_table"])
-        if not path.is_file():
-            raise DfnasError(f"search.proxyless.hardware.latency_table: {path} does not exist")
-        table = json.loads(path.read_text())
-    else:
-        path = out_dir / "latency_table.json"
-        wanted = {"space_args": measure_key(space_args), "input_shape": list(input_shape),
-                  "batch": hw["latency_batch"]}
-        table = json.loads(path.read_text()) if path.is_file() else None
-        if table is None or any(table.get(k) != v for k, v in wanted.items()):
-            log(f"measuring the latency of every (block, operation) on {device}")
-            table = measure_latency_table(space_args, input_shape, device, batch=hw["latency_batch"])
-            from dfnas.runtime import write_json
-
-            write_json(path, table)
-    n_blocks = sum(space_args["stage_blocks"])
-    if len(table.get("blocks", [])) != n_blocks:
-        raise DfnasError(f"latency table {path} has {len(table.get('blocks', []))} blocks, the space {n_blocks}")
-    return LatencyTable(table)
-
-
-def _cosine(lr: float, step: int, total: int) -> float:
-    return 0.5 * lr * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
-
-
 def _cycle(make):
     """Batches of ``make()`` passes, one pass after another, without end."""
     while True:
@@ -329,29 +210,27 @@ def _cycle(make):
             raise RuntimeError("the architecture part yields no batch")
 
 
-def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=print) -> dict:
+def data_options(scfg: dict) -> dict:
+    return {"train_portion": scfg["train_portion"], "label_smoothing": scfg["label_smoothing"]}
+
+
+def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
     """Warm up the supernet's weights (one sampled path per step), then alternate weight steps with an
     architecture step every ``arch_every`` of them; the architecture is the argmax per block.
 
-    Same contract as ``dfnas.search.search_spos``: a checkpoint after every epoch, a resumed search ends
-    as an uninterrupted one on the CPU.
+    A checkpoint after every epoch; a resumed search ends as an uninterrupted one on the CPU.
     """
-    from dfnas.flops import count_parameters
-    from dfnas.runtime import config_hash, seed_everything
-    from dfnas.search import evaluate_half, progress, resume, save_checkpoint
-    from dfnas.spaces.proxyless import FlopsTable
-
     s = cfg["search"]["proxyless"]
     hw = s["hardware"]
     out_dir = Path(out_dir)
-    space_args = proxyless_space_args(cfg, data.input_shape, data.num_classes)
-    flops = FlopsTable(space_args, data.input_shape)
+    args = space_args(s, data.input_shape, data.num_classes)
+    flops = flops_table(args, data.input_shape)
     latency = None
     if hw["metric"] == "latency" or hw["latency_table"]:  # a given table also prices a FLOPs search's result
-        latency = _latency_table(s, space_args, data.input_shape, device, out_dir, log)
+        latency = latency_table(hw, args, data.input_shape, device, out_dir, log)
     cost_table = {"flops": flops, "latency": latency}.get(hw["metric"])
     seed_everything(seed)
-    model = ProxylessNet(None, **space_args, dropout=0.0).to(device)
+    model = ProxylessNet(None, **args, dropout=0.0).to(device)
     arch = ArchParameters(model.allowed, s["arch_init_std"]).to(device)
     if cfg["search"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -368,11 +247,10 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
     warmup, epochs, bs = s["warmup_epochs"], s["epochs"], s["batch_size"]
     total_epochs = warmup + epochs
     steps_per_epoch = max(1, len(data.halves[0]) // bs)
-    checkpoint = out_dir / "checkpoint.pt"
-    fingerprint = config_hash({"search": s, "source": data.source, "seed": seed, "images": data.images,
-                               "temperature": data.temperature})
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed)}, log)
     stateful = {"model": model, "arch": arch, "w_opt": w_opt, "a_opt": a_opt}
-    history, start = resume(checkpoint, fingerprint, stateful, gen, log)
+    resumed = checkpoint.resume(stateful, gen)
+    history, start = resumed.history, resumed.epoch
     t0 = time.time()
     for epoch in range(start, total_epochs):
         searching = epoch >= warmup
@@ -382,11 +260,10 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
         for x, y in data.batches(0, bs, gen):
             step = sums["steps"]
             if searching:
-                lr = _cosine(s["lr"], (epoch - warmup) * steps_per_epoch + step, epochs * steps_per_epoch)
+                lr = cosine_lr((epoch - warmup) * steps_per_epoch + step, epochs * steps_per_epoch, s["lr"])
             else:
-                lr = _cosine(s["warmup_lr"], epoch * steps_per_epoch + step, warmup * steps_per_epoch)
-            for g in w_opt.param_groups:
-                g["lr"] = lr
+                lr = cosine_lr(epoch * steps_per_epoch + step, warmup * steps_per_epoch, s["warmup_lr"])
+            set_lr(w_opt, lr)
             x, y = x.to(device), y.to(device)
             loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen)
             sums["loss"] += loss.item()
@@ -400,13 +277,13 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
                 sums["arch_steps"] += 1
         steps = max(1, sums["steps"])
         ops = arch.argmax()
-        val = evaluate_half(model, data, device, bs, ops)
+        val = data.evaluate(model, device, bs, ops)
         probs = arch.probs().detach().cpu()
         row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
                "train_loss": sums["loss"] / steps, "train_acc": sums["acc"] / steps,
                "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else "",
                "arch_steps": sums["arch_steps"], **val,
-               "expected_macs": float(flops.expected(probs.double())), "argmax_macs": flops.macs(ops),
+               "expected_macs": float(flops.expected(probs.double())), "argmax_macs": flops.cost(ops),
                "argmax_ops": " ".join(OPS[c] for c in ops)}
         if latency is not None:
             row["expected_latency_ms"] = float(latency.expected(probs.double()))
@@ -414,49 +291,14 @@ def search_proxyless(cfg: dict, data, seed: int, out_dir: Path, device, log=prin
             for k in allowed:
                 row[f"p_{b}_{OPS[k]}"] = round(probs[b, k].item(), 6)
         history.append(row)
-        save_checkpoint(checkpoint, fingerprint, stateful, gen, history, epoch + 1)
+        checkpoint.save(stateful, gen, history, epoch + 1)
         log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
             f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}"
             f"  acc {row['val_acc']:.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M  argmax {''.join(map(str, ops))}"
-            f"  {progress(t0, epoch + 1, start, total_epochs)}")
+            f"  {progress(t0, epoch + 1, total_epochs, start)}")
     ops = arch.argmax()
-    fixed = ProxylessNet(ops, **space_args)
-    return {"space": "proxyless", "space_args": space_args, "choices": {"ops": ops}, "history": history,
-            "checkpoint": checkpoint, "search_args": space_args, "network": model,
-            "extra": {"multiply_adds": flops.macs(ops), "parameters": count_parameters(fixed),
-                      "latency_ms": None if latency is None else latency.latency(ops),
-                      "hardware_metric": hw["metric"], "hardware_target": target}}
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: a latency table for the configured space on this machine
-
-
-def main(argv=None):
-    from dfnas.cli import cli_main, stage_config, stage_parser
-
-    @cli_main
-    def run(argv):
-        parser = stage_parser("strategies.proxyless", __doc__)
-        parser.add_argument("--latency-table", required=True, help="JSON file to write")
-        parser.add_argument("--batch", type=int, default=None, help="batch size (default: hardware.latency_batch)")
-        parser.add_argument("--device", default=None, help="device (default: the config's)")
-        args = parser.parse_args(argv)
-        cfg = stage_config(args)
-        from dfnas.data import SPECS
-        from dfnas.runtime import resolve_device, write_json
-
-        spec = SPECS[cfg["data"]["name"]]
-        space_args = proxyless_space_args(cfg, spec.input_shape, spec.num_classes)
-        hw = cfg["search"]["proxyless"]["hardware"]
-        device = resolve_device(args.device or cfg["device"])
-        table = measure_latency_table(space_args, spec.input_shape, device, batch=args.batch or hw["latency_batch"])
-        write_json(Path(args.latency_table), table)
-        print(f"latency table of {len(table['blocks'])} blocks on {device} written to {args.latency_table}: "
-              f"fixed parts {table['base']:.3f} ms")
-
-    return run(argv)
-
-
-if __name__ == "__main__":
-    main()
+    fixed = ProxylessNet(ops, **args)
+    return SearchResult(space_args=args, choices={"ops": ops}, history=history, network=model, search_args=args,
+                        found_by={"multiply_adds": flops.cost(ops), "parameters": count_parameters(fixed),
+                                  "latency_ms": None if latency is None else latency.cost(ops),
+                                  "hardware_metric": hw["metric"], "hardware_target": target})

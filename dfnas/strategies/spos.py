@@ -1,4 +1,11 @@
-"""The SPOS search strategy's pieces: evolutionary search under a FLOPs bound, BatchNorm recalibration.
+"""The SPOS search strategy (Guo et al., ECCV 2020) on the ShuffleNetV2 one-shot space
+(`dfnas.spaces.shufflenet`).
+
+The supernet trains on the training part of the data with one path per step, drawn uniformly
+within FLOPs bins (``train_flops``, ``bins``), SGD with linear decay; then an evolution searches
+paths under the FLOPs bound, each scored (`path_scorer`) by its accuracy on the held-out part after
+BatchNorm recalibration on training batches. On a synthetic source the held-out part is the merged
+set's validation split; on natural data ``train_portion`` of the subset trains.
 
 Evolution (Guo et al. 2020): a population of paths within the bound, scored; every generation
 keeps the ``topk`` best ever seen, and the next population is made of mutations (each block
@@ -9,11 +16,27 @@ Scoring is a callback, so that the strategy runs on any space and data source.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
+from dfnas.flops import count_parameters
+from dfnas.optim import decay_groups, linear_lr, set_lr
+from dfnas.runtime import progress, seed_everything
+from dfnas.search_data import SearchData
+from dfnas.search_result import SearchResult
+from dfnas.spaces.shufflenet import (
+    CHOICES,
+    ShuffleNetOneShot,
+    flops_table,
+    sample_path,
+    space_args,
+)
 
 
 @dataclass
@@ -100,3 +123,73 @@ def recalibrate_bn(model: nn.Module, batches, forward: Callable[[nn.Module, torc
     model.eval()
     for m, (momentum, _) in zip(bns, saved):
         m.momentum = momentum
+
+
+def data_options(scfg: dict) -> dict:
+    return {"train_portion": scfg["train_portion"], "label_smoothing": scfg["label_smoothing"],
+            "synthetic_holdout": "val"}
+
+
+def path_scorer(model, data: SearchData, scfg: dict, seed: int, device) -> Callable[[tuple], float]:
+    """How SPOS scores a path: BatchNorm recalibrated on the same ``bn_batches`` training batches
+    (drawn with ``seed + 1``), then accuracy on the held-out part."""
+    recal_gen = torch.Generator().manual_seed(seed + 1)
+    recal = [x for _, (x, _) in zip(range(scfg["bn_batches"]), data.batches(0, scfg["batch_size"], recal_gen))]
+
+    def score(path) -> float:
+        recalibrate_bn(model, recal, lambda m, x: m(x.to(device), path))
+        return data.evaluate(model, device, scfg["batch_size"], path)["val_acc"]
+
+    return score
+
+
+def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
+    """Train the supernet, then evolve paths under the FLOPs bound (``flops_bound``; none: the
+    largest path of the space)."""
+    s = cfg["search"]["spos"]
+    args = space_args(s, data.input_shape, data.num_classes)
+    table = flops_table(args, data.input_shape)
+    seed_everything(seed)
+    model = ShuffleNetOneShot(None, **args, dropout=0.0).to(device)
+    opt = torch.optim.SGD(decay_groups(model, s["weight_decay"]), lr=s["lr"], momentum=s["momentum"])
+    gen = torch.Generator().manual_seed(seed)
+    epochs, bs = s["epochs"], s["batch_size"]
+    steps_per_epoch = max(1, len(data.halves[0]) // bs)
+    total = epochs * steps_per_epoch
+    low, high = s["train_flops"] or (None, None)
+    checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed)}, log)
+    stateful = {"model": model, "opt": opt}
+    resumed = checkpoint.resume(stateful, gen)
+    history, start = resumed.history, resumed.epoch
+    t0 = time.time()
+    for epoch in range(start, epochs):
+        model.train()
+        loss_sum, acc_sum, steps = 0.0, 0.0, 0
+        for x, y in data.batches(0, bs, gen):
+            set_lr(opt, linear_lr(epoch * steps_per_epoch + steps, total, s["lr"]))
+            path = sample_path(table, gen, low, high, s["bins"])
+            x, y = x.to(device), y.to(device)
+            logits = model(x, path)
+            loss = data.loss_from_logits(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            acc_sum += data.accuracy(logits.detach(), y)
+            steps += 1
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps),
+               "train_acc": acc_sum / max(1, steps)}
+        history.append(row)
+        checkpoint.save(stateful, gen, history, epoch + 1)
+        log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
+            f"  acc {row['train_acc']:.3f}  {progress(t0, epoch + 1, epochs, start)}")
+
+    score = path_scorer(model, data, s, seed, device)
+    bound = s["flops_bound"] if s["flops_bound"] is not None else table.bounds()[1]
+    ecfg = Evolution(**{k: s[k] for k in ("population", "generations", "topk", "mutations", "crossovers",
+                                          "mutation_prob")})
+    best, evolution = evolve(score, table.cost, table.n_blocks, len(CHOICES), bound, ecfg, gen, log)
+    return SearchResult(space_args=args, choices={"path": list(best)},
+                        history=history + [{"epoch": "", **row} for row in evolution], network=model, search_args=args,
+                        found_by={"multiply_adds": table.cost(best),
+                                  "parameters": count_parameters(ShuffleNetOneShot(best, **args)), "flops_bound": bound})

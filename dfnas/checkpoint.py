@@ -1,0 +1,63 @@
+"""Checkpoints of long training loops: everything needed to continue exactly where a job stopped.
+
+A checkpoint holds the state of every module and optimizer of the loop, the loop's random
+generator and torch's global one, the history so far and the number of finished epochs, under a
+fingerprint of what the loop was started from (config, data, seed). A job that finds a checkpoint
+with its own fingerprint resumes from it and, on the CPU, ends with the same result as an
+uninterrupted job; one from another run, or an unreadable one, is ignored with a log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dfnas.runtime import config_hash, save_torch
+
+CHECKPOINT_NAME = "checkpoint.pt"  # a search's checkpoint in its output folder
+
+
+@dataclass
+class Resumed:
+    history: list = field(default_factory=list)
+    epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Checkpoint:
+    """The checkpoint file of one loop. ``fingerprint`` is any JSON-able description of its inputs."""
+
+    def __init__(self, path, fingerprint, log=print):
+        self.path = Path(path)
+        self.fingerprint = config_hash(fingerprint)
+        self.log = log
+
+    def resume(self, stateful: dict, generator: torch.Generator) -> Resumed:
+        """Load the checkpoint into ``stateful`` (name -> module or optimizer) and ``generator`` if it
+        is this loop's; return the history, the finished epochs and what the loop saved besides."""
+        if not self.path.is_file():
+            return Resumed()
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a truncated file from a killed job: start afresh
+            self.log(f"ignoring unreadable {self.path} ({type(exc).__name__})")
+            return Resumed()
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            self.log(f"ignoring {self.path}: it belongs to another run (config, data or seed)")
+            return Resumed()
+        for name, obj in stateful.items():
+            obj.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.log(f"resuming from {self.path} after epoch {state['epoch']}")
+        return Resumed(state["history"], state["epoch"], state.get("extra", {}))
+
+    def save(self, stateful: dict, generator: torch.Generator, history: list, epoch: int, **extra) -> None:
+        save_torch({"fingerprint": self.fingerprint, **{name: obj.state_dict() for name, obj in stateful.items()},
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                    "epoch": epoch, "extra": extra}, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

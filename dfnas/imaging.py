@@ -1,0 +1,108 @@
+"""Image tensors: normalization, crops and resizes, batch augmentation.
+
+Images travel as float pixels in [0, 1] (``N x C x H x W``); a network sees them normalized by the
+dataset's or teacher's per-channel mean and std (`Normalize`). Every random draw comes from a CPU
+``torch.Generator`` so that a seed gives the same views on any device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, as a module so it travels with the model to the device."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def inverse(self, x):
+        """Normalized images back to pixels (not clipped)."""
+        return x * self.std + self.mean
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalized values of pixels 0 and 1, per channel: the valid range of a normalized image."""
+        return (0 - self.mean) / self.std, (1 - self.mean) / self.std
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Differentiable crop-and-resize of each image to ``size`` with bilinear sampling.
+
+    ``boxes`` is ``N x 4`` of ``(top, left, height, width)`` as fractions of the image; ``flips``
+    is ``N`` booleans (mirror the view). Sample positions are clamped to the box's outermost pixel
+    centres, so pixels outside the box never contribute (nor receive gradient).
+    """
+    n, _, h, w = x.shape
+    out_h, out_w = size
+    boxes = boxes.to(x.device, x.dtype)
+    top, left, bh, bw = (boxes[:, i : i + 1] for i in range(4))
+    # Pixel-centre coordinates of the box's first and last pixel.
+    r0 = torch.floor(top * h + 0.5)
+    c0 = torch.floor(left * w + 0.5)
+    r1 = torch.clamp(torch.floor((top + bh) * h + 0.5) - 1, max=h - 1)
+    c1 = torch.clamp(torch.floor((left + bw) * w + 0.5) - 1, max=w - 1)
+    r1, c1 = torch.maximum(r1, r0), torch.maximum(c1, c0)
+    jr = (torch.arange(out_h, device=x.device, dtype=x.dtype) + 0.5)[None]
+    jc = (torch.arange(out_w, device=x.device, dtype=x.dtype) + 0.5)[None]
+    rows = (r0 - 0.5 + jr * (r1 - r0 + 1) / out_h).clamp(min=r0, max=r1)
+    cols = (c0 - 0.5 + jc * (c1 - c0 + 1) / out_w).clamp(min=c0, max=c1)
+    cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)
+    # grid_sample with align_corners=True maps -1..1 to the first..last pixel centre.
+    gy = rows / max(h - 1, 1) * 2 - 1
+    gx = cols / max(w - 1, 1) * 2 - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def random_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """``N x 4`` boxes ``(top, left, height, width)`` in image fractions: area fraction uniform in
+    ``scale``, aspect ratio log-uniform in ``ratio``, position uniform where the box fits."""
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_r)  # width / height
+    bw = torch.sqrt(area * aspect).clamp(max=1.0)
+    bh = torch.sqrt(area / aspect).clamp(max=1.0)
+    top = torch.rand(n, generator=generator) * (1 - bh)
+    left = torch.rand(n, generator=generator) * (1 - bw)
+    return torch.stack([top, left, bh, bw], dim=1)
+
+
+def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding), horizontal flip and cutout, each image drawn independently.
+
+    ``recipe`` has ``crop_padding``, ``flip`` and ``cutout`` (a `dfnas.train.Recipe` does).
+
+    Draws come from ``generator`` on the CPU, so the same seed gives the same batches on any device.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    if recipe.crop_padding > 0:
+        p = recipe.crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev)
+        left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev)
+        rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    if recipe.flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if recipe.cutout > 0:
+        # An s x s square of zeros centred on a uniform pixel (clipped at the border), as in DeVries & Taylor.
+        s = recipe.cutout
+        cy = torch.randint(0, h, (n,), generator=generator).to(dev)[:, None, None] - s // 2
+        cx = torch.randint(0, w, (n,), generator=generator).to(dev)[:, None, None] - s // 2
+        ys = torch.arange(h, device=dev)[None, :, None]
+        xs = torch.arange(w, device=dev)[None, None, :]
+        hole = (ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s)
+        x = x * (~hole)[:, None].to(x.dtype)
+    return x

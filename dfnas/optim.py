@@ -1,0 +1,38 @@
+"""Learning-rate schedules and parameter groups shared by every training loop.
+
+Teacher training, retraining, synthesis and the three searches take their schedules from here, so a
+schedule means the same thing everywhere it is named.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 0, minimum: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps to ``base``, then cosine decay to ``minimum`` at ``total``
+    (and ``minimum`` after it)."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def linear_lr(step: int, total: int, base: float) -> float:
+    """Linear decay from ``base`` at step 0 to zero at ``total`` (SPOS's supernet schedule)."""
+    return base * max(0.0, 1 - step / total)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Parameter groups with weight decay on weight tensors only: biases and BatchNorm affine
+    parameters (one dimension) are not decayed."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

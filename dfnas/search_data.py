@@ -1,0 +1,140 @@
+"""The data a search runs on, and its held-out evaluation.
+
+Data sources:
+    natural      cross-entropy on a class-balanced subset of the natural training split
+                 (``search.natural_images``), with crop and flip augmentation drawn every step
+    <variant>    a synthesis variant (full, deepinversion, ...): distillation at temperature
+                 ``search.temperature`` from the cached soft labels of its training split, replaying
+                 the cached views; no teacher and no natural image in the loop
+
+A search sees two parts of its source: part 0 trains the weights, part 1 is held out (DARTS and
+ProxylessNAS train their architecture parameters on it, SPOS scores candidate paths on it). They are
+a seeded split of the data by ``train_portion``, or, for a synthetic source with
+``synthetic_holdout="val"``, the merged set's training and validation splits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfnas.data import all_pixels, dataset_from_config
+from dfnas.errors import DfnasError
+from dfnas.evaluation import evaluate_batches
+from dfnas.imaging import Normalize, augment_batch
+from dfnas.losses import kd_loss
+from dfnas.sampling import stratified_subset
+from dfnas.soft_labels import SoftLabelData
+from dfnas.train import Recipe
+
+
+class SearchData:
+    """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
+
+    def __init__(self, cfg: dict, source: str, seed: int, dataset_path=None, labels_path=None,
+                 train_portion: float | None = None, label_smoothing: float = 0.0, synthetic_holdout: str = "portion"):
+        scfg = cfg["search"]
+        train_portion = scfg["train_portion"] if train_portion is None else train_portion
+        self.label_smoothing = label_smoothing
+        self.source = source
+        self.synthetic = source != "natural"
+        gen = torch.Generator().manual_seed(seed)
+        if self.synthetic:
+            if not dataset_path or not labels_path:
+                raise DfnasError(f"source {source!r} needs --dataset and --labels (its synthetic set and soft labels)")
+            self.data = SoftLabelData(dataset_path, labels_path, "train", seed=seed)
+            n = len(self.data)
+            self.mean, self.std = self.data.mean, self.data.std
+            self.input_shape = tuple(self.data.pixels.shape[1:])
+            self.num_classes = self.data.num_classes
+        else:
+            natural = dataset_from_config(cfg)
+            idx = stratified_subset(natural.train.targets, scfg["natural_images"], seed)
+            self.pixels = all_pixels(natural.train, idx)
+            self.labels = torch.as_tensor(np.asarray(natural.train.targets)[idx])
+            n = len(self.pixels)
+            self.mean, self.std = natural.info.mean, natural.info.std
+            self.input_shape = natural.info.input_shape
+            self.num_classes = natural.info.num_classes
+            self.recipe = Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"])
+        self.images = n
+        if self.synthetic and synthetic_holdout == "val":
+            # The whole training split trains; the merged set's validation split scores.
+            self.heldout = SoftLabelData(dataset_path, labels_path, "val", seed=seed)
+            if len(self.heldout) == 0:
+                raise DfnasError(f"{dataset_path} has an empty validation split (synthesis.val_per_class is 0)")
+            self.halves = (torch.arange(n), torch.arange(len(self.heldout)))
+            self.images = n + len(self.heldout)
+        else:
+            perm = torch.randperm(n, generator=gen)
+            half = int(n * train_portion)
+            if half < 1 or half >= n:
+                raise DfnasError(f"train_portion {train_portion} leaves an empty part of {n} images")
+            self.halves = (perm[:half], perm[half:])
+            self.heldout = self.data if self.synthetic else None
+        self.temperature = scfg["temperature"]
+        self.norm = Normalize(self.mean, self.std)
+        self.memory_format = torch.contiguous_format
+
+    def fingerprint(self, seed: int) -> dict:
+        """What a search's checkpoint on this data must match: the source, its size and, for a
+        synthetic source, the identity of its dataset, soft labels and teacher."""
+        out = {"source": self.source, "seed": seed, "images": self.images, "temperature": self.temperature}
+        if self.synthetic:
+            out.update({k: self.data.label_attrs.get(k) for k in ("dataset_sha256", "teacher_sha256", "config_hash")})
+        return out
+
+    def batches(self, half: int, batch_size: int, generator: torch.Generator):
+        idx = self.halves[half]
+        if self.synthetic:
+            source = self.data if half == 0 else self.heldout
+            for x, logits in source.batches(batch_size, generator, indices=idx, drop_last=len(idx) >= batch_size):
+                yield self.norm(x).contiguous(memory_format=self.memory_format), logits
+            return
+        order = idx[torch.randperm(len(idx), generator=generator)]
+        stop = len(order) - len(order) % batch_size if len(order) >= batch_size else len(order)
+        for start in range(0, stop, batch_size):
+            b = order[start : start + batch_size]
+            x = self.norm(augment_batch(self.pixels[b], self.recipe, generator))
+            yield x.contiguous(memory_format=self.memory_format), self.labels[b]
+
+    def heldout_batch(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``b`` of the held-out part, whole and unaugmented (normalized), with their targets."""
+        if self.synthetic:
+            x, target = self.heldout.get(b, torch.zeros_like(b))
+            return self.norm(x), target
+        return self.norm(self.pixels[b]), self.labels[b]
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return self.loss_from_logits(model(batch[0]), batch[1])
+
+    def loss_from_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Distillation from cached teacher logits (synthetic), or cross-entropy on labels (natural)."""
+        if self.synthetic:
+            return kd_loss(logits, target, self.temperature)
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> float:
+        return (logits.argmax(1) == self.labels_of(target)).float().mean().item()
+
+    def labels_of(self, target: torch.Tensor) -> torch.Tensor:
+        """The class of each target: the teacher's top class (synthetic) or the label (natural)."""
+        return target.argmax(1) if self.synthetic else target
+
+    def heldout_batches(self, batch_size: int):
+        """The held-out part in order, whole and unaugmented (normalized), with its targets."""
+        idx = self.halves[1]
+        for start in range(0, len(idx), batch_size):
+            yield self.heldout_batch(idx[start : start + batch_size])
+
+    def evaluate(self, model: nn.Module, device, batch_size: int, path=None) -> dict:
+        """``val_loss`` and ``val_acc`` of ``model`` (with ``path``, that path of a supernet) on the
+        held-out part."""
+        model.eval()
+        forward = model if path is None else (lambda x: model(x, path))
+        scores = evaluate_batches(forward, self.heldout_batches(batch_size), self.loss_from_logits, self.labels_of,
+                                  device)
+        model.train()
+        return {"val_loss": scores["loss"], "val_acc": scores["top1"]}
