@@ -40,11 +40,10 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        f"{RESULTS}/teacher/eval.json",
-        expand(f"{SYN}/{{variant}}/soft_labels.h5", variant=VARIANTS),
-        expand(f"{SYN}/{{variant}}/quality.json", variant=VARIANTS),
-        expand(f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json",
-               algorithm=ALGORITHMS, source=SOURCES, seed=SEEDS),
-        expand(f"{RESULTS}/search/spos/{{source}}/seed{{seed}}/ranking.json", source=RANKED, seed=SEEDS),
+        L.teacher_eval(),
+        [L.soft_labels(v) for v in VARIANTS],
+        [L.quality(v) for v in VARIANTS],
+        [L.metrics(*arm) for arm in ARMS],
+        [L.ranking(source, seed) for source, seed in RANKED],
         rules.report.output.summary,
     default_target: True

@@ -71,7 +71,16 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
     if errors:
         raise DfnasError(_describe(jsonschema.exceptions.best_match(errors)))
+    check_consistency(config)
     return config
+
+
+def check_consistency(config: dict) -> None:
+    """What the schema cannot say: every synthetic search source is a synthesized variant."""
+    variants = config["synthesis"]["variants"]
+    for source in config["search"]["sources"]:
+        if source not in ("natural", "random") and source not in variants:
+            raise DfnasError(f"config key 'search.sources': {source!r} is not in synthesis.variants {variants}")
 
 
 def read_config_file(path) -> dict:

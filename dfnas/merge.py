@@ -31,10 +31,8 @@ def read_shards(paths, teacher_sha256: str, variant: str | None = None) -> tuple
         raise DfnasError("no shards to merge")
     arrays, common, shard_ids = [], None, []
     for path in sorted(map(Path, paths)):
-        with sh.open_h5(path) as f:
+        with sh.open_format(path, sh.SHARD_FORMAT, "python -m dfnas.synthesize") as f:
             attrs = sh.attrs_dict(f)
-            if attrs.get("format") != sh.SHARD_FORMAT:
-                raise DfnasError(f"{path}: not a dfnas synthesis shard")
             if attrs.get("teacher_sha256") != teacher_sha256:
                 raise DfnasError(f"{path}: made with another teacher (weights sha256 {str(attrs.get('teacher_sha256'))[:12]}, "
                                  f"expected {teacher_sha256[:12]})")
@@ -48,10 +46,7 @@ def read_shards(paths, teacher_sha256: str, variant: str | None = None) -> tuple
             for key in ("config_hash", "input_shape", "num_classes", "storage", "shards", "mean", "std"):
                 if attrs.get(key) != common.get(key):
                     raise DfnasError(f"{path}: {key} {attrs.get(key)!r} differs from the other shards' {common.get(key)!r}")
-            try:
-                data = sh.read_group(f)
-            except (KeyError, OSError) as exc:
-                raise DfnasError(f"{path}: cannot read its arrays ({str(exc).splitlines()[0]})") from None
+            data = sh.read_arrays(f, path)
         sh.check_arrays(data, path, common["num_classes"], common["input_shape"])
         arrays.append(data)
     if len(set(shard_ids)) != len(shard_ids):

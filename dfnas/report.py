@@ -18,14 +18,13 @@ of the config, and aggregated with pandas.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.errors import DfnasError
+from dfnas.layout import Layout, arms, ordered_sources, ranked
 from dfnas.plots import pyplot, save_figure
-from dfnas.runtime import atomic_path
+from dfnas.runtime import read_json, write_csv, write_text
 
 NAMES = {"darts": "DARTS", "spos": "SPOS", "proxyless": "ProxylessNAS"}
 
@@ -38,38 +37,23 @@ def source_label(source: str) -> str:
     return f"synthetic data ({source})"
 
 
-def ordered_sources(sources) -> list[str]:
-    """natural first, the synthetic variants in config order, random last."""
-    return ([s for s in sources if s == "natural"] + [s for s in sources if s not in ("natural", "random")]
-            + [s for s in sources if s == "random"])
+NEEDED_BY = "the report (run the workflow first)"
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DfnasError(f"the report needs {path}, which does not exist (run the workflow first)") from None
-    except ValueError as exc:
-        raise DfnasError(f"{path}: not valid JSON ({exc})") from None
-
-
-def collect(run_dir: Path, search_cfg: dict) -> list[dict]:
+def collect(layout: Layout, cfg: dict) -> list[dict]:
     """One record per (algorithm, source, seed): the retrain metrics and how the search found it."""
     records = []
-    for algorithm in search_cfg["algorithms"]:
-        for source in ordered_sources(search_cfg["sources"]):
-            for seed in search_cfg["seeds"]:
-                arm = f"{algorithm}/{source}/seed{seed}"
-                metrics = read_json(run_dir / "retrain" / arm / "metrics.json")
-                arch = read_json(run_dir / "search" / arm / "architecture.json")
-                found = arch.get("found_by", {})
-                records.append({
-                    "algorithm": algorithm, "source": source, "seed": seed,
-                    "top1": metrics["top1"], "top5": metrics.get("top5"),
-                    "parameters": metrics["parameters"], "multiply_adds": metrics["multiply_adds"],
-                    "search_seconds": found.get("search_seconds", 0.0), "data_images": found.get("data_images", 0),
-                    "retrain_seconds": metrics.get("train_seconds"),
-                })
+    for algorithm, source, seed in arms(cfg):
+        metrics = read_json(layout.metrics(algorithm, source, seed), NEEDED_BY)
+        arch = read_json(layout.architecture(algorithm, source, seed), NEEDED_BY)
+        found = arch.get("found_by", {})
+        records.append({
+            "algorithm": algorithm, "source": source, "seed": seed,
+            "top1": metrics["top1"], "top5": metrics.get("top5"),
+            "parameters": metrics["parameters"], "multiply_adds": metrics["multiply_adds"],
+            "search_seconds": found.get("search_seconds", 0.0), "data_images": found.get("data_images", 0),
+            "retrain_seconds": metrics.get("train_seconds"),
+        })
     return records
 
 
@@ -164,18 +148,6 @@ def summary_sentence(records: list[dict], algorithm: str, rankings: dict) -> str
     return text + "."
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
-
-
 # --------------------------------------------------------------------------------------------
 # Figures
 
@@ -207,7 +179,7 @@ def read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def plot_search_curves(run_dir: Path, search_cfg: dict, path: Path) -> None:
+def plot_search_curves(layout: Layout, search_cfg: dict, path: Path) -> None:
     """Per algorithm: held-out accuracy (or training accuracy) per epoch of each search; for SPOS
     also the best score per generation of the evolution."""
     plt = pyplot()
@@ -218,7 +190,7 @@ def plot_search_curves(run_dir: Path, search_cfg: dict, path: Path) -> None:
             if source == "random":
                 continue
             for seed in search_cfg["seeds"]:
-                rows = read_history(run_dir / "search" / algorithm / source / f"seed{seed}" / "history.csv")
+                rows = read_history(Path(layout.history(algorithm, source, seed)))
                 epochs = [r for r in rows if r.get("epoch")]
                 column = "val_acc" if epochs and epochs[0].get("val_acc") else "train_acc"
                 if epochs and epochs[0].get(column):
@@ -256,16 +228,11 @@ def plot_entropy(qualities: dict[str, dict], path: Path) -> None:
 
 def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
     search_cfg = cfg["search"]
-    records = collect(run_dir, search_cfg)
-    variants = cfg["synthesis"]["variants"]
-    qualities = {v: read_json(run_dir / "synthesis" / v / "quality.json") for v in variants}
-    rankings = {}
-    if "spos" in search_cfg["algorithms"] and search_cfg["spos"]["ranking"]["paths"]:
-        for source in search_cfg["sources"]:
-            if source in variants:
-                for seed in search_cfg["seeds"]:
-                    rankings[("spos", source, seed)] = read_json(
-                        run_dir / "search" / "spos" / source / f"seed{seed}" / "ranking.json")
+    layout = Layout.of(run_dir)
+    records = collect(layout, cfg)
+    qualities = {v: read_json(layout.quality(v), NEEDED_BY) for v in cfg["synthesis"]["variants"]}
+    rankings = {("spos", source, seed): read_json(layout.ranking(source, seed), NEEDED_BY)
+                for source, seed in ranked(cfg)}
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {}
     for algorithm in search_cfg["algorithms"]:
@@ -291,7 +258,7 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
     plot_accuracy(tables, figures / "accuracy.png")
-    plot_search_curves(run_dir, search_cfg, figures / "search_curves.png")
+    plot_search_curves(layout, search_cfg, figures / "search_curves.png")
     plot_entropy(qualities, figures / "soft_label_entropy.png")
     for sentence in sentences:
         log(sentence)

@@ -121,6 +121,24 @@ def open_h5(path, mode="r") -> h5py.File:
         raise DfnasError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
 
 
+def open_format(path, fmt: str, made_by: str) -> h5py.File:
+    """Open ``path`` for reading if it is a dfnas file of format ``fmt``; else one line that names the
+    file and the command that makes one (``made_by``)."""
+    f = open_h5(path)
+    if f.attrs.get("format") != fmt:
+        f.close()
+        raise DfnasError(f"{path}: not a {fmt.replace('-', ' ')} file (make one with {made_by})")
+    return f
+
+
+def read_arrays(group: h5py.Group, path, index=None) -> dict:
+    """`read_group`, with a damaged file reported in one line that names it."""
+    try:
+        return read_group(group, index)
+    except (KeyError, OSError) as exc:
+        raise DfnasError(f"{path}: cannot read its arrays ({str(exc).splitlines()[0]})") from None
+
+
 def set_attrs(obj, attrs: dict) -> None:
     for k, v in attrs.items():
         if isinstance(v, (dict, list, tuple)) and k in ("config", "class_names"):
@@ -133,12 +151,10 @@ def set_attrs(obj, attrs: dict) -> None:
 
 def load_split(path, split: str = "train") -> tuple[torch.Tensor, dict, dict]:
     """Images (float pixels in [0, 1]) of one split of a merged dataset, its other fields and the file attributes."""
-    with open_h5(path) as f:
-        if f.attrs.get("format") != DATASET_FORMAT:
-            raise DfnasError(f"{path}: not a dfnas synthetic dataset (make one with python -m dfnas.merge)")
+    with open_format(path, DATASET_FORMAT, "python -m dfnas.merge") as f:
         if split not in f:
             raise DfnasError(f"{path}: has no split {split!r}")
-        arrays = read_group(f[split])
+        arrays = read_arrays(f[split], path)
         attrs = attrs_dict(f)
     images = from_storage(arrays.pop("images"))
     return images, arrays, attrs

@@ -87,10 +87,8 @@ def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator
 
 def make_soft_labels(cfg: dict, teacher, dataset_path: Path, out: Path, log=print) -> dict:
     lcfg = cfg["soft_labels"]
-    with sh.open_h5(dataset_path) as f:
+    with sh.open_format(dataset_path, sh.DATASET_FORMAT, "python -m dfnas.merge") as f:
         attrs = sh.attrs_dict(f)
-    if attrs.get("format") != sh.DATASET_FORMAT:
-        raise DfnasError(f"{dataset_path}: not a dfnas synthetic dataset (make one with python -m dfnas.merge)")
     if attrs.get("teacher_sha256") != teacher.checksum:
         raise DfnasError(f"{dataset_path}: made with another teacher than {teacher.checksum[:12]}")
     gen = torch.Generator().manual_seed(derived_seed(cfg["seed"], attrs.get("variant"), "soft_labels"))
@@ -123,9 +121,7 @@ class SoftLabelData(torch.utils.data.Dataset):
 
     def __init__(self, dataset_path, labels_path, split: str = "train", seed: int = 0):
         self.pixels, self.arrays, self.attrs = sh.load_split(dataset_path, split)
-        with sh.open_h5(labels_path) as f:
-            if f.attrs.get("format") != LABELS_FORMAT:
-                raise DfnasError(f"{labels_path}: not a dfnas soft-label cache (make one with python -m dfnas.soft_labels)")
+        with sh.open_format(labels_path, LABELS_FORMAT, "python -m dfnas.soft_labels") as f:
             if f.attrs["dataset_sha256"] != sha256_file(dataset_path):
                 raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}")
             self.label_attrs = sh.attrs_dict(f)

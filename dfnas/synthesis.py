@@ -169,6 +169,15 @@ def synthesize_batch(teacher: nn.Module, targets: torch.Tensor, shape, mean, std
     return BatchResult(x.detach(), history)
 
 
+# Keys of the ``synthesis`` config that no shard reads: the list of variants and the merge's split.
+NOT_IN_SHARDS = ("variants", "val_per_class")
+
+
+def shard_keys(cfg: dict) -> dict:
+    """The ``synthesis`` keys a shard depends on (what its config hash covers and its job reads)."""
+    return {k: v for k, v in cfg["synthesis"].items() if k not in NOT_IN_SHARDS}
+
+
 def noise_images(n: int, shape, mean, std, generator: torch.Generator) -> torch.Tensor:
     """The floor of the ablation: unoptimized N(0, 1) images in the normalized space, clipped."""
     x = torch.randn(n, *shape, generator=generator)

@@ -41,7 +41,14 @@ from dfnas.runtime import (
     resolve_device,
     versions,
 )
-from dfnas.synthesis import Objective, Region, Schedule, noise_images, synthesize_batch
+from dfnas.synthesis import (
+    Objective,
+    Region,
+    Schedule,
+    noise_images,
+    shard_keys,
+    synthesize_batch,
+)
 from dfnas.teacher import load_teacher
 
 VARIANTS = ("full", "no_recursive", "no_regional", "deepinversion", "noise")
@@ -82,8 +89,7 @@ def balanced_labels(offset: int, n: int, num_classes: int, generator: torch.Gene
 
 
 def synthesis_config_hash(cfg: dict, variant: str) -> str:
-    return config_hash({"seed": cfg["seed"], "variant": variant, "synthesis": {
-        k: v for k, v in cfg["synthesis"].items() if k not in ("variants", "val_per_class")}})
+    return config_hash({"seed": cfg["seed"], "variant": variant, "synthesis": shard_keys(cfg)})
 
 
 @torch.no_grad()

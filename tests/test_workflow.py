@@ -188,6 +188,25 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert planned_jobs(plan.stdout) == {"search": 2, "retrain": 2, "report": 1, "all": 1}
     assert "search/darts/natural/seed0" in plan.stdout and "search/darts/full/seed0" in plan.stdout
 
+    # Growing a finished run plans only the new jobs (and the report, which aggregates them all):
+    # no finished shard, merge, search, random baseline, ranking or retrain runs again.
+    base = (REPO / "config/smoke.yaml").read_text()
+    grown = {
+        "a variant": (("variants: [full, noise]", "variants: [full, noise, deepinversion]"),
+                      {"synthesize": 2, "merge": 1, "soft_labels": 1, "synthesis_quality": 1}),
+        "a source": (("sources: [natural, full, random]", "sources: [natural, full, noise, random]"),
+                     {"search": 3, "retrain": 3, "ranking": 1}),
+        "a seed": (("algorithms: [darts, spos, proxyless]", "algorithms: [darts, spos, proxyless]\n  seeds: [0, 1]"),
+                   {"search": 6, "random_architecture": 3, "retrain": 9, "ranking": 1}),
+        "an algorithm less": (("algorithms: [darts, spos, proxyless]", "algorithms: [darts, spos]"), {}),
+    }
+    for what, ((old, new), jobs) in grown.items():
+        assert old in base, what
+        changed.write_text(base.replace(old, new))
+        plan = snakemake("-n", "--configfile", str(changed), cwd=tmp_path)
+        assert plan.returncode == 0, plan.stderr[-2000:]
+        assert planned_jobs(plan.stdout) == {**jobs, "report": 1, "all": 1}, what
+
 
 def test_search_source_must_be_a_synthesized_variant(tmp_path):
     cfg = tmp_path / "c.yaml"

@@ -1,13 +1,22 @@
-# Shared helpers of the rules: where outputs go, how a rule hands its config to a module.
+# Shared by the rules: the results layout and the config each job reads, both from the dfnas
+# package (dfnas.layout, dfnas.jobs), which the report and the stages use too.
 
-import json
 import os
 import sys
 
-RESULTS = f"results/{config['run']}"
-LOGS = f"{RESULTS}/logs"
-BENCH = f"{RESULTS}/benchmarks"
+from dfnas.jobs import job_json
+from dfnas.layout import Layout, arms, ranked
+
+L = Layout(config["run"])
+RESULTS = L.path()
 ENV = os.path.join(workflow.basedir, "envs", "dfnas.yaml")
+VARIANTS = config["synthesis"]["variants"]
+ALGORITHMS = config["search"]["algorithms"]
+SOURCES = config["search"]["sources"]
+SEEDS = config["search"]["seeds"]
+ARMS = arms(config)
+RANKED = ranked(config)
+SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
 # sbatch --gpus): none when the config pins the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
@@ -19,14 +28,21 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.en
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
-def stage_config(*sections):
-    """The validated config a stage needs, as JSON for --config-json.
+def job_params(job):
+    """The rule's --config-json: only the keys its job reads (dfnas.jobs), per wildcards."""
+    return lambda wc: job_json(config, job, **{k: getattr(wc, k) for k in ("algorithm", "source") if hasattr(wc, k)})
 
-    Passing only these sections as a param means Snakemake reruns a job when, and only when, a
-    key that the job reads has changed.
-    """
-    keys = ("seed", "device", "threads") + sections
-    return json.dumps({k: config[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+
+def search_inputs(wildcards):
+    if wildcards.source == "natural":
+        return {"natural": rules.data.output[0]}
+    return {"dataset": L.dataset(wildcards.source), "labels": L.soft_labels(wildcards.source)}
+
+
+def search_data_args(wildcards, input):
+    if wildcards.source == "natural":
+        return ""
+    return f"--dataset {input.dataset} --labels {input.labels}"
 
 
 # Priorities (higher first among ready jobs): the synthetic branch is the long chain of a run, so

@@ -3,11 +3,11 @@
 
 rule data:
     output:
-        f"{RESULTS}/data/dataset.json",
+        L.data_json(),
     params:
-        cfg=stage_config("data"),
+        cfg=job_params("data"),
     log:
-        f"{LOGS}/data.log",
+        L.log("data"),
     priority: 100
     # As many cores as the teacher that follows: the teacher, the first long job, then finds them
     # all free, instead of waiting behind jobs started beside this one.

@@ -4,20 +4,20 @@
 
 rule retrain:
     input:
-        arch=f"{RESULTS}/search/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json",
+        arch=L.architecture("{algorithm}", "{source}", "{seed}"),
         natural=rules.data.output[0],
     output:
-        f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json",
+        L.metrics("{algorithm}", "{source}", "{seed}"),
     wildcard_constraints:
         algorithm="|".join(ALGORITHMS),
         source="|".join(SOURCES),
         seed=r"\d+",
     params:
-        cfg=stage_config("data", "retrain"),
+        cfg=job_params("retrain"),
     log:
-        f"{LOGS}/retrain/{{algorithm}}_{{source}}_seed{{seed}}.log",
+        L.log("retrain/{algorithm}_{source}_seed{seed}"),
     benchmark:
-        f"{BENCH}/retrain/{{algorithm}}_{{source}}_seed{{seed}}.tsv"
+        L.benchmark("retrain/{algorithm}_{source}_seed{seed}")
     threads: config["threads"]
     resources:
         gpu=GPU,

@@ -2,35 +2,34 @@
 # one-sentence summary and the figures, from every retrain, search, quality and ranking output.
 # `snakemake --report report.html` gathers what is flagged report() below into a browsable page.
 
-REPORT = f"{RESULTS}/report"
-ARMS = dict(algorithm=ALGORITHMS, source=SOURCES, seed=SEEDS)
-
 
 rule report:
     input:
-        metrics=expand(f"{RESULTS}/retrain/{{algorithm}}/{{source}}/seed{{seed}}/metrics.json", **ARMS),
-        archs=expand(f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/architecture.json", **ARMS),
-        histories=expand(f"{SEARCH}/{{algorithm}}/{{source}}/seed{{seed}}/history.csv", **ARMS),
-        quality=expand(f"{SYN}/{{variant}}/quality.json", variant=VARIANTS),
-        rankings=expand(f"{SEARCH}/spos/{{source}}/seed{{seed}}/ranking.json", source=RANKED, seed=SEEDS),
+        metrics=[L.metrics(*arm) for arm in ARMS],
+        archs=[L.architecture(*arm) for arm in ARMS],
+        histories=[L.history(*arm) for arm in ARMS],
+        quality=[L.quality(v) for v in VARIANTS],
+        rankings=[L.ranking(source, seed) for source, seed in RANKED],
     output:
-        summary=report(f"{REPORT}/summary.md", caption="../report/summary.rst", category="1. Results"),
-        tables=report(expand(f"{REPORT}/{{algorithm}}.md", algorithm=ALGORITHMS), caption="../report/table.rst",
-                      category="1. Results"),
-        csv=expand(f"{REPORT}/{{algorithm}}.csv", algorithm=ALGORITHMS),
-        accuracy=report(f"{REPORT}/figures/accuracy.png", caption="../report/accuracy.rst", category="1. Results"),
-        curves=report(f"{REPORT}/figures/search_curves.png", caption="../report/search_curves.rst",
+        summary=report(L.report("summary.md"), caption="../report/summary.rst", category="1. Results"),
+        tables=report([L.report(f"{a}.md") for a in ALGORITHMS], caption="../report/table.rst", category="1. Results"),
+        csv=[L.report(f"{a}.csv") for a in ALGORITHMS],
+        accuracy=report(L.report("figures", "accuracy.png"), caption="../report/accuracy.rst", category="1. Results"),
+        curves=report(L.report("figures", "search_curves.png"), caption="../report/search_curves.rst",
                       category="3. Search"),
-        entropy=report(f"{REPORT}/figures/soft_label_entropy.png", caption="../report/entropy.rst",
+        entropy=report(L.report("figures", "soft_label_entropy.png"), caption="../report/entropy.rst",
                        category="2. Synthetic data"),
     params:
-        cfg=stage_config("run", "search", "synthesis"),
+        cfg=job_params("report"),
+        run_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.summary)),
+        out_dir=lambda wc, output: os.path.dirname(output.summary),
     log:
-        f"{LOGS}/report.log",
+        L.log("report"),
     benchmark:
-        f"{BENCH}/report.tsv"
+        L.benchmark("report")
     threads: 1
     conda:
         ENV
     shell:
-        "python -m dfnas.report --config-json {params.cfg:q} --run-dir {RESULTS} --out-dir {REPORT} 2>&1 | tee {log}"
+        "python -m dfnas.report --config-json {params.cfg:q} --run-dir {params.run_dir} --out-dir {params.out_dir}"
+        " 2>&1 | tee {log}"

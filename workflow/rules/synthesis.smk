@@ -2,18 +2,6 @@
 # merge into one dataset with a train/val split, and the cached soft labels the searches replay.
 # None of these rules reads natural data.
 
-SYN = f"{RESULTS}/synthesis"
-VARIANTS = config["synthesis"]["variants"]
-SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
-
-
-def synthesis_params():
-    """The keys a shard depends on: adding a variant or changing the split reruns no shard."""
-    skip = ("variants", "val_per_class")
-    cfg = json.loads(stage_config("synthesis"))
-    cfg["synthesis"] = {k: v for k, v in cfg["synthesis"].items() if k not in skip}
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
@@ -24,13 +12,13 @@ rule synthesize:
     input:
         teacher=rules.teacher.output.teacher,
     output:
-        f"{SYN}/{{variant}}/shard_{{shard}}.h5",
+        L.shard("{variant}", "{shard}"),
     params:
-        cfg=synthesis_params(),
+        cfg=job_params("synthesize"),
     log:
-        f"{LOGS}/synthesize/{{variant}}_{{shard}}.log",
+        L.log("synthesize/{variant}_{shard}"),
     benchmark:
-        f"{BENCH}/synthesize/{{variant}}_{{shard}}.tsv"
+        L.benchmark("synthesize/{variant}_{shard}")
     priority: 80
     threads: config["threads"]
     resources:
@@ -45,17 +33,17 @@ rule synthesize:
 rule merge:
     input:
         teacher=rules.teacher.output.teacher,
-        shards=expand(f"{SYN}/{{{{variant}}}}/shard_{{shard}}.h5", shard=SHARD_IDS),
+        shards=[L.shard("{variant}", s) for s in SHARD_IDS],
     output:
-        dataset=f"{SYN}/{{variant}}/dataset.h5",
-        grid=report(f"{SYN}/{{variant}}/samples.png", caption="../report/samples.rst", category="2. Synthetic data",
+        dataset=L.dataset("{variant}"),
+        grid=report(L.samples("{variant}"), caption="../report/samples.rst", category="2. Synthetic data",
                     labels=lambda wc: {"variant": wc.variant}),
     params:
-        cfg=stage_config("synthesis"),
+        cfg=job_params("merge"),
     log:
-        f"{LOGS}/merge/{{variant}}.log",
+        L.log("merge/{variant}"),
     benchmark:
-        f"{BENCH}/merge/{{variant}}.tsv"
+        L.benchmark("merge/{variant}")
     priority: 80
     threads: 1
     conda:
@@ -70,13 +58,13 @@ rule soft_labels:
         teacher=rules.teacher.output.teacher,
         dataset=rules.merge.output.dataset,
     output:
-        f"{SYN}/{{variant}}/soft_labels.h5",
+        L.soft_labels("{variant}"),
     params:
-        cfg=stage_config("soft_labels"),
+        cfg=job_params("soft_labels"),
     log:
-        f"{LOGS}/soft_labels/{{variant}}.log",
+        L.log("soft_labels/{variant}"),
     benchmark:
-        f"{BENCH}/soft_labels/{{variant}}.tsv"
+        L.benchmark("soft_labels/{variant}")
     priority: 80
     threads: config["threads"]
     resources:
@@ -94,16 +82,16 @@ rule soft_labels:
 rule natural_reference:
     input:
         teacher=rules.teacher.output.teacher,
-        dataset=f"{SYN}/{VARIANTS[0]}/dataset.h5",
+        dataset=L.dataset(VARIANTS[0]),
         natural=rules.data.output[0],
     output:
-        f"{SYN}/natural_reference.json",
+        L.natural_reference(),
     params:
-        cfg=stage_config("data", "quality"),
+        cfg=job_params("natural_reference"),
     log:
-        f"{LOGS}/synthesis_quality/natural_reference.log",
+        L.log("synthesis_quality/natural_reference"),
     benchmark:
-        f"{BENCH}/natural_reference.tsv"
+        L.benchmark("natural_reference")
     threads: config["threads"]
     resources:
         gpu=GPU,
@@ -121,13 +109,13 @@ rule synthesis_quality:
         natural=rules.data.output[0],
         reference=rules.natural_reference.output[0],
     output:
-        f"{SYN}/{{variant}}/quality.json",
+        L.quality("{variant}"),
     params:
-        cfg=stage_config("data", "quality"),
+        cfg=job_params("synthesis_quality"),
     log:
-        f"{LOGS}/synthesis_quality/{{variant}}.log",
+        L.log("synthesis_quality/{variant}"),
     benchmark:
-        f"{BENCH}/synthesis_quality/{{variant}}.tsv"
+        L.benchmark("synthesis_quality/{variant}")
     threads: config["threads"]
     conda:
         ENV

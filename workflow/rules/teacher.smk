@@ -5,14 +5,14 @@ rule teacher:
     input:
         dataset=rules.data.output[0],
     output:
-        teacher=f"{RESULTS}/teacher/teacher.pt",
-        meta=f"{RESULTS}/teacher/teacher.json",
+        teacher=L.teacher(),
+        meta=L.teacher_meta(),
     params:
-        cfg=stage_config("data", "teacher"),
+        cfg=job_params("teacher"),
     log:
-        f"{LOGS}/teacher.log",
+        L.log("teacher"),
     benchmark:
-        f"{BENCH}/teacher.tsv"
+        L.benchmark("teacher")
     priority: 100
     threads: config["teacher"]["threads"] or config["threads"]
     resources:
@@ -29,13 +29,13 @@ rule teacher_eval:
         teacher=rules.teacher.output.teacher,
         dataset=rules.data.output[0],
     output:
-        f"{RESULTS}/teacher/eval.json",
+        L.teacher_eval(),
     params:
-        cfg=stage_config("data", "teacher"),
+        cfg=job_params("teacher_eval"),
     log:
-        f"{LOGS}/teacher_eval.log",
+        L.log("teacher_eval"),
     benchmark:
-        f"{BENCH}/teacher_eval.tsv"
+        L.benchmark("teacher_eval")
     threads: config["threads"]
     conda:
         ENV

@@ -1,0 +1,77 @@
+"""What each job of the workflow reads from the config.
+
+A rule hands its module only the keys the job depends on (as ``--config-json``), so that Snakemake
+reruns a job when, and only when, one of them changes: adding a variant, a seed, an algorithm or a
+source to a finished run reruns none of its finished jobs, and a changed search key reruns only
+that algorithm's searches (not its random baseline, which reads only the keys of its space).
+"""
+
+from __future__ import annotations
+
+import json
+
+from dfnas.layout import NATURAL, RANDOM
+from dfnas.spaces import get_space, space_names
+from dfnas.strategies import get_strategy, strategy_names
+from dfnas.synthesis import shard_keys
+
+SHARED = ("seed", "device", "threads")
+# Keys of ``search`` that only list jobs.
+JOB_LISTS = ("algorithms", "sources", "seeds")
+
+
+def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | None = None) -> dict:
+    """The part of the validated config that job ``job`` reads (``algorithm`` and ``source`` for
+    search, random_architecture and retrain)."""
+    out = {k: cfg[k] for k in SHARED}
+    if job == "data":
+        out["data"] = cfg["data"]
+    elif job in ("teacher", "teacher_eval"):
+        out.update(data=cfg["data"], teacher=cfg["teacher"])
+    elif job == "synthesize":
+        out["synthesis"] = shard_keys(cfg)
+    elif job == "merge":
+        out["synthesis"] = {"val_per_class": cfg["synthesis"]["val_per_class"]}
+    elif job == "soft_labels":
+        out["soft_labels"] = cfg["soft_labels"]
+    elif job in ("natural_reference", "synthesis_quality"):
+        out.update(data=cfg["data"], quality=cfg["quality"])
+    elif job == "search":
+        out.update(search_keys(cfg, algorithm, source))
+    elif job == "random_architecture":
+        keys = get_space(get_strategy(algorithm).space).config_keys
+        out["search"] = {algorithm: {k: v for k, v in cfg["search"][algorithm].items() if k in keys}}
+        out["data"] = {"name": cfg["data"]["name"]}  # the input shape and the classes
+    elif job == "ranking":
+        out["data"] = cfg["data"]
+        out["search"] = {"algorithms": ["spos"], "temperature": cfg["search"]["temperature"],
+                         "spos": cfg["search"]["spos"]}
+    elif job == "retrain":
+        space = get_strategy(algorithm).space
+        others = set(space_names()) - {space}
+        out["data"] = cfg["data"]
+        out["retrain"] = {k: v for k, v in cfg["retrain"].items() if k not in others}
+    elif job == "report":
+        out.update(run=cfg["run"], search=cfg["search"], synthesis=cfg["synthesis"])
+    else:
+        raise ValueError(f"unknown job {job!r}")
+    return out
+
+
+def search_keys(cfg: dict, algorithm: str, source: str) -> dict:
+    """A search reads the shared search keys and its algorithm's, not the job lists nor the other
+    algorithms' (nor what other rules read of its section); natural data only on the natural source."""
+    strategy = get_strategy(algorithm)
+    own = {k: v for k, v in cfg["search"][algorithm].items() if k not in strategy.other_rules_keys}
+    if source == RANDOM:
+        raise ValueError("the random baseline is the random_architecture job")
+    shared = {k: v for k, v in cfg["search"].items() if k not in JOB_LISTS and k not in strategy_names()}
+    out = {"search": {**shared, algorithm: own}}
+    if source == NATURAL:
+        out["data"] = cfg["data"]
+    return out
+
+
+def job_json(cfg: dict, job: str, **wildcards) -> str:
+    """`job_config` as the compact JSON a rule passes with ``--config-json``."""
+    return json.dumps(job_config(cfg, job, **wildcards), sort_keys=True, separators=(",", ":"))
