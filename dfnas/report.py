@@ -37,15 +37,15 @@ def source_label(source: str) -> str:
     return f"synthetic data ({source})"
 
 
-NEEDED_BY = "the report (run the workflow first)"
+NEEDED = ("the report", "run the workflow first")
 
 
 def collect(layout: Layout, cfg: dict) -> list[dict]:
     """One record per (algorithm, source, seed): the retrain metrics and how the search found it."""
     records = []
     for algorithm, source, seed in arms(cfg):
-        metrics = read_json(layout.metrics(algorithm, source, seed), NEEDED_BY)
-        arch = read_json(layout.architecture(algorithm, source, seed), NEEDED_BY)
+        metrics = read_json(layout.metrics(algorithm, source, seed), *NEEDED)
+        arch = read_json(layout.architecture(algorithm, source, seed), *NEEDED)
         found = arch.get("found_by", {})
         records.append({
             "algorithm": algorithm, "source": source, "seed": seed,
@@ -230,8 +230,8 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
     search_cfg = cfg["search"]
     layout = Layout.of(run_dir)
     records = collect(layout, cfg)
-    qualities = {v: read_json(layout.quality(v), NEEDED_BY) for v in cfg["synthesis"]["variants"]}
-    rankings = {("spos", source, seed): read_json(layout.ranking(source, seed), NEEDED_BY)
+    qualities = {v: read_json(layout.quality(v), *NEEDED) for v in cfg["synthesis"]["variants"]}
+    rankings = {("spos", source, seed): read_json(layout.ranking(source, seed), *NEEDED)
                 for source, seed in ranked(cfg)}
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {}

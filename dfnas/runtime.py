@@ -156,13 +156,13 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def read_json(path, needed_by: str = "this stage") -> dict:
-    """A JSON file, or a one-line error naming it (missing or damaged)."""
+def read_json(path, needed_by: str = "this stage", hint: str = "") -> dict:
+    """A JSON file, or a one-line error naming it (missing, with ``hint`` on how to make it, or damaged)."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DfnasError(f"{needed_by} needs {path}, which does not exist") from None
+        raise DfnasError(f"{needed_by} needs {path}, which does not exist" + (f" ({hint})" if hint else "")) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DfnasError(f"{path}: not valid JSON ({exc})") from None
 

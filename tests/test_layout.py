@@ -1,0 +1,86 @@
+"""The results layout and the config keys of each job: what the rules and the report share."""
+
+import json
+
+import pytest
+
+from conftest import REPO
+from dfnas.config import load_config, validate_config
+from dfnas.errors import DfnasError
+from dfnas.jobs import job_config, job_json
+from dfnas.layout import Layout, arms, ordered_sources, ranked
+from dfnas.spaces import get_space
+
+
+@pytest.fixture
+def smoke():
+    return load_config(REPO / "config" / "smoke.yaml")
+
+
+def test_paths_from_values_and_from_wildcards():
+    layout = Layout("smoke")
+    assert layout.architecture("darts", "full", 0) == "results/smoke/search/darts/full/seed0/architecture.json"
+    assert layout.metrics("{algorithm}", "{source}", "{seed}") == \
+        "results/smoke/retrain/{algorithm}/{source}/seed{seed}/metrics.json"
+    assert layout.shard("full", 3) == "results/smoke/synthesis/full/shard_003.h5"
+    assert layout.shard("{variant}", "{shard}") == "results/smoke/synthesis/{variant}/shard_{shard}.h5"
+    assert layout.ranking("full", 1, "png") == "results/smoke/search/spos/full/seed1/ranking.png"
+    assert layout.log("search/darts_full_seed0") == "results/smoke/logs/search/darts_full_seed0.log"
+    assert Layout.of("/data/runs/results/paper/") == Layout("paper", "/data/runs/results")
+
+
+def test_arms_in_report_order_and_ranked_pairs(smoke):
+    smoke["search"]["seeds"] = [0, 2]
+    assert ordered_sources(["random", "full", "natural", "noise"]) == ["natural", "full", "noise", "random"]
+    got = arms(smoke)
+    assert len(got) == 3 * 3 * 2 and got[:3] == [("darts", "natural", 0), ("darts", "natural", 2), ("darts", "full", 0)]
+    assert got[-1] == ("proxyless", "random", 2)
+    assert ranked(smoke) == [("full", 0), ("full", 2)]
+    smoke["search"]["algorithms"] = ["darts"]
+    assert ranked(smoke) == []
+
+
+def test_a_search_reads_its_algorithm_and_the_shared_keys_only(smoke):
+    cfg = job_config(smoke, "search", algorithm="darts", source="full")
+    assert set(cfg) == {"seed", "device", "threads", "search"}  # a synthetic search reads no natural data
+    assert set(cfg["search"]) == {k for k in smoke["search"] if k not in ("algorithms", "sources", "seeds", "darts",
+                                                                          "spos", "proxyless")} | {"darts"}
+    natural = job_config(smoke, "search", algorithm="spos", source="natural")
+    assert natural["data"] == smoke["data"] and "ranking" not in natural["search"]["spos"]  # read by rule ranking
+    with pytest.raises(ValueError, match="random_architecture"):
+        job_config(smoke, "search", algorithm="darts", source="random")
+
+
+def test_a_random_baseline_reads_its_space_keys_and_the_dataset_name(smoke):
+    cfg = job_config(smoke, "random_architecture", algorithm="spos")
+    assert cfg["data"] == {"name": "fashion_mnist"}
+    assert set(cfg["search"]["spos"]) == set(get_space("spos").config_keys)
+    assert "flops_bound" in cfg["search"]["spos"] and "epochs" not in cfg["search"]["spos"]
+
+
+def test_merge_shards_and_retrain_read_no_job_lists(smoke):
+    assert job_config(smoke, "merge")["synthesis"] == {"val_per_class": 1}
+    shard = job_config(smoke, "synthesize")["synthesis"]
+    assert "variants" not in shard and "val_per_class" not in shard and shard["images_per_round"] == 20
+    retrain = job_config(smoke, "retrain", algorithm="spos", source="full")["retrain"]
+    assert "spos" in retrain and "darts" not in retrain and "proxyless" not in retrain
+    assert retrain["epochs"] == smoke["retrain"]["epochs"]
+
+
+def test_job_configs_are_valid_configs_and_stable_json(smoke):
+    for job, kw in [("data", {}), ("teacher", {}), ("synthesize", {}), ("merge", {}), ("soft_labels", {}),
+                    ("synthesis_quality", {}), ("search", {"algorithm": "proxyless", "source": "natural"}),
+                    ("random_architecture", {"algorithm": "darts"}), ("ranking", {}),
+                    ("retrain", {"algorithm": "darts", "source": "random"}), ("report", {})]:
+        text = job_json(smoke, job, **kw)
+        validate_config(json.loads(text))  # what the module gets must pass the schema
+        reordered = json.loads(json.dumps(smoke))
+        reordered["search"] = dict(reversed(list(reordered["search"].items())))
+        assert job_json(reordered, job, **kw) == text, job
+    with pytest.raises(ValueError, match="unknown job"):
+        job_config(smoke, "deploy")
+
+
+def test_a_search_source_must_be_a_variant_by_hand_too():
+    with pytest.raises(DfnasError, match=r"config key 'search.sources': 'no_regional' is not in synthesis.variants"):
+        validate_config({"synthesis": {"variants": ["full"]}, "search": {"sources": ["natural", "no_regional"]}})
