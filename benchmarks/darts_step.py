@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfnas.models import build_model  # noqa: E402
 from dfnas.runtime import resolve_device, set_threads  # noqa: E402
-from dfnas.search import kd_loss  # noqa: E402
+from dfnas.losses import kd_loss  # noqa: E402
 from dfnas.soft_labels import draw_views, render_views  # noqa: E402
 from dfnas.spaces.darts import SearchNetwork  # noqa: E402
 from dfnas.strategies.darts import Architect  # noqa: E402

@@ -174,14 +174,13 @@ def test_teacher_without_batchnorm_is_refused(base_config, info, tmp_path):
     torch.save(Plain().state_dict(), path)
     from dfnas import models
 
-    monkey = {"plain": lambda **kw: Plain()}
-    models._BUILDERS.update(monkey)
+    models.register_model("plain", lambda **kw: Plain())
     try:
         cfg = with_teacher(base_config, source=f"file:{path}", arch={"name": "plain", "kwargs": {}})
         with pytest.raises(DfnasError, match="teacher has no BatchNorm layers"):
             make_teacher(cfg, info, tmp_path / "t" / "teacher.pt")
     finally:
-        del models._BUILDERS["plain"]
+        del models.MODELS._items["plain"]
 
 
 def test_state_dict_of_another_architecture(base_config, info, tmp_path):

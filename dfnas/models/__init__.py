@@ -11,22 +11,18 @@ from typing import Callable
 from torch import nn
 
 from dfnas.errors import DfnasError
+from dfnas.models import resnet
+from dfnas.registry import Registry
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", ", or torchvision:<model>")
 
 
-def register_model(name: str):
-    def deco(fn):
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} registered twice")
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
+def register_model(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    return MODELS.register(name, builder)
 
 
 def model_names() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(MODELS.names())
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -38,12 +34,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
             return torchvision.models.get_model(tv_name, weights=None, **kwargs)
         except (ValueError, KeyError) as exc:
             raise DfnasError(f"torchvision has no model {tv_name!r} ({exc})") from None
-    if name not in _BUILDERS:
-        raise DfnasError(f"unknown architecture {name!r} (known: {', '.join(model_names())}, or torchvision:<model>)")
+    builder = MODELS.get(name)
     try:
-        return _BUILDERS[name](**kwargs)
+        return builder(**kwargs)
     except TypeError as exc:
         raise DfnasError(f"architecture {name!r}: bad arguments {kwargs} ({exc})") from None
 
 
-from dfnas.models import resnet  # noqa: E402,F401  (registers its builders)
+register_model("resnet_cifar", resnet.resnet_cifar)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dfnas.models import register_model
-
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
@@ -68,6 +66,5 @@ class ResNetCifar(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@register_model("resnet_cifar")
 def resnet_cifar(depth: int = 20, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
     return ResNetCifar(depth=depth, width=width, num_classes=num_classes, in_channels=in_channels)

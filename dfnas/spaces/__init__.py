@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dfnas.errors import DfnasError
+from dfnas.registry import Registry
 from dfnas.spaces import darts as _darts
 from dfnas.spaces import proxyless as _proxyless
 from dfnas.spaces import shufflenet as _shufflenet
@@ -36,24 +37,19 @@ class Space:
     aux_name: str | None = None  # parameters under this name are not counted (an auxiliary head)
 
 
-_SPACES: dict[str, Space] = {}
+SPACES: Registry[Space] = Registry("search space")
 
 
 def register_space(space: Space) -> Space:
-    if space.name in _SPACES:
-        raise ValueError(f"space {space.name!r} registered twice")
-    _SPACES[space.name] = space
-    return space
+    return SPACES.register(space.name, space)
 
 
 def get_space(name: str) -> Space:
-    if name not in _SPACES:
-        raise DfnasError(f"unknown search space {name!r} (known: {', '.join(sorted(_SPACES))})")
-    return _SPACES[name]
+    return SPACES.get(name)
 
 
 def space_names() -> list[str]:
-    return sorted(_SPACES)
+    return SPACES.names()
 
 
 def build_architecture(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict):

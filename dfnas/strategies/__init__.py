@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from dfnas.errors import DfnasError
+from dfnas.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,24 +28,19 @@ class Strategy:
     other_rules_keys: tuple[str, ...] = ()  # keys of search.<name> read by other rules, not by the search
 
 
-_STRATEGIES: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("search algorithm")
 
 
 def register_strategy(strategy: Strategy) -> Strategy:
-    if strategy.name in _STRATEGIES:
-        raise ValueError(f"strategy {strategy.name!r} registered twice")
-    _STRATEGIES[strategy.name] = strategy
-    return strategy
+    return STRATEGIES.register(strategy.name, strategy)
 
 
 def get_strategy(name: str) -> Strategy:
-    if name not in _STRATEGIES:
-        raise DfnasError(f"unknown search algorithm {name!r} (known: {', '.join(sorted(_STRATEGIES))})")
-    return _STRATEGIES[name]
+    return STRATEGIES.get(name)
 
 
 def strategy_names() -> list[str]:
-    return list(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 # Registration: the modules import nothing from this package, so there is no cycle.
