@@ -16,11 +16,11 @@ from dfnas.spaces.proxyless import (
     PROXYLESS_MOBILE,
     PROXYLESS_MOBILE_ARGS,
     ZERO,
-    FlopsTable,
     ProxylessNet,
     allowed_ops,
     block_layout,
     build_from_arch,
+    flops_table,
     random_choices,
 )
 
@@ -58,24 +58,24 @@ def test_mobile_multiply_adds_match_the_paper_and_torch():
 
 
 def test_flops_table_sums_to_the_network_count():
-    table = FlopsTable(SMALL, (1, 28, 28))
+    table = flops_table(SMALL, (1, 28, 28))
     allowed = allowed_ops(block_layout(**SMALL))
     paths = [random_choices(seed, **SMALL)["ops"] for seed in range(6)]
     paths += [[ops[0] for ops in allowed], [ops[-1] for ops in allowed]]
     for path in paths:
         net = ProxylessNet(path, **SMALL)
-        assert table.macs(path) == count_macs(net, (1, 28, 28)) == torch_macs(net, (1, 28, 28))
+        assert table.cost(path) == count_macs(net, (1, 28, 28)) == torch_macs(net, (1, 28, 28))
     lo, hi = table.bounds()
-    assert lo == table.macs([ops[0] if ZERO not in ops else ZERO for ops in allowed])
-    assert hi == table.macs([5] * len(allowed))  # 7x7_e6 everywhere is the largest
+    assert lo == table.cost([ops[0] if ZERO not in ops else ZERO for ops in allowed])
+    assert hi == table.cost([5] * len(allowed))  # 7x7_e6 everywhere is the largest
 
 
 def test_flops_table_of_the_published_mobile_widths():
     # At 32x32 to stay fast: the table's sum is the network's count at any resolution.
-    table = FlopsTable(PROXYLESS_MOBILE_ARGS, (3, 32, 32))
+    table = flops_table(PROXYLESS_MOBILE_ARGS, (3, 32, 32))
     for path in (PROXYLESS_MOBILE, PROXYLESS_GPU):
         net = ProxylessNet(path, **PROXYLESS_MOBILE_ARGS)
-        assert table.macs(path) == count_macs(net, (3, 32, 32))
+        assert table.cost(path) == count_macs(net, (3, 32, 32))
 
 
 def test_zero_only_where_the_block_keeps_its_shape():
@@ -129,7 +129,11 @@ def test_registry_builds_and_draws_architectures():
     net = build_architecture(arch, 1, 28, 10, {"dropout": 0.2})
     assert isinstance(net, ProxylessNet) and net.dropout.p == 0.2
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    assert get_space("proxyless").random(3, **space_args) == arch["choices"]
+    drawn = get_space("proxyless").random(SMALL, 3, (1, 28, 28), 10)
+    assert drawn["choices"] == arch["choices"] == random_choices(3, **SMALL)
+    assert drawn["space_args"] == {**space_args, "widths": list(SMALL["widths"]), "strides": list(SMALL["strides"])}
+    assert drawn["found_by"]["multiply_adds"] == count_macs(build_architecture(drawn | {"space": "proxyless"}, 1, 28,
+                                                                               10, {}), (1, 28, 28))
     allowed = allowed_ops(block_layout(**space_args))
     drawn = [random_choices(seed, **space_args)["ops"] for seed in range(40)]
     assert all(c in ops for path in drawn for c, ops in zip(path, allowed))

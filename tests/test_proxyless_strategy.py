@@ -11,17 +11,17 @@ import torch.nn.functional as F
 
 from dfnas.config import validate_config
 from dfnas.flops import count_macs
-from dfnas.spaces.proxyless import OPS, ZERO, FlopsTable, ProxylessNet, build_from_arch
+from dfnas.latency import measure_latency_table, table_from_json
+from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, build_from_arch, flops_table
+from dfnas.strategies import get_strategy
 from dfnas.strategies.proxyless import (
     ArchParameters,
-    LatencyTable,
     arch_step,
     binary_gate_grad,
     gated_forward,
-    measure_latency_table,
-    search_proxyless,
     weight_step,
 )
+from dfnas.strategies.proxyless import search as search_proxyless
 
 TINY = {"in_channels": 1, "num_classes": 10, "stem": 4, "stem_stride": 2, "first": 4, "stage_blocks": [2, 2],
         "widths": [8, 8], "strides": [2, 1], "feature_mix": 16}
@@ -111,7 +111,7 @@ def test_arch_step_moves_only_the_drawn_pair_and_keeps_the_rest():
     net, arch = tiny_net()
     calls = count_calls(net)
     opt = torch.optim.Adam([arch.alpha], lr=0.1, betas=(0.0, 0.999))
-    table = FlopsTable(TINY, (1, 16, 16))
+    table = flops_table(TINY, (1, 16, 16))
     x, y = batch(1)
     for step in range(3):
         probs = arch.probs().detach().clone()
@@ -155,7 +155,7 @@ def mbconv_macs(c_in, c_out, h_in, stride, kernel, expansion):
 
 def test_expected_flops_and_its_gradient():
     net, arch = tiny_net()
-    table = FlopsTable(TINY, (1, 16, 16))
+    table = flops_table(TINY, (1, 16, 16))
     # TINY on 16x16: stem 1->4 (stride 2, 8x8), first block 4->4 (expansion 1: depthwise + projection),
     # blocks 4->8 stride 2 (8x8 -> 4x4) then three 8->8 at 4x4, feature mix 8->16 at 4x4, classifier 16->10.
     base = 8**2 * 4 * 9 + (8**2 * 4 * 9 + 8**2 * 4 * 4) + 4**2 * 8 * 16 + 16 * 10
@@ -174,7 +174,7 @@ def test_expected_flops_and_its_gradient():
         path = arch.sample_path(torch.Generator().manual_seed(seed))
         onehot = F.one_hot(torch.tensor(path), len(OPS)).float()
         assert table.expected(onehot).item() == count_macs(ProxylessNet(path, **TINY), (1, 16, 16))
-        assert table.macs(path) == base + sum(macs(b, k) for b, k in enumerate(path))
+        assert table.cost(path) == base + sum(macs(b, k) for b, k in enumerate(path))
     # dE/dalpha_bi = p_bi (c_bi - sum_k p_bk c_bk); operations a block does not allow get nothing.
     (grad,) = torch.autograd.grad(expected, arch.alpha)
     c = torch.tensor([[float(macs(b, k)) if k in arch.allowed[b] else 0.0 for k in range(len(OPS))] for b in range(4)])
@@ -196,11 +196,11 @@ def test_latency_table_has_every_block_and_operation():
                 assert ms == 0.0
             else:
                 assert ms > 0
-    lat = LatencyTable(table)
+    lat = table_from_json(table)
     path = [5, ZERO, 0, 3]
     onehot = F.one_hot(torch.tensor(path), len(OPS)).double()
-    assert lat.expected(onehot).item() == pytest.approx(lat.latency(path))
-    assert lat.latency(path) == pytest.approx(table["base"] + table["blocks"][0][5] + table["blocks"][2][0]
+    assert lat.expected(onehot).item() == pytest.approx(lat.cost(path))
+    assert lat.cost(path) == pytest.approx(table["base"] + table["blocks"][0][5] + table["blocks"][2][0]
                                               + table["blocks"][3][3])
 
 
@@ -212,7 +212,7 @@ TINY_SEARCH = {"stem": 4, "stem_stride": 2, "first": 4, "stage_blocks": [1, 2], 
 
 
 def tiny_search(base_config, **over):
-    from dfnas.search import SearchData
+    from dfnas.search_data import SearchData
 
     cfg = copy.deepcopy(base_config)
     cfg["search"] = {"natural_images": 40, "channels_last": False, "proxyless": {**TINY_SEARCH, **over}}
@@ -227,17 +227,17 @@ class Killed(Exception):
 def test_search_finds_an_architecture_and_resumes_after_a_kill(base_config, tmp_path):
     cfg, data = tiny_search(base_config)
     ref = search_proxyless(cfg, data, 3, tmp_path / "ref", "cpu", log=lambda *_: None)
-    ops = ref["choices"]["ops"]
-    net = build_from_arch(ref, 1, 28, 10, {})
+    ops = ref.choices["ops"]
+    net = build_from_arch({"space_args": ref.space_args, "choices": ref.choices}, 1, 28, 10, {})
     assert len(ops) == 3 and ZERO not in ops[:1] and all(0 <= c < len(OPS) for c in ops)
-    assert ref["extra"]["multiply_adds"] == count_macs(net, (1, 28, 28)) and ref["extra"]["latency_ms"] is None
-    rows = ref["history"]
+    assert ref.found_by["multiply_adds"] == count_macs(net, (1, 28, 28)) and ref.found_by["latency_ms"] is None
+    rows = ref.history
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["phase"] for r in rows] == ["warmup", "search", "search"]
     # 24 weight images in batches of 8, an architecture step after each weight step once searching.
     assert [r["arch_steps"] for r in rows] == [0, 3, 3]
     assert sum(rows[-1][f"p_1_{op}"] for op in OPS) == pytest.approx(1.0, abs=1e-4)
     assert any(rows[0][f"p_{b}_{op}"] != rows[-1][f"p_{b}_{op}"] for b in range(3) for op in OPS[:6])
-    assert ref["space"] == "proxyless" and ref["space_args"]["widths"] == [8, 8]
+    assert get_strategy("proxyless").space == "proxyless" and ref.space_args["widths"] == [8, 8]
 
     def kill(msg):
         if "epoch 1/3" in msg:
@@ -251,8 +251,8 @@ def test_search_finds_an_architecture_and_resumes_after_a_kill(base_config, tmp_
     cfg, data = tiny_search(base_config)
     resumed = search_proxyless(cfg, data, 3, tmp_path / "run", "cpu", log=messages.append)
     assert any(m.startswith("resuming from") and m.endswith("after epoch 1") for m in messages)
-    assert resumed["choices"] == ref["choices"]
-    assert resumed["history"] == ref["history"]
+    assert resumed.choices == ref.choices
+    assert resumed.history == ref.history
 
 
 def test_search_with_a_measured_latency_table(base_config, tmp_path):
@@ -260,27 +260,27 @@ def test_search_with_a_measured_latency_table(base_config, tmp_path):
     out = search_proxyless(cfg, data, 0, tmp_path, "cpu", log=lambda *_: None)
     table = json.loads((tmp_path / "latency_table.json").read_text())
     assert len(table["blocks"]) == 3
-    assert out["extra"]["latency_ms"] == pytest.approx(LatencyTable(table).latency(out["choices"]["ops"]))
-    assert out["history"][-1]["expected_latency_ms"] > 0
+    assert out.found_by["latency_ms"] == pytest.approx(table_from_json(table).cost(out.choices["ops"]))
+    assert out.history[-1]["expected_latency_ms"] > 0
 
 
 def test_a_given_latency_table_prices_a_flops_search(base_config, tmp_path):
-    from dfnas.strategies.proxyless import proxyless_space_args
+    from dfnas.spaces.proxyless import space_args
 
     cfg, data = tiny_search(base_config)
-    table = measure_latency_table(proxyless_space_args(cfg, (1, 28, 28), 10), (1, 28, 28), "cpu", repeats=1,
+    table = measure_latency_table(space_args(cfg["search"]["proxyless"], (1, 28, 28), 10), (1, 28, 28), "cpu", repeats=1,
                                   min_seconds=1e-4)
     (tmp_path / "lat.json").write_text(json.dumps(table))
     cfg, data = tiny_search(base_config, warmup_epochs=0, epochs=1,
                             hardware={"metric": "flops", "latency_table": str(tmp_path / "lat.json")})
     out = search_proxyless(cfg, data, 0, tmp_path / "s", "cpu", log=lambda *_: None)
-    assert out["extra"]["hardware_metric"] == "flops"
-    assert out["extra"]["latency_ms"] == pytest.approx(LatencyTable(table).latency(out["choices"]["ops"]))
-    assert "expected_latency_ms" in out["history"][-1]
+    assert out.found_by["hardware_metric"] == "flops"
+    assert out.found_by["latency_ms"] == pytest.approx(table_from_json(table).cost(out.choices["ops"]))
+    assert "expected_latency_ms" in out.history[-1]
 
 
 def test_latency_table_command_line(tmp_path, capsys):
-    from dfnas.strategies.proxyless import main
+    from dfnas.latency import main
 
     space = ("stem", "first", "stage_blocks", "widths", "strides", "feature_mix")
     cfg = {"device": "cpu", "search": {"proxyless": {k: TINY_SEARCH[k] for k in space}}}

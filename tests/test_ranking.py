@@ -52,7 +52,7 @@ def ranking_config(base_config):
 
 
 def test_ranking_scores_fixed_paths_on_both_domains(searched, synthetic_set, base_config, tmp_path):
-    from dfnas.spaces.shufflenet import FlopsTable
+    from dfnas.spaces.shufflenet import flops_table
 
     cfg = ranking_config(base_config)
     result = rank(cfg, searched, *synthetic_set, tmp_path, log=quiet)
@@ -65,9 +65,9 @@ def test_ranking_scores_fixed_paths_on_both_domains(searched, synthetic_set, bas
     syn, nat = [r["synthetic_acc"] for r in rows], [r["natural_acc"] for r in rows]
     tau = kendall_tau(syn, nat)
     assert result["kendall_tau"] == (None if math.isnan(tau) else tau)
-    table = FlopsTable({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
+    table = flops_table({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
                        | {"in_channels": 1, "num_classes": 10}, (1, 28, 28))
-    assert all(r["multiply_adds"] == table.macs(tuple(map(int, r["path"]))) for r in rows)
+    assert all(r["multiply_adds"] == table.cost(tuple(map(int, r["path"]))) for r in rows)
     written = list(csv.DictReader(open(tmp_path / "ranking.csv")))
     assert [w["path"] for w in written] == [r["path"] for r in rows]
     assert json.loads((tmp_path / "ranking.json").read_text())["paths"] == rows
@@ -78,9 +78,9 @@ def test_ranking_scores_fixed_paths_on_both_domains(searched, synthetic_set, bas
 
 
 def test_ranking_paths_respect_the_flops_bound(searched, synthetic_set, base_config, tmp_path):
-    from dfnas.spaces.shufflenet import FlopsTable
+    from dfnas.spaces.shufflenet import flops_table
 
-    table = FlopsTable({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
+    table = flops_table({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
                        | {"in_channels": 1, "num_classes": 10}, (1, 28, 28))
     lo, hi = table.bounds()
     cfg = ranking_config(base_config)

@@ -11,7 +11,7 @@ from dfnas.flops import count_macs, count_parameters
 from dfnas.retrain import retrain
 from dfnas.search import run_search
 from dfnas.spaces import build_architecture, get_space
-from dfnas.spaces.darts import DARTS_V2, PRIMITIVES, genotype_to_dict
+from dfnas.spaces.darts import DARTS_V2, PRIMITIVES, genotype_to_dict, random_choices
 
 
 def quiet(*_):
@@ -19,8 +19,7 @@ def quiet(*_):
 
 
 def test_random_darts_choices_are_uniform_valid_and_seeded():
-    space = get_space("darts")
-    a, b, c = space.random(0), space.random(0), space.random(1)
+    a, b, c = random_choices(0), random_choices(0), random_choices(1)
     assert a == b and a != c
     for choices in (a, c):
         for kind in ("normal", "reduce"):
@@ -31,7 +30,7 @@ def test_random_darts_choices_are_uniform_valid_and_seeded():
                 assert i1 != i2 and 0 <= i1 < node + 2 and 0 <= i2 < node + 2
                 assert op1 in PRIMITIVES and op1 != "none" and op2 != "none"
     # Uniform over the 7 operations: over many draws each appears about 1/7 of the time.
-    ops = [op for s in range(200) for op, _ in space.random(s)["normal"]]
+    ops = [op for s in range(200) for op, _ in random_choices(s)["normal"]]
     counts = {p: ops.count(p) / len(ops) for p in PRIMITIVES if p != "none"}
     assert all(abs(v - 1 / 7) < 0.03 for v in counts.values())
 
@@ -59,7 +58,7 @@ def retrain_config(base_config):
 
 def test_random_baseline_then_retrain(retrain_config, tmp_path):
     arch = run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet)
-    assert arch["found_by"]["source"] == "random" and arch["choices"] == get_space("darts").random(7)
+    assert arch["found_by"]["source"] == "random" and arch["choices"] == random_choices(7)
     out = tmp_path / "metrics.json"
     metrics = retrain(retrain_config, tmp_path / "search" / "architecture.json", out, log=quiet)
     net = build_architecture(arch, 1, 28, 10, {"cells": 3, "channels": 4, "auxiliary": True})
@@ -101,7 +100,7 @@ def test_drop_path_grows_linearly_over_the_epochs(retrain_config, tmp_path):
     from dfnas.data import dataset_from_config
     from dfnas.train import Recipe, train_classifier
 
-    arch = {"space": "darts", "choices": get_space("darts").random(0)}
+    arch = {"space": "darts", "choices": random_choices(0)}
     net = build_architecture(arch, 1, 28, 10, {"cells": 3, "channels": 4, "auxiliary": True})
     data = dataset_from_config(retrain_config)
     seen = []

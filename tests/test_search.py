@@ -10,7 +10,8 @@ import torch
 
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
-from dfnas.search import kd_loss, run_search
+from dfnas.losses import kd_loss
+from dfnas.search import run_search
 
 TINY_DARTS = {"cells": 3, "channels": 4, "epochs": 3, "batch_size": 8}
 
@@ -105,17 +106,17 @@ def spos_config(base=None, **spos):
 
 
 def test_spos_on_a_synthetic_variant(synthetic_set, tmp_path):
-    from dfnas.spaces.shufflenet import FlopsTable, ShuffleNetOneShot
+    from dfnas.spaces.shufflenet import ShuffleNetOneShot, flops_table
 
     dataset, labels = synthetic_set
-    table = FlopsTable({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
+    table = flops_table({k: TINY_SPOS[k] for k in ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")}
                        | {"in_channels": 1, "num_classes": 10}, (1, 28, 28))
     lo, hi = table.bounds()
     bound = (lo + hi) / 2
     arch = run_search(spos_config(flops_bound=bound), "spos", "full", 0, tmp_path, dataset, labels, log=quiet)
     path = arch["choices"]["path"]
     assert arch["space"] == "spos" and len(path) == 3 and all(0 <= c <= 3 for c in path)
-    assert arch["found_by"]["multiply_adds"] == table.macs(path) <= bound
+    assert arch["found_by"]["multiply_adds"] == table.cost(path) <= bound
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [r["epoch"] for r in rows[:2]] == ["1", "2"] and [r["generation"] for r in rows[2:]] == ["1", "2", "3"]
     assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"

@@ -34,26 +34,26 @@ def test_supernet_runs_any_path_and_small_images():
 
 
 def test_flops_table_sums_to_the_network_count():
-    from dfnas.spaces.shufflenet import FlopsTable, sample_path
+    from dfnas.spaces.shufflenet import flops_table, sample_path
 
     kwargs = {"in_channels": 1, "num_classes": 10, "stem": 8, "stem_stride": 1, "stage_blocks": (2, 2, 2),
               "widths": (16, 32, 64), "last_conv": 128}
-    table = FlopsTable(kwargs, (1, 28, 28))
+    table = flops_table(kwargs, (1, 28, 28))
     gen = torch.Generator().manual_seed(0)
     for path in [(0,) * 6, (3,) * 6, (1, 2, 3, 0, 1, 2)]:
-        assert table.macs(path) == count_macs(ShuffleNetOneShot(path, **kwargs), (1, 28, 28))
+        assert table.cost(path) == count_macs(ShuffleNetOneShot(path, **kwargs), (1, 28, 28))
     lo, hi = table.bounds()
     mid = (lo + hi) / 2
     paths = [sample_path(table, gen, low=mid, high=hi) for _ in range(50)]
-    assert all(mid <= table.macs(p) <= hi for p in paths)
+    assert all(mid <= table.cost(p) <= hi for p in paths)
     # Within bins, draws land in every bin about equally often.
     binned = [sample_path(table, gen, bins=2) for _ in range(200)]
-    low_half = sum(table.macs(p) < mid for p in binned)
+    low_half = sum(table.cost(p) < mid for p in binned)
     assert 70 < low_half < 130
 
 
 def test_imagenet_flops_table_matches_the_published_path():
-    from dfnas.spaces.shufflenet import FlopsTable
+    from dfnas.spaces.shufflenet import flops_table
 
-    table = FlopsTable({}, (3, 224, 224))
-    assert table.macs(SPOS_IMAGENET) == count_macs(ShuffleNetOneShot(SPOS_IMAGENET), (3, 224, 224))
+    table = flops_table({}, (3, 224, 224))
+    assert table.cost(SPOS_IMAGENET) == count_macs(ShuffleNetOneShot(SPOS_IMAGENET), (3, 224, 224))

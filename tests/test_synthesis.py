@@ -15,9 +15,12 @@ from torch import nn
 from dfnas import shards as sh
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
-from dfnas.merge import merge, sample_grid, stratified_split
+from dfnas.bnstats import BatchNormInputs
+from dfnas.imaging import crop_resize
+from dfnas.merge import merge, sample_grid
+from dfnas.sampling import stratified_split
 from dfnas.soft_labels import SoftLabelData, make_soft_labels, render_views
-from dfnas.synthesis import BNStatsHook, Region, crop_resize, l2_prior, tv_losses
+from dfnas.synthesis import Region, bn_loss, l2_prior, tv_losses
 from dfnas.synthesize import run_shard, shard_sizes
 from dfnas.teacher import load_teacher
 
@@ -51,9 +54,9 @@ def test_bn_loss_against_a_hand_computation():
     net[4].running_var.copy_(torch.tensor([1.0, 1.5, 0.25]))
     net.eval()
     x = torch.randn(4, 1, 3, 3)
-    with BNStatsHook(net, first_multiplier=10.0) as hook:
+    with BatchNormInputs(net) as bn:
         net(x)
-        loss = hook.loss()
+        loss = bn_loss(bn, first_multiplier=10.0)
 
     def term(inp, bn):
         mu = inp.mean(dim=(0, 2, 3))

@@ -8,7 +8,9 @@ from torch import nn
 
 from dfnas.data import TensorImages
 from dfnas.models import build_model
-from dfnas.train import Recipe, augment_batch, evaluate, lr_at
+from dfnas.imaging import augment_batch
+from dfnas.optim import cosine_lr
+from dfnas.train import Recipe, evaluate
 
 
 def test_random_crop_is_a_shift_with_zero_fill():
@@ -42,12 +44,12 @@ def test_cutout_zeroes_a_square_of_the_given_size():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    assert lr_at(0, 100, 10, 0.1) == pytest.approx(0.01)
-    assert lr_at(9, 100, 10, 0.1) == pytest.approx(0.1)
-    assert lr_at(10, 100, 10, 0.1) == pytest.approx(0.1)
-    assert lr_at(55, 100, 10, 0.1) == pytest.approx(0.05)
-    assert lr_at(100, 100, 10, 0.1) == pytest.approx(0.0)
-    assert lr_at(40, 100, 0, 0.2) == pytest.approx(0.1 * (1 + math.cos(math.pi * 0.4)))
+    assert cosine_lr(0, 100, 0.1, 10) == pytest.approx(0.01)
+    assert cosine_lr(9, 100, 0.1, 10) == pytest.approx(0.1)
+    assert cosine_lr(10, 100, 0.1, 10) == pytest.approx(0.1)
+    assert cosine_lr(55, 100, 0.1, 10) == pytest.approx(0.05)
+    assert cosine_lr(100, 100, 0.1, 10) == pytest.approx(0.0)
+    assert cosine_lr(40, 100, 0.2, 0) == pytest.approx(0.1 * (1 + math.cos(math.pi * 0.4)))
 
 
 class Oracle(nn.Module):
