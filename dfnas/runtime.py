@@ -184,6 +184,6 @@ def progress(t0: float, done: int, total: int, start: int = 0) -> str:
 def versions() -> dict:
     import torch
 
-    import dfnas
+    import dfnas  # the package's own version; dfnas/__init__.py imports nothing
 
     return {"dfnas": dfnas.__version__, "torch": str(torch.__version__)}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dfnas.errors import DfnasError
+from dfnas.imaging import Normalize
 
 SHARD_FORMAT = "dfnas-synthesis-shard"
 DATASET_FORMAT = "dfnas-synthetic-dataset"
@@ -31,9 +32,7 @@ FIELDS = ("images", "targets", "labels", "round", "teacher_logits")
 
 def to_storage(x: torch.Tensor, mean, std, storage: str) -> np.ndarray:
     """Normalized-space images to the stored form (uint8 pixels or float16 in [0, 1])."""
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    pixels = (x.cpu() * std_t + mean_t).clamp(0, 1)
+    pixels = Normalize(mean, std).inverse(x.detach().cpu().float()).clamp(0, 1)
     if storage == "uint8":
         return (pixels * 255).round().to(torch.uint8).numpy()
     if storage == "float16":
