@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -14,6 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def quiet(*_):
+    """A log callback that drops every message."""
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -147,7 +152,7 @@ def teacher_file(tmp_path_factory):
     torch.save(model.state_dict(), bare)
     out = root / "teacher.pt"
     cfg["teacher"]["source"] = f"file:{bare}"
-    make_teacher(cfg, dataset_info(cfg), out, log=lambda *_: None)
+    make_teacher(cfg, dataset_info(cfg), out, log=quiet)
     return out
 
 
@@ -165,7 +170,76 @@ def synthetic_set(teacher_file, tmp_path_factory):
         "shards": 1, "images_per_round": 20, "rounds": 2, "batch_size": 20, "iterations_half": 2,
         "iterations_full": 2, "warmup": 1, "val_per_class": 1}, "soft_labels": {"views": 3}})
     d = tmp_path_factory.mktemp("syn")
-    shard = run_shard(cfg, teacher, "full", 0, d / "shard_000.h5", log=lambda *_: None)
+    shard = run_shard(cfg, teacher, "full", 0, d / "shard_000.h5", log=quiet)
     merge([shard], teacher.checksum, 1, 0, d / "dataset.h5")
-    make_soft_labels(cfg, teacher, d / "dataset.h5", d / "labels.h5", log=lambda *_: None)
+    make_soft_labels(cfg, teacher, d / "dataset.h5", d / "labels.h5", log=quiet)
     return d / "dataset.h5", d / "labels.h5"
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis: a small config and a loaded teacher, shared by the synthesize, merge and soft-label tests
+
+SMALL_SYNTHESIS = {"shards": 2, "images_per_round": 12, "rounds": 3, "batch_size": 6, "iterations_half": 2,
+                   "iterations_full": 3, "warmup": 1, "val_per_class": 1}
+
+
+def syn_config(**synthesis):
+    """A validated config with a tiny synthesis section (``synthesis`` overrides keys of it) and 4 views."""
+    from dfnas.config import validate_config
+
+    return validate_config({"seed": 0, "device": "cpu", "synthesis": {**SMALL_SYNTHESIS, **synthesis},
+                            "soft_labels": {"views": 4}})
+
+
+@pytest.fixture
+def teacher(teacher_file):
+    from dfnas.teacher import load_teacher
+
+    return load_teacher(teacher_file)
+
+
+@pytest.fixture
+def two_shards(teacher, tmp_path):
+    """The config and the two shards of a tiny ``full`` variant."""
+    from dfnas.synthesize import run_shard
+
+    cfg = syn_config()
+    return cfg, [run_shard(cfg, teacher, "full", s, tmp_path / f"shard_{s:03d}.h5", log=quiet) for s in (0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kill and resume: the one check of every loop that checkpoints per epoch (searches, retraining)
+
+
+class Killed(Exception):
+    """What a log callback raises to kill a job at a chosen message."""
+
+
+EPOCH_1_DONE = re.compile(r"\bepoch 1/\d+\b")  # the per-epoch line every training loop logs after epoch 1
+
+
+def assert_resumes_after_a_kill(run, tmp_path: Path) -> list[str]:
+    """Run a job three times: uninterrupted; killed (by its log callback) at the line that reports
+    epoch 1 done, after its checkpoint is written; and again in the killed run's folder. The last must
+    say it resumes after epoch 1, not redo epoch 1, and end with the uninterrupted run's choices and
+    history.
+
+    ``run(out_dir, log)`` runs the job with its outputs and checkpoint in ``out_dir`` and returns
+    ``(choices, history)``: what it found and its per-epoch rows. Returns the resumed run's messages.
+    """
+    ref_choices, ref_history = run(tmp_path / "uninterrupted", quiet)
+    assert len(ref_history) >= 2, "a job of one epoch has nothing left to resume"
+
+    def kill(msg):
+        if EPOCH_1_DONE.search(msg):
+            raise Killed(msg)
+
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", kill)
+    messages = []
+    choices, history = run(tmp_path / "killed", messages.append)
+    assert any(m.startswith("resuming from") and m.endswith("after epoch 1") for m in messages), messages
+    assert not any(EPOCH_1_DONE.search(m) for m in messages), "the resumed run trained epoch 1 again"
+    assert choices == ref_choices
+    assert history == ref_history
+    return messages

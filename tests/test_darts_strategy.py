@@ -1,10 +1,15 @@
-"""The DARTS strategy: second-order architecture gradient against an exact computation, genotypes."""
+"""The DARTS strategy: second-order architecture gradient against an exact computation, genotypes,
+and a search that resumes after a kill."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import assert_resumes_after_a_kill
+from dfnas.config import validate_config
+from dfnas.search_data import SearchData
 from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, derive_genotype
+from dfnas.strategies import darts, get_strategy
 from dfnas.strategies.darts import Architect
 
 
@@ -86,3 +91,17 @@ def test_genotype_keeps_the_two_strongest_non_none_inputs():
     assert g.normal[:2] == [("sep_conv_3x3", 1), ("skip_connect", 0)]
     assert g.normal[2:4] == [("sep_conv_3x3", 2), ("skip_connect", 0)]
     assert g.normal_concat == [2, 3, 4, 5]
+
+
+def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_path):
+    cfg = validate_config({"device": "cpu", "search": {"darts": {"cells": 3, "channels": 4, "epochs": 3,
+                                                                 "batch_size": 8, "order": 2}}})
+
+    def run(out_dir, log):
+        options = get_strategy("darts").data_options(cfg["search"]["darts"])
+        data = SearchData(cfg, "full", 1, *synthetic_set, **options)
+        result = darts.search(cfg, data, 1, out_dir, "cpu", log)
+        assert [row["epoch"] for row in result.history] == [1, 2, 3]
+        return result.choices, result.history
+
+    assert_resumes_after_a_kill(run, tmp_path)

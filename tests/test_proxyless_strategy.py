@@ -1,5 +1,6 @@
 """ProxylessNAS strategy: the binary-gate gradient, one path per weight step, the re-normalization that
-leaves the operations not drawn alone, the expected-cost terms, and a tiny search that resumes."""
+leaves the operations not drawn alone, the expected-cost terms, a tiny search that resumes, and
+searches priced by latency tables (the tables themselves: test_latency.py)."""
 
 import copy
 import json
@@ -9,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_resumes_after_a_kill, quiet
 from dfnas.config import validate_config
 from dfnas.flops import count_macs
 from dfnas.latency import measure_latency_table, table_from_json
+from dfnas.search_data import SearchData
 from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, build_from_arch, flops_table
 from dfnas.strategies import get_strategy
 from dfnas.strategies.proxyless import (
@@ -183,27 +186,6 @@ def test_expected_flops_and_its_gradient():
     assert (grad[~arch.mask] == 0).all()
 
 
-def test_latency_table_has_every_block_and_operation():
-    table = measure_latency_table(TINY, (1, 16, 16), "cpu", repeats=1, min_seconds=1e-4)
-    json.dumps(table)
-    net, arch = tiny_net()
-    assert len(table["blocks"]) == 4 and table["ops"] == list(OPS) and table["base"] > 0
-    for b, row in enumerate(table["blocks"]):
-        for k, ms in enumerate(row):
-            if k not in arch.allowed[b]:
-                assert ms is None
-            elif k == ZERO:
-                assert ms == 0.0
-            else:
-                assert ms > 0
-    lat = table_from_json(table)
-    path = [5, ZERO, 0, 3]
-    onehot = F.one_hot(torch.tensor(path), len(OPS)).double()
-    assert lat.expected(onehot).item() == pytest.approx(lat.cost(path))
-    assert lat.cost(path) == pytest.approx(table["base"] + table["blocks"][0][5] + table["blocks"][2][0]
-                                              + table["blocks"][3][3])
-
-
 # --------------------------------------------------------------------------------------------
 # The search loop on a real SearchData (the fake Fashion-MNIST of conftest)
 
@@ -212,21 +194,22 @@ TINY_SEARCH = {"stem": 4, "stem_stride": 2, "first": 4, "stage_blocks": [1, 2], 
 
 
 def tiny_search(base_config, **over):
-    from dfnas.search_data import SearchData
-
     cfg = copy.deepcopy(base_config)
     cfg["search"] = {"natural_images": 40, "channels_last": False, "proxyless": {**TINY_SEARCH, **over}}
     cfg = validate_config(cfg)
     return cfg, SearchData(cfg, "natural", 0, train_portion=0.6)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_search_finds_an_architecture_and_resumes_after_a_kill(base_config, tmp_path):
-    cfg, data = tiny_search(base_config)
-    ref = search_proxyless(cfg, data, 3, tmp_path / "ref", "cpu", log=lambda *_: None)
+    results = {}
+
+    def run(out_dir, log):
+        cfg, data = tiny_search(base_config)
+        results[out_dir.name] = search_proxyless(cfg, data, 3, out_dir, "cpu", log=log)
+        return results[out_dir.name].choices, results[out_dir.name].history
+
+    assert_resumes_after_a_kill(run, tmp_path)
+    ref = results["uninterrupted"]
     ops = ref.choices["ops"]
     net = build_from_arch({"space_args": ref.space_args, "choices": ref.choices}, 1, 28, 10, {})
     assert len(ops) == 3 and ZERO not in ops[:1] and all(0 <= c < len(OPS) for c in ops)
@@ -239,25 +222,10 @@ def test_search_finds_an_architecture_and_resumes_after_a_kill(base_config, tmp_
     assert any(rows[0][f"p_{b}_{op}"] != rows[-1][f"p_{b}_{op}"] for b in range(3) for op in OPS[:6])
     assert get_strategy("proxyless").space == "proxyless" and ref.space_args["widths"] == [8, 8]
 
-    def kill(msg):
-        if "epoch 1/3" in msg:
-            raise Killed
-
-    cfg, data = tiny_search(base_config)
-    with pytest.raises(Killed):
-        search_proxyless(cfg, data, 3, tmp_path / "run", "cpu", log=kill)
-    assert (tmp_path / "run" / "checkpoint.pt").exists()
-    messages = []
-    cfg, data = tiny_search(base_config)
-    resumed = search_proxyless(cfg, data, 3, tmp_path / "run", "cpu", log=messages.append)
-    assert any(m.startswith("resuming from") and m.endswith("after epoch 1") for m in messages)
-    assert resumed.choices == ref.choices
-    assert resumed.history == ref.history
-
 
 def test_search_with_a_measured_latency_table(base_config, tmp_path):
     cfg, data = tiny_search(base_config, warmup_epochs=0, epochs=1, hardware={"metric": "latency"})
-    out = search_proxyless(cfg, data, 0, tmp_path, "cpu", log=lambda *_: None)
+    out = search_proxyless(cfg, data, 0, tmp_path, "cpu", log=quiet)
     table = json.loads((tmp_path / "latency_table.json").read_text())
     assert len(table["blocks"]) == 3
     assert out.found_by["latency_ms"] == pytest.approx(table_from_json(table).cost(out.choices["ops"]))
@@ -273,18 +241,7 @@ def test_a_given_latency_table_prices_a_flops_search(base_config, tmp_path):
     (tmp_path / "lat.json").write_text(json.dumps(table))
     cfg, data = tiny_search(base_config, warmup_epochs=0, epochs=1,
                             hardware={"metric": "flops", "latency_table": str(tmp_path / "lat.json")})
-    out = search_proxyless(cfg, data, 0, tmp_path / "s", "cpu", log=lambda *_: None)
+    out = search_proxyless(cfg, data, 0, tmp_path / "s", "cpu", log=quiet)
     assert out.found_by["hardware_metric"] == "flops"
     assert out.found_by["latency_ms"] == pytest.approx(table_from_json(table).cost(out.choices["ops"]))
     assert "expected_latency_ms" in out.history[-1]
-
-
-def test_latency_table_command_line(tmp_path, capsys):
-    from dfnas.latency import main
-
-    space = ("stem", "first", "stage_blocks", "widths", "strides", "feature_mix")
-    cfg = {"device": "cpu", "search": {"proxyless": {k: TINY_SEARCH[k] for k in space}}}
-    main(["--config-json", json.dumps(cfg), "--latency-table", str(tmp_path / "lat.json"), "--threads", "1"])
-    table = json.loads((tmp_path / "lat.json").read_text())
-    assert table["input_shape"] == [1, 28, 28] and len(table["blocks"]) == 3
-    assert "latency table of 3 blocks" in capsys.readouterr().out

@@ -7,14 +7,11 @@ import math
 
 import pytest
 
+from conftest import quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.ranking import kendall_tau, rank
 from dfnas.search import run_search
-
-
-def quiet(*_):
-    pass
 
 
 def test_kendall_tau_by_hand():

@@ -1,10 +1,12 @@
-"""Retraining found architectures: the space registry, the random baseline, the metrics file."""
+"""Retraining found architectures: the space registry, the random baseline, the metrics file, and
+training that resumes after a kill."""
 
 import copy
 import json
 
 import pytest
 
+from conftest import assert_resumes_after_a_kill, quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
@@ -12,10 +14,6 @@ from dfnas.retrain import retrain
 from dfnas.search import run_search
 from dfnas.spaces import build_architecture, get_space
 from dfnas.spaces.darts import DARTS_V2, PRIMITIVES, genotype_to_dict, random_choices
-
-
-def quiet(*_):
-    pass
 
 
 def test_random_darts_choices_are_uniform_valid_and_seeded():
@@ -108,3 +106,16 @@ def test_drop_path_grows_linearly_over_the_epochs(retrain_config, tmp_path):
         epochs=4, batch_size=100, drop_path=0.2, aux_weight=0.4, crop_padding=0), "cpu", 0, [0.286], [0.353],
         log=lambda m: seen.append(net.drop_path_prob))
     assert seen == pytest.approx([0.0, 0.05, 0.1, 0.15])
+
+
+def test_killed_retraining_resumes_with_the_same_result(retrain_config, tmp_path):
+    run_search(retrain_config, "darts", "random", 2, tmp_path / "search", log=quiet)
+
+    def run(out_dir, log):
+        out = out_dir / "metrics.json"
+        metrics = retrain(retrain_config, tmp_path / "search" / "architecture.json", out, log=log)
+        assert not out.with_name("metrics.json.ckpt").exists()  # removed once the training is done
+        scores = {k: metrics[k] for k in ("top1", "top5", "parameters", "multiply_adds", "seed")}
+        return scores, [{k: v for k, v in row.items() if k != "seconds"} for row in metrics["history"]]
+
+    assert_resumes_after_a_kill(run, tmp_path)

@@ -1,39 +1,32 @@
-"""The search stage: DARTS on a synthetic variant (replayed soft labels) and on natural data,
-its outputs, and resumption after a kill."""
+"""The search stage (dfnas.search): each algorithm through run_search on a synthetic variant and on
+natural data, the files it writes, the random baseline, the strategy registry and the command line.
+
+The algorithms themselves, and their resumption after a kill, are tested in test_<algorithm>_strategy.py;
+the data they see in test_search_data.py."""
 
 import copy
 import csv
+import inspect
 import json
 
 import pytest
 import torch
 
+from conftest import quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
-from dfnas.losses import kd_loss
-from dfnas.search import run_search
+from dfnas.search import main, run_search
+from dfnas.search_data import SearchData
+from dfnas.spaces import get_space
+from dfnas.strategies import get_strategy, strategy_names
 
 TINY_DARTS = {"cells": 3, "channels": 4, "epochs": 3, "batch_size": 8}
-
-
-def quiet(*_):
-    pass
 
 
 def search_config(base=None, **darts):
     cfg = copy.deepcopy(base) if base else {"device": "cpu"}
     cfg["search"] = {"natural_images": 40, "darts": {**TINY_DARTS, **darts}}
     return validate_config(cfg)
-
-
-def test_kd_loss_by_hand():
-    s = torch.tensor([[1.0, 0.0]])
-    t = torch.tensor([[0.0, 2.0]])
-    p = torch.softmax(t / 2, 1)
-    q = torch.log_softmax(s / 2, 1)
-    expected = 4 * (p * (p.log() - q)).sum()
-    assert kd_loss(s, t, 2.0).item() == pytest.approx(expected.item())
-    assert kd_loss(t, t, 3.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_darts_on_a_synthetic_variant(synthetic_set, tmp_path):
@@ -59,33 +52,6 @@ def test_darts_on_natural_data(base_config, tmp_path):
     assert arch["found_by"]["data_images"] == 40
     assert arch["found_by"]["search_network"]["in_channels"] == 1
     assert "teacher_sha256" not in arch["found_by"]
-
-
-class Killed(Exception):
-    pass
-
-
-def assert_resumes_like_an_uninterrupted_run(cfg, algorithm, seed, synthetic_set, tmp_path, kill_marker):
-    """Kill a search when ``kill_marker`` is logged, rerun it: same choices and history as a clean run."""
-    dataset, labels = synthetic_set
-    reference = run_search(cfg, algorithm, "full", seed, tmp_path / "ref", dataset, labels, log=quiet)
-
-    def kill(msg):
-        if kill_marker in msg:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_search(cfg, algorithm, "full", seed, tmp_path / "run", dataset, labels, log=kill)
-    assert (tmp_path / "run" / "checkpoint.pt").exists()
-    messages = []
-    resumed = run_search(cfg, algorithm, "full", seed, tmp_path / "run", dataset, labels, log=messages.append)
-    assert any(m.startswith("resuming from") and m.endswith("after epoch 2") for m in messages)
-    assert resumed["choices"] == reference["choices"]
-    assert (tmp_path / "run" / "history.csv").read_text() == (tmp_path / "ref" / "history.csv").read_text()
-
-
-def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_path):
-    assert_resumes_like_an_uninterrupted_run(search_config(order=2), "darts", 1, synthetic_set, tmp_path, "epoch 2/3")
 
 
 def test_synthetic_source_needs_its_files(tmp_path):
@@ -141,11 +107,6 @@ def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_p
     assert metrics["space"] == "spos" and 0 <= metrics["top1"] <= 1
 
 
-def test_killed_spos_supernet_resumes_with_the_same_result(synthetic_set, tmp_path):
-    assert_resumes_like_an_uninterrupted_run(spos_config(epochs=3), "spos", 2, synthetic_set, tmp_path,
-                                             "supernet epoch 2/3")
-
-
 TINY_PROXYLESS = {"stem": 4, "stem_stride": 2, "first": 4, "stage_blocks": [1, 2], "widths": [8, 8], "strides": [2, 1],
                   "feature_mix": 16, "warmup_epochs": 1, "epochs": 1, "batch_size": 8, "arch_every": 1}
 
@@ -177,3 +138,53 @@ def test_proxyless_on_a_synthetic_variant_then_retrained(synthetic_set, base_con
     assert len(random["choices"]["ops"]) == 3 and random["choices"]["ops"][0] != OPS.index("zero")
     net_macs = retrain(cfg, tmp_path / "r" / "architecture.json", tmp_path / "r.json", log=quiet)["multiply_adds"]
     assert random["found_by"]["multiply_adds"] == net_macs
+
+
+# ---------------------------------------------------------------------------------------------
+# The strategy registry and the command line
+
+
+def test_every_strategy_searches_a_registered_space_with_data_it_can_get():
+    assert strategy_names() == ["darts", "spos", "proxyless"]
+    cfg = validate_config({"device": "cpu"})
+    for name in strategy_names():
+        strategy = get_strategy(name)
+        assert strategy.name == name and get_space(strategy.space).name == strategy.space
+        options = strategy.data_options(cfg["search"][name])
+        assert set(options) <= set(inspect.signature(SearchData).parameters) - {"cfg", "source", "seed"}
+    assert get_strategy("spos").data_options(cfg["search"]["spos"])["synthetic_holdout"] == "val"
+    with pytest.raises(DfnasError, match=r"unknown search algorithm 'enas' \(known: darts, proxyless, spos\)"):
+        get_strategy("enas")
+
+
+def cli_config(base_config):
+    return json.dumps({"device": "cpu", "data": base_config["data"], "search": {"darts": TINY_DARTS}})
+
+
+def test_command_line_writes_the_random_baseline(base_config, tmp_path, monkeypatch):
+    from dfnas.spaces.darts import random_choices
+
+    monkeypatch.setattr("dfnas.cli.set_threads", lambda n: None)  # keep this process's thread count
+    main(["--config-json", cli_config(base_config), "--algorithm", "darts", "--source", "random", "--seed", "5",
+          "--out-dir", str(tmp_path / "r")])
+    arch = json.loads((tmp_path / "r" / "architecture.json").read_text())
+    assert arch["space"] == "darts" and arch["choices"] == random_choices(5)
+    assert arch["found_by"]["source"] == "random" and arch["found_by"]["seed"] == 5
+    assert (tmp_path / "r" / "history.csv").read_text().strip() == "epoch"  # no search, no rows
+    assert (tmp_path / "r" / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "r" / "search_network.pt").exists()
+
+
+def test_command_line_errors_are_one_line(base_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("dfnas.cli.set_threads", lambda n: None)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-json", cli_config(base_config), "--algorithm", "darts", "--source", "full",
+              "--out-dir", str(tmp_path / "s")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("dfnas: error: source 'full' needs --dataset and --labels (its synthetic set "
+                                       "and soft labels)\n")
+    assert not (tmp_path / "s" / "architecture.json").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-json", cli_config(base_config), "--algorithm", "enas", "--source", "random",
+              "--out-dir", str(tmp_path / "s")])
+    assert exit_.value.code == 2 and "invalid choice: 'enas'" in capsys.readouterr().err

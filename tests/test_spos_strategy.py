@@ -1,9 +1,14 @@
-"""SPOS strategy pieces: evolution under a FLOPs bound finds a known optimum; BatchNorm recalibration."""
+"""SPOS strategy pieces: evolution under a FLOPs bound finds a known optimum; BatchNorm recalibration;
+a supernet search that resumes after a kill."""
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import assert_resumes_after_a_kill
+from dfnas.config import validate_config
+from dfnas.search_data import SearchData
+from dfnas.strategies import get_strategy, spos
 from dfnas.strategies.spos import Evolution, evolve, recalibrate_bn
 
 
@@ -43,3 +48,22 @@ def test_bn_recalibration_is_the_average_over_batches():
     torch.testing.assert_close(model[1].running_mean, means.mean(0))
     torch.testing.assert_close(model[1].running_var, vars_.mean(0))
     assert model[1].momentum == pytest.approx(0.1) and not model.training
+
+
+TINY_SPOS = {"stem": 4, "stem_stride": 1, "stage_blocks": [1, 2], "widths": [8, 16], "last_conv": 32,
+             "epochs": 3, "batch_size": 8, "lr": 0.1, "train_portion": 0.7, "train_flops": None, "bins": 2,
+             "flops_bound": None, "population": 6, "generations": 3, "topk": 3, "mutations": 2, "crossovers": 2,
+             "bn_batches": 2}
+
+
+def test_killed_supernet_resumes_with_the_same_result(synthetic_set, tmp_path):
+    cfg = validate_config({"device": "cpu", "search": {"algorithms": ["spos"], "spos": TINY_SPOS}})
+
+    def run(out_dir, log):
+        data = SearchData(cfg, "full", 2, *synthetic_set, **get_strategy("spos").data_options(cfg["search"]["spos"]))
+        result = spos.search(cfg, data, 2, out_dir, "cpu", log)
+        # Three supernet epochs, then three generations of the evolution.
+        assert [row["epoch"] for row in result.history] == [1, 2, 3, "", "", ""]
+        return result.choices, result.history
+
+    assert_resumes_after_a_kill(run, tmp_path)

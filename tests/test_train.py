@@ -1,6 +1,4 @@
-"""Training pieces against hand computations: augmentation, learning-rate schedule, accuracy."""
-
-import math
+"""Training pieces against hand computations: augmentation, accuracy, the ResNet family."""
 
 import pytest
 import torch
@@ -9,7 +7,6 @@ from torch import nn
 from dfnas.data import TensorImages
 from dfnas.models import build_model
 from dfnas.imaging import augment_batch
-from dfnas.optim import cosine_lr
 from dfnas.train import Recipe, evaluate
 
 
@@ -41,15 +38,6 @@ def test_cutout_zeroes_a_square_of_the_given_size():
     zeros = (y[:, 0] == 0).sum(dim=(1, 2))
     assert bool((zeros <= 64).all()) and int(zeros.max()) == 64  # 8 x 8, less where it meets the border
     assert bool((y[:, 0] == y[:, 2]).all())  # the same hole in every channel
-
-
-def test_lr_schedule_warmup_then_cosine():
-    assert cosine_lr(0, 100, 0.1, 10) == pytest.approx(0.01)
-    assert cosine_lr(9, 100, 0.1, 10) == pytest.approx(0.1)
-    assert cosine_lr(10, 100, 0.1, 10) == pytest.approx(0.1)
-    assert cosine_lr(55, 100, 0.1, 10) == pytest.approx(0.05)
-    assert cosine_lr(100, 100, 0.1, 10) == pytest.approx(0.0)
-    assert cosine_lr(40, 100, 0.2, 0) == pytest.approx(0.1 * (1 + math.cos(math.pi * 0.4)))
 
 
 class Oracle(nn.Module):

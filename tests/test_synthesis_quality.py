@@ -4,14 +4,11 @@ import copy
 
 import pytest
 
+from conftest import quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.synthesis_quality import natural_reference, quality
 from dfnas.teacher import load_teacher
-
-
-def quiet(*_):
-    pass
 
 
 def test_the_natural_reference_is_made_once_and_checked(synthetic_set, teacher_file, base_config):

@@ -1,0 +1,60 @@
+"""The merge stage (dfnas.merge): shards into one dataset with a stratified validation split, its
+sample grid, and one-line refusals of corrupted, foreign and mismatched shards."""
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import quiet, syn_config
+from dfnas.errors import DfnasError
+from dfnas.merge import merge, sample_grid
+from dfnas.synthesize import run_shard
+
+
+def test_merge_writes_train_and_val(two_shards, teacher, tmp_path):
+    cfg, paths = two_shards
+    out = tmp_path / "dataset.h5"
+    result = merge(paths, teacher.checksum, 1, cfg["seed"], out, "full")
+    assert result["train"] + result["val"] == 36
+    with h5py.File(out) as f:
+        assert f.attrs["format"] == "dfnas-synthetic-dataset" and f.attrs["variant"] == "full"
+        val_labels = f["val/labels"][...]
+        assert len(val_labels) == len(set(val_labels.tolist()))  # one per class present
+        assert f["train/images"].shape[1:] == (1, 28, 28)
+    grid = tmp_path / "grid.png"
+    sample_grid(result["data"], 10, grid)
+    from PIL import Image
+
+    width, height = Image.open(grid).size
+    assert (width, height) == (4 * 3 * 29 + 1, 10 * 29 + 1)  # 4 per round x 3 rounds, 10 classes
+
+
+def test_merge_rejects_a_corrupted_shard(two_shards, teacher, tmp_path):
+    cfg, paths = two_shards
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) // 2])
+    out = tmp_path / "dataset.h5"
+    with pytest.raises(DfnasError, match=f"{paths[1]}: ") as err:
+        merge(paths, teacher.checksum, 1, 0, out)
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_merge_rejects_nan_and_foreign_shards(two_shards, teacher, tmp_path):
+    cfg, paths = two_shards
+    with pytest.raises(DfnasError, match="made with another teacher"):
+        merge(paths, "0" * 64, 1, 0, tmp_path / "d.h5")
+    with pytest.raises(DfnasError, match="belongs to variant 'full', not 'noise'"):
+        merge(paths, teacher.checksum, 1, 0, tmp_path / "d.h5", "noise")
+    with h5py.File(paths[0], "a") as f:
+        f["teacher_logits"][0, 3] = np.nan
+    with pytest.raises(DfnasError, match=f"{paths[0]}: teacher_logits holds NaN"):
+        merge(paths, teacher.checksum, 1, 0, tmp_path / "d.h5")
+    assert not (tmp_path / "d.h5").exists()
+
+
+def test_merge_rejects_shards_of_different_configs(teacher, tmp_path):
+    a = run_shard(syn_config(), teacher, "full", 0, tmp_path / "a.h5", log=quiet)
+    b = run_shard(syn_config(lr=0.05), teacher, "full", 1, tmp_path / "b.h5", log=quiet)
+    with pytest.raises(DfnasError, match="config_hash .* differs from the other shards'"):
+        merge([a, b], teacher.checksum, 1, 0, tmp_path / "d.h5")

@@ -1,0 +1,124 @@
+"""The data a search sees (dfnas.search_data): the two parts of a natural subset or of a synthetic set,
+their batches, the held-out evaluation, and the fingerprint a search's checkpoint must match."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfnas.config import validate_config
+from dfnas.errors import DfnasError
+from dfnas.losses import kd_loss
+from dfnas.runtime import sha256_file
+from dfnas.search_data import SearchData
+
+
+def natural_config(base_config, **search):
+    cfg = copy.deepcopy(base_config)
+    cfg["search"] = {"natural_images": 40, **search}
+    return validate_config(cfg)
+
+
+def synthetic_config():
+    return validate_config({"device": "cpu"})
+
+
+def test_natural_source_splits_a_balanced_subset(base_config):
+    cfg = natural_config(base_config)
+    data = SearchData(cfg, "natural", 0, train_portion=0.75)
+    assert not data.synthetic and data.images == 40
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    train, held = data.halves
+    assert (len(train), len(held)) == (30, 10)
+    assert sorted(torch.cat([train, held]).tolist()) == list(range(40))
+    assert np.bincount(data.labels.numpy()).tolist() == [4] * 10  # 40 images of 10 classes
+    assert torch.equal(SearchData(cfg, "natural", 0, train_portion=0.75).halves[0], train)
+    assert not torch.equal(SearchData(cfg, "natural", 1, train_portion=0.75).halves[0], train)
+    # Training batches: whole batches only (30 images: 3 of 8), normalized, with their labels.
+    batches = list(data.batches(0, 8, torch.Generator().manual_seed(0)))
+    assert [len(y) for _, y in batches] == [8, 8, 8]
+    assert all(x.shape == (8, 1, 28, 28) for x, _ in batches)
+    assert set(torch.cat([y for _, y in batches]).tolist()) <= set(data.labels[train].tolist())
+    # The held-out part: in order, whole and unaugmented, with the labels as classes.
+    xs, ys = zip(*data.heldout_batches(4))
+    assert [len(y) for y in ys] == [4, 4, 2]
+    torch.testing.assert_close(torch.cat(xs), data.norm(data.pixels[held]))
+    assert torch.equal(data.labels_of(torch.cat(ys)), data.labels[held])
+
+
+class PathNet(nn.Module):
+    """A stand-in supernet: a linear classifier that records the paths it is run with."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(28 * 28, 10)
+        self.paths = []
+
+    def forward(self, x, path):
+        self.paths.append(path)
+        return self.linear(x.flatten(1))
+
+
+def test_natural_evaluation_is_cross_entropy_and_accuracy_of_a_path(base_config):
+    data = SearchData(natural_config(base_config), "natural", 0, train_portion=0.75, label_smoothing=0.1)
+    torch.manual_seed(0)
+    model = PathNet()
+    scores = data.evaluate(model, "cpu", 4, path=(2, 1))
+    assert model.paths == [(2, 1)] * 3 and model.training
+    x, y = map(torch.cat, zip(*data.heldout_batches(10)))
+    with torch.no_grad():
+        logits = model.linear(x.flatten(1))
+    assert scores["val_acc"] == int((logits.argmax(1) == y).sum()) / 10
+    assert scores["val_loss"] == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-5)
+
+
+def test_synthetic_source_holds_out_a_portion_or_the_validation_split(synthetic_set):
+    cfg = synthetic_config()
+    portion = SearchData(cfg, "full", 0, *synthetic_set, train_portion=0.5)
+    assert portion.synthetic and portion.images == 30  # the merged set's training split
+    assert [len(h) for h in portion.halves] == [15, 15] and portion.heldout is portion.data
+    val = SearchData(cfg, "full", 0, *synthetic_set, synthetic_holdout="val")
+    assert val.images == 40 and [len(h) for h in val.halves] == [30, 10]  # training split, validation split
+    assert len(val.heldout) == 10 and val.heldout.views == 1
+    assert val.input_shape == (1, 28, 28) and val.num_classes == 10
+    # Batches replay cached views with the teacher's logits; a class is the logits' argmax.
+    x, logits = next(val.batches(0, 8, torch.Generator().manual_seed(0)))
+    assert x.shape == (8, 1, 28, 28) and logits.shape == (8, 10)
+    assert torch.equal(val.labels_of(logits), logits.argmax(1))
+
+
+def test_synthetic_evaluation_is_distillation_loss_and_agreement(synthetic_set):
+    data = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    scores = data.evaluate(model, "cpu", 3)  # batches of 3, 3, 3 and 1
+    x, t = map(torch.cat, zip(*data.heldout_batches(100)))
+    assert len(x) == 10
+    with torch.no_grad():
+        logits = model(x)
+    assert scores["val_acc"] == int((logits.argmax(1) == t.argmax(1)).sum()) / 10
+    assert scores["val_loss"] == pytest.approx(kd_loss(logits, t, data.temperature).item(), rel=1e-5)
+    assert model.training
+
+
+def test_fingerprint_names_the_data_a_checkpoint_belongs_to(base_config, synthetic_set):
+    natural = SearchData(natural_config(base_config), "natural", 0)
+    assert natural.fingerprint(0) == {"source": "natural", "seed": 0, "images": 40, "temperature": 3.0}
+    assert natural.fingerprint(1) != natural.fingerprint(0)
+    synthetic = SearchData(synthetic_config(), "full", 0, *synthetic_set)
+    fp = synthetic.fingerprint(0)
+    assert fp["source"] == "full" and fp["images"] == 30
+    assert fp["dataset_sha256"] == sha256_file(synthetic_set[0]) and fp["teacher_sha256"] and fp["config_hash"]
+    held_out_val = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")
+    assert held_out_val.fingerprint(0)["images"] == 40
+
+
+def test_missing_files_and_empty_parts_are_one_line_errors(base_config):
+    with pytest.raises(DfnasError, match=r"^source 'full' needs --dataset and --labels \(its synthetic set and soft "
+                                         r"labels\)$"):
+        SearchData(synthetic_config(), "full", 0)
+    with pytest.raises(DfnasError, match=r"^train_portion 1\.0 leaves an empty part of 40 images$"):
+        SearchData(natural_config(base_config), "natural", 0, train_portion=1.0)

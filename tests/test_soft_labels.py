@@ -1,0 +1,79 @@
+"""The soft-label cache (dfnas.soft_labels): cached logits equal a fresh teacher pass on the replayed
+views, the cache refuses a changed dataset, and views replay exactly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import quiet
+from dfnas.errors import DfnasError
+from dfnas.merge import merge
+from dfnas.soft_labels import SoftLabelData, make_soft_labels, render_views
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_cached_soft_labels_equal_a_fresh_teacher_pass(two_shards, teacher, tmp_path, topk):
+    cfg, paths = two_shards
+    cfg["soft_labels"]["topk"] = topk
+    dataset = tmp_path / "dataset.h5"
+    merge(paths, teacher.checksum, 1, 0, dataset)
+    labels = tmp_path / "labels.h5"
+    make_soft_labels(cfg, teacher, dataset, labels, log=quiet)
+    data = SoftLabelData(dataset, labels, "train")
+    assert data.views == 4
+    idx = torch.arange(len(data))
+    view = torch.arange(len(data)) % 4
+    x, logits = data.get(idx, view)
+    mean = torch.tensor(teacher.mean).view(1, -1, 1, 1)
+    std = torch.tensor(teacher.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        fresh = teacher.model((x - mean) / std)
+    if topk is None:
+        torch.testing.assert_close(logits, fresh, atol=2e-2, rtol=2e-3)  # float16 storage
+    else:
+        probs = F.softmax(fresh / cfg["soft_labels"]["temperature"], dim=1)
+        top = probs.topk(topk, dim=1)
+        torch.testing.assert_close(logits.exp().gather(1, top.indices), top.values, atol=2e-3, rtol=2e-3)
+        assert torch.allclose(logits.exp().sum(1), torch.ones(len(x)), atol=1e-3)
+    # View 0 is the whole image.
+    x0, _ = data.get(idx, torch.zeros_like(idx))
+    assert (x0 - data.pixels).abs().max().item() < 1e-5, (x0 - data.pixels).abs().max()
+    val = SoftLabelData(dataset, labels, "val")
+    assert val.views == 1
+    batches = list(data.batches(5, torch.Generator().manual_seed(0)))
+    assert sum(len(b[0]) for b in batches) == len(data)
+    # As a torch Dataset: item i is its epoch's cached view, with that view's logits.
+    data.set_epoch(3)
+    xi, li = data[2]
+    k = data.epoch_views[2].item()
+    xe, le = data.get(torch.tensor([2]), torch.tensor([k]))
+    assert torch.equal(xi, xe[0]) and torch.equal(li, le[0])
+    loader = torch.utils.data.DataLoader(data, batch_size=7)
+    assert sum(len(y) for _, y in loader) == len(data)
+
+
+@pytest.fixture
+def cached(two_shards, teacher, tmp_path):
+    """A merged dataset and its soft-label cache: (shard paths, dataset, labels)."""
+    cfg, paths = two_shards
+    dataset, labels = tmp_path / "dataset.h5", tmp_path / "labels.h5"
+    merge(paths, teacher.checksum, 1, 0, dataset)
+    make_soft_labels(cfg, teacher, dataset, labels, log=quiet)
+    return paths, dataset, labels
+
+
+def test_soft_labels_refuse_a_changed_dataset(cached, teacher):
+    paths, dataset, labels = cached
+    merge(paths, teacher.checksum, 2, 0, dataset)
+    with pytest.raises(DfnasError, match="was cached from another version of"):
+        SoftLabelData(dataset, labels)
+
+
+def test_replayed_views_match_render_views(cached):
+    _, dataset, labels = cached
+    data = SoftLabelData(dataset, labels)
+    idx = torch.tensor([0, 1])
+    view = torch.tensor([2, 3])
+    x, _ = data.get(idx, view)
+    expected = render_views(data.pixels[idx], data.boxes[idx, view], data.flips[idx, view])
+    assert torch.equal(x, expected)
