@@ -3,8 +3,10 @@
 import math
 
 import pytest
+import torch
+from torch import nn
 
-from dfnas.optim import cosine_lr
+from dfnas.optim import cosine_lr, decay_groups, linear_lr, set_lr
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -14,3 +16,43 @@ def test_lr_schedule_warmup_then_cosine():
     assert cosine_lr(55, 100, 0.1, 10) == pytest.approx(0.05)
     assert cosine_lr(100, 100, 0.1, 10) == pytest.approx(0.0)
     assert cosine_lr(40, 100, 0.2, 0) == pytest.approx(0.1 * (1 + math.cos(math.pi * 0.4)))
+
+
+def test_cosine_lr_warmup_and_minimum_by_hand():
+    # Two warm-up steps to 1.0, then cosine from 1.0 to 0.1 over the remaining 8 steps.
+    lrs = [cosine_lr(step, 10, 1.0, warmup=2, minimum=0.1) for step in range(12)]
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[6] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))  # half-way: 0.55
+    assert lrs[4] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.25)))
+    assert lrs[10] == pytest.approx(0.1) and lrs[11] == pytest.approx(0.1)  # the minimum, and after the end
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # never rises after the warm-up
+    assert cosine_lr(0, 0, 0.3) == pytest.approx(0.3)  # an empty schedule does not divide by zero
+
+
+def test_linear_lr_by_hand():
+    assert [linear_lr(step, 10, 0.5) for step in (0, 4, 9, 10, 12)] == pytest.approx([0.5, 0.3, 0.05, 0.0, 0.0])
+
+
+def test_decay_groups_leave_one_dimensional_parameters_undecayed():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    decay, no_decay = decay_groups(model, 0.5)
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    assert [id(p) for p in decay["params"]] == [id(model[0].weight), id(model[3].weight)]
+    assert [id(p) for p in no_decay["params"]] == [id(model[0].bias), id(model[1].weight), id(model[1].bias),
+                                                   id(model[3].bias)]
+    # With zero gradients an SGD step only shrinks the decayed weights: w <- w - lr * wd * w.
+    opt = torch.optim.SGD(decay_groups(model, 0.5), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for (name, p), old in zip(model.named_parameters(), before):
+        expected = old * 0.95 if name.endswith("weight") and p.ndim > 1 else old
+        torch.testing.assert_close(p.detach(), expected)
+
+
+def test_set_lr_sets_every_group():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(decay_groups(model, 1e-4), lr=0.1)
+    set_lr(opt, 0.025)
+    assert [g["lr"] for g in opt.param_groups] == [0.025, 0.025]

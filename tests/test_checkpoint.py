@@ -1,0 +1,92 @@
+"""Checkpoints of training loops (dfnas.checkpoint): what a save brings back, and the files a loop
+must not resume from (another run's, a truncated one)."""
+
+import torch
+from torch import nn
+
+from dfnas.checkpoint import Checkpoint, Resumed
+
+
+def a_loop(seed: int):
+    """A model and an optimizer with state (one momentum step), and a generator drawn from."""
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(seed)
+    torch.rand(5, generator=gen)
+    return model, opt, gen
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_save_brings_back_every_state_history_and_extra(tmp_path):
+    model, opt, gen = a_loop(0)
+    path = tmp_path / "ckpt.pt"
+    Checkpoint(path, {"seed": 0, "lr": 0.1}, log=None).save({"model": model, "opt": opt}, gen,
+                                                            [{"epoch": 1, "loss": 0.5}], 1, step=7, phase="warmup")
+    global_draw = torch.rand(3)  # the draws right after the save
+    next_draw = torch.rand(3, generator=gen)
+
+    other_model, other_opt, other_gen = a_loop(1)
+    assert not same_weights(model, other_model)
+    messages = []
+    torch.manual_seed(5)
+    # The same fingerprint, its keys in another order.
+    resumed = Checkpoint(path, {"lr": 0.1, "seed": 0}, messages.append).resume(
+        {"model": other_model, "opt": other_opt}, other_gen)
+    assert torch.equal(torch.rand(3), global_draw)  # torch's global generator is back where it was at the save
+    assert resumed == Resumed([{"epoch": 1, "loss": 0.5}], 1, {"step": 7, "phase": "warmup"})
+    assert messages == [f"resuming from {path} after epoch 1"]
+    assert same_weights(model, other_model)
+    buffers = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    assert all(torch.equal(a, other_opt.state[p]["momentum_buffer"]) for a, p in zip(buffers,
+                                                                                     other_model.parameters()))
+    # So is the loop's generator.
+    assert torch.equal(torch.rand(3, generator=other_gen), next_draw)
+
+
+def test_no_file_starts_afresh_silently(tmp_path):
+    model, opt, gen = a_loop(0)
+    messages = []
+    assert Checkpoint(tmp_path / "none.pt", {}, messages.append).resume({"model": model}, gen) == Resumed([], 0, {})
+    assert messages == []
+
+
+def test_another_runs_checkpoint_is_ignored(tmp_path):
+    model, opt, gen = a_loop(0)
+    path = tmp_path / "ckpt.pt"
+    Checkpoint(path, {"seed": 0}).save({"model": model, "opt": opt}, gen, [{"epoch": 1}], 1)
+    other_model, other_opt, other_gen = a_loop(1)
+    before = {k: v.clone() for k, v in other_model.state_dict().items()}
+    gen_state = other_gen.get_state()
+    messages = []
+    resumed = Checkpoint(path, {"seed": 1}, messages.append).resume({"model": other_model, "opt": other_opt},
+                                                                    other_gen)
+    assert resumed == Resumed()
+    assert messages == [f"ignoring {path}: it belongs to another run (config, data or seed)"]
+    assert all(torch.equal(before[k], v) for k, v in other_model.state_dict().items())
+    assert torch.equal(other_gen.get_state(), gen_state)
+
+
+def test_a_truncated_checkpoint_is_ignored_with_a_log_line(tmp_path):
+    model, opt, gen = a_loop(0)
+    path = tmp_path / "ckpt.pt"
+    checkpoint = Checkpoint(path, {"seed": 0})
+    checkpoint.save({"model": model, "opt": opt}, gen, [{"epoch": 1}], 1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    messages = []
+    other_model, other_opt, other_gen = a_loop(1)
+    before = {k: v.clone() for k, v in other_model.state_dict().items()}
+    resumed = Checkpoint(path, {"seed": 0}, messages.append).resume({"model": other_model, "opt": other_opt},
+                                                                    other_gen)
+    assert resumed == Resumed()
+    assert len(messages) == 1 and messages[0].startswith(f"ignoring unreadable {path} (")
+    assert all(torch.equal(before[k], v) for k, v in other_model.state_dict().items())
+    checkpoint.remove()
+    assert not path.exists()
+    checkpoint.remove()  # removing twice is fine

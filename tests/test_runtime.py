@@ -1,0 +1,97 @@
+"""Process helpers shared by every stage (dfnas.runtime): time formats, progress lines, derived seeds,
+atomic files, CSV and JSON files, config hashes."""
+
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from dfnas import runtime
+from dfnas.errors import DfnasError
+from dfnas.runtime import atomic_path, config_hash, derived_seed, format_seconds, progress, read_json, write_csv
+
+
+def test_format_seconds():
+    assert format_seconds(0) == "0:00"
+    assert format_seconds(59) == "0:59"
+    assert format_seconds(61.4) == "1:01"
+    assert format_seconds(3599) == "59:59"
+    assert format_seconds(3599.6) == "1:00:00"  # rounded first
+    assert format_seconds(3600) == "1:00:00"
+    assert format_seconds(3725) == "1:02:05"
+    assert format_seconds(36000 + 61) == "10:01:01"
+
+
+def test_progress_extrapolates_from_the_work_done_here(monkeypatch):
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(time=lambda: 1030.0))
+    # 30 s for 3 of 10 units: 10 s each, 7 to go.
+    assert progress(1000.0, 3, 10) == "elapsed 0:30  eta 1:10"
+    # A resumed job that found 2 units done spent the 30 s on one unit: 7 to go take 3:30.
+    assert progress(1000.0, 3, 10, start=2) == "elapsed 0:30  eta 3:30"
+    # Nothing done in this process yet: each remaining unit is priced at the elapsed time.
+    assert progress(1000.0, 2, 10, start=2) == "elapsed 0:30  eta 4:00"
+    assert progress(1000.0, 10, 10) == "elapsed 0:30  eta 0:00"
+
+
+def test_derived_seed_is_stable_and_every_part_counts():
+    # The same value on every machine and Python version (sha256 of "0/full/0/1", 63 bits).
+    assert derived_seed(0, "full", 0, 1) == 5094292730760403127
+    assert derived_seed(0, "retrain", 0) == 4237187242386524594
+    seeds = {derived_seed(seed, variant, shard, r) for seed in range(3) for variant in ("full", "noise")
+             for shard in range(5) for r in range(10)}
+    assert len(seeds) == 300 and all(0 <= s < 2**63 for s in seeds)
+    assert derived_seed(1, 2) != derived_seed(2, 1)  # the order of the parts counts
+    assert derived_seed(0, "full", 1) != derived_seed(0, "full", 1, 0)  # and their number
+
+
+def test_atomic_path_writes_on_success_only(tmp_path):
+    out = tmp_path / "sub" / "out.txt"
+    with atomic_path(out) as tmp:
+        assert tmp.parent == out.parent and tmp != out
+        tmp.write_text("first")
+        assert not out.exists()
+    assert out.read_text() == "first"
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(out) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("killed")
+    assert out.read_text() == "first"  # the old file is left as it was
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "new.txt") as tmp:
+        tmp.write_text("half written")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out.txt", "sub"]  # no temporary file is left
+
+
+def test_write_csv_takes_the_union_of_the_columns(tmp_path):
+    write_csv(tmp_path / "h.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "acc": 0.25}, {"generation": 1, "epoch": ""}])
+    lines = (tmp_path / "h.csv").read_text().splitlines()
+    assert lines == ["epoch,loss,acc,generation", "1,0.5,,", "2,,0.25,", ",,,1"]
+    assert list(csv.DictReader(open(tmp_path / "h.csv")))[1] == {"epoch": "2", "loss": "", "acc": "0.25",
+                                                                 "generation": ""}
+    write_csv(tmp_path / "empty.csv", [])
+    assert (tmp_path / "empty.csv").read_text().splitlines() == ["epoch"]
+
+
+def test_read_json_errors_are_one_line(tmp_path):
+    (tmp_path / "ok.json").write_text(json.dumps({"a": [1, 2]}))
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    with pytest.raises(DfnasError) as missing:
+        read_json(tmp_path / "none.json", "the report", hint="run the search first")
+    assert str(missing.value) == f"the report needs {tmp_path / 'none.json'}, which does not exist (run the search first)"
+    (tmp_path / "bad.json").write_text('{"a": [1, 2')
+    with pytest.raises(DfnasError, match=r"bad\.json: not valid JSON \(") as damaged:
+        read_json(tmp_path / "bad.json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DfnasError, match=r"binary\.json: not valid JSON \(") as binary:
+        read_json(tmp_path / "binary.json")
+    assert all("\n" not in str(e.value) for e in (missing, damaged, binary))
+
+
+def test_config_hash_ignores_key_order_only():
+    a = {"search": {"lr": 0.1, "epochs": 3, "widths": [8, 16]}, "seed": 0}
+    b = {"seed": 0, "search": {"widths": [8, 16], "epochs": 3, "lr": 0.1}}
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 16 and int(config_hash(a), 16) >= 0
+    assert config_hash({"a": 1}) == "015abd7f5cc57a2d"  # stable across runs and machines
+    assert config_hash({**a, "seed": 1}) != config_hash(a)
+    assert config_hash({"search": {**a["search"], "widths": [16, 8]}, "seed": 0}) != config_hash(a)  # list order counts
