@@ -84,15 +84,24 @@ class MomentAccumulator:
         self.inputs.__exit__(*exc)
 
     def add(self) -> None:
-        """Fold in the moments of the forward pass just made."""
-        for i, (mean, var, count) in enumerate(self.inputs.moments):
+        """Fold in the moments of the forward pass just made (of the layers it ran: an auxiliary head
+        may not run in eval mode)."""
+        for i, moments in enumerate(self.inputs.moments):
+            if moments is None:
+                continue
+            mean, var, count = moments
             s = [count * mean, count * (var + mean * mean), count]
             self.sums[i] = s if self.sums[i] is None else [a + b for a, b in zip(self.sums[i], s)]
+        self.inputs.moments = [None] * len(self.inputs.layers)  # folded in once
 
     def mean_distance(self) -> float:
-        """The distance from the running statistics, averaged over layers."""
+        """The distance from the running statistics, averaged over the layers that saw an input
+        (nan if none did)."""
         d = []
-        for layer, (s1, s2, n) in zip(self.inputs.layers, self.sums):
+        for layer, sums in zip(self.inputs.layers, self.sums):
+            if sums is None:
+                continue
+            s1, s2, n = sums
             mean = s1 / n
             d.append(moment_distance(mean, s2 / n - mean * mean, layer).item())
-        return sum(d) / len(d)
+        return sum(d) / len(d) if d else float("nan")

@@ -1,6 +1,8 @@
 """What every BatchNorm layer sees (dfnas.bnstats): channel moments, their distance from the running
 statistics, and the quality stage's BatchNorm distance accumulated over batches."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -87,3 +89,40 @@ def test_distance_is_zero_when_the_inputs_have_the_running_statistics():
         net(x1)
     assert all(d.item() > 0.1 for d in inputs.distances())
     assert all(m[0].dtype == torch.float64 and not m[0].requires_grad for m in inputs.moments)
+
+
+class WithAuxiliary(nn.Module):
+    """A network whose auxiliary head (with a BatchNorm) runs in training only, as torchvision's
+    GoogLeNet and Inception v3 do."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+        self.aux = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+
+    def forward(self, x):
+        x = self.main(x)
+        return (x, self.aux(x)) if self.training else x
+
+
+def test_layers_a_pass_does_not_run_are_left_out():
+    torch.manual_seed(2)
+    net = WithAuxiliary().eval()
+    x1, x2 = torch.randn(3, 2, 4, 4), torch.randn(5, 2, 4, 4)
+    with MomentAccumulator(net) as acc:
+        for x in (x1, x2):
+            net(x)
+            acc.add()
+    with torch.no_grad():
+        mean, var = by_hand(net.main[0](torch.cat([x1, x2])))
+    bn = net.main[1]
+    expected = (mean - bn.running_mean.double()).norm() + (var - bn.running_var.double()).norm()
+    assert acc.mean_distance() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_a_network_without_batchnorm_has_no_distance():
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU())
+    with MomentAccumulator(net) as acc:
+        net(torch.randn(2, 2, 4, 4))
+        acc.add()
+    assert math.isnan(acc.mean_distance())
