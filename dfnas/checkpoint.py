@@ -47,6 +47,10 @@ class Checkpoint:
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             self.log(f"ignoring {self.path}: it belongs to another run (config, data or seed)")
             return Resumed()
+        missing = [k for k in (*stateful, "generator", "torch_rng", "history", "epoch") if k not in state]
+        if missing:
+            self.log(f"ignoring {self.path}: it lacks {', '.join(missing)}")
+            return Resumed()
         for name, obj in stateful.items():
             obj.load_state_dict(state[name])
         generator.set_state(state["generator"])

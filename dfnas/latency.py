@@ -21,7 +21,7 @@ from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import SPECS
 from dfnas.errors import DfnasError
 from dfnas.flops import CostTable
-from dfnas.runtime import resolve_device, write_json
+from dfnas.runtime import read_json, resolve_device, write_json
 from dfnas.spaces import proxyless as space
 from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, network_args
 
@@ -97,13 +97,16 @@ def measure_key(space_args: dict) -> dict:
 
 
 def latency_table(hw: dict, space_args: dict, input_shape, device, out_dir: Path, log=print) -> CostTable:
-    """The table of ``search.proxyless.hardware``: the one given as ``latency_table``, or one measured now on ``device`` and kept in ``out_dir`` (a resumed
-    search reads it back, so that it continues with the same costs)."""
+    """The table of ``search.proxyless.hardware``: the one given as ``latency_table`` (it must have
+    been measured for this space and input shape), or one measured now on ``device`` and kept in
+    ``out_dir`` (a resumed search reads it back, so that it continues with the same costs)."""
     if hw["latency_table"]:
         path = Path(hw["latency_table"])
-        if not path.is_file():
-            raise DfnasError(f"search.proxyless.hardware.latency_table: {path} does not exist")
-        table = json.loads(path.read_text())
+        table = read_json(path, "search.proxyless.hardware.latency_table")
+        for key, value in (("space_args", measure_key(space_args)), ("input_shape", list(input_shape))):
+            if table.get(key) != value:
+                raise DfnasError(f"latency table {path} was measured for {key} {table.get(key)}, the search "
+                                 f"has {value}; measure one with python -m dfnas.latency")
     else:
         path = out_dir / "latency_table.json"
         wanted = {"space_args": measure_key(space_args), "input_shape": list(input_shape),

@@ -69,7 +69,7 @@ def ranking_paths(cfg: dict, table, seed: int) -> list[tuple[int, ...]]:
     """The fixed paths of a seed: distinct, drawn uniformly under the search's FLOPs bound."""
     s = cfg["search"]["spos"]
     count = s["ranking"]["paths"]
-    gen = torch.Generator().manual_seed(derived_seed(seed, "ranking", "paths") % (2**63))
+    gen = torch.Generator().manual_seed(derived_seed(seed, "ranking", "paths"))
     paths: list[tuple[int, ...]] = []
     for _ in range(100 * count):
         path = sample_path(table, gen, None, s["flops_bound"])

@@ -13,7 +13,6 @@ the recipe. Training checkpoints every epoch and resumes after a kill.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
 from dfnas.runtime import (
     derived_seed,
+    read_json,
     resolve_device,
     seed_everything,
     versions,
@@ -33,12 +33,7 @@ from dfnas.train import Recipe, evaluate, train_classifier
 
 
 def read_architecture(path) -> dict:
-    try:
-        arch = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DfnasError(f"architecture file {path} does not exist") from None
-    except ValueError as exc:
-        raise DfnasError(f"{path}: not valid JSON ({exc})") from None
+    arch = read_json(path, "retrain", "write one with python -m dfnas.search")
     if not isinstance(arch, dict) or "space" not in arch or "choices" not in arch:
         raise DfnasError(f"{path}: not an architecture JSON (needs 'space' and 'choices')")
     return arch

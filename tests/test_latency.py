@@ -68,14 +68,17 @@ def test_a_measured_table_is_kept_and_reused_while_it_fits(tmp_path, monkeypatch
 
 def test_a_given_table_must_exist_and_fit_the_space(tmp_path):
     hw = {"latency_table": str(tmp_path / "none.json"), "latency_batch": 1}
-    with pytest.raises(DfnasError, match="search.proxyless.hardware.latency_table: .*none.json does not exist"):
+    with pytest.raises(DfnasError, match="search.proxyless.hardware.latency_table needs .*none.json, which does not exist"):
         latency_table(hw, TINY, (1, 16, 16), torch.device("cpu"), tmp_path)
     (tmp_path / "lat.json").write_text(json.dumps(quick_table(TINY, (1, 16, 16), "cpu")))
     hw["latency_table"] = str(tmp_path / "lat.json")
     assert latency_table(hw, TINY, (1, 16, 16), torch.device("cpu"), tmp_path).n_blocks == 4
     smaller = {**TINY, "stage_blocks": [1, 2]}
-    with pytest.raises(DfnasError, match=r"latency table .*lat.json has 4 blocks, the space 3"):
+    with pytest.raises(DfnasError, match=r"latency table .*lat.json was measured for space_args .*'stage_blocks': "
+                                         r"\[2, 2\].*measure one with python -m dfnas.latency"):
         latency_table(hw, smaller, (1, 16, 16), torch.device("cpu"), tmp_path)
+    with pytest.raises(DfnasError, match=r"was measured for input_shape \[1, 16, 16\], the search has \[1, 32, 32\]"):
+        latency_table(hw, TINY, (1, 32, 32), torch.device("cpu"), tmp_path)
 
 
 def test_a_table_from_json_prices_paths_by_hand():
