@@ -6,6 +6,7 @@
 # Wiring only: the config is validated here, the rules live in workflow/rules/, and every rule
 # runs one small module of the dfnas package (python -m dfnas.<stage>).
 
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -17,7 +18,10 @@ from dfnas.config import validate_config  # noqa: E402
 from dfnas.errors import DfnasError  # noqa: E402
 
 
-configfile: "config.yaml"
+# The embedded default (config.yaml beside this file) is the config only when no --configfile is
+# given: a preset stands alone (schema defaults below it), and means the same from any directory.
+if not workflow.overwrite_configfiles:
+    workflow.configfile(os.path.join(workflow.basedir, "config.yaml"))
 
 
 report: "workflow/report/workflow.rst"

@@ -64,6 +64,29 @@ def test_dry_run_of_every_preset(preset, tmp_path):
         assert "search_network.pt" in listed and "soft_labels.h5" in listed and "data/dataset.json" in listed
 
 
+def planned_commands(output: str) -> list[str]:
+    """The shell commands of a ``snakemake -n -p`` plan, sorted."""
+    prefix = "Shell command: "
+    return sorted(line.strip()[len(prefix):] for line in output.splitlines() if line.strip().startswith(prefix))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_a_preset_plans_the_same_commands_from_any_directory(preset, tmp_path):
+    """A working directory holding a config.yaml (the checkout) and an empty one plan the same."""
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    checkout.mkdir()
+    elsewhere.mkdir()
+    (checkout / "config.yaml").write_text((REPO / "config.yaml").read_text().replace("seed: 0", "seed: 7"))
+    plans = [snakemake("-n", "-p", "--configfile", str(preset), cwd=cwd) for cwd in (checkout, elsewhere)]
+    assert all(p.returncode == 0 for p in plans), plans[0].stderr[-2000:] + plans[1].stderr[-2000:]
+    commands = [planned_commands(p.stdout) for p in plans]
+    assert commands[0] and commands[0] == commands[1]
+    # Without --configfile the embedded default is the config: the same plan as naming it.
+    if preset == REPO / "config.yaml":
+        default = snakemake("-n", "-p", cwd=elsewhere)
+        assert planned_commands(default.stdout) == commands[1]
+
+
 # Job counts of the paper-scale presets, written out by hand from their configs.
 PRESET_JOBS = {
     # 5 variants x 10 shards; DARTS x 5 data sources x 4 seeds, 4 random baselines; 24 retrains
