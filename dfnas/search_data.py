@@ -24,7 +24,7 @@ from dfnas.data import all_pixels, dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
-from dfnas.losses import kd_loss
+from dfnas.losses import kd_loss, kd_loss_from_log_probs
 from dfnas.sampling import stratified_subset
 from dfnas.soft_labels import SoftLabelData
 from dfnas.train import Recipe
@@ -75,6 +75,12 @@ class SearchData:
             self.halves = (perm[:half], perm[half:])
             self.heldout = self.data if self.synthetic else None
         self.temperature = scfg["temperature"]
+        self.t_squared = scfg["t_squared"]
+        self.cached_distribution = self.synthetic and bool(self.data.topk)
+        if self.cached_distribution and abs(self.data.temperature - self.temperature) > 1e-9:
+            raise DfnasError(f"{labels_path}: its top-k soft labels were cached at temperature {self.data.temperature:g} "
+                             f"(soft_labels.temperature), the search distils at search.temperature "
+                             f"{self.temperature:g}; make the two equal")
         self.norm = Normalize(self.mean, self.std)
         self.memory_format = torch.contiguous_format
 
@@ -112,8 +118,10 @@ class SearchData:
 
     def loss_from_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Distillation from cached teacher logits (synthetic), or cross-entropy on labels (natural)."""
+        if self.cached_distribution:  # the cache's distribution at T, as log-probabilities: not tempered again
+            return kd_loss_from_log_probs(logits, target, self.temperature, self.t_squared)
         if self.synthetic:
-            return kd_loss(logits, target, self.temperature)
+            return kd_loss(logits, target, self.temperature, self.t_squared)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> float:

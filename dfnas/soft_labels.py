@@ -115,8 +115,9 @@ class SoftLabelData(torch.utils.data.Dataset):
     ``batches`` draws one cached view per image per pass from the generator (the fast path for
     in-memory sets); as a torch Dataset, item ``i`` is image i's view chosen for the current
     epoch (``set_epoch``). Views are pixel images in [0, 1] (normalize them with ``mean``/``std``,
-    the teacher's). In top-k mode the returned "logits" are log-probabilities at the cache's
-    temperature: use temperature 1 with them.
+    the teacher's). In top-k mode the returned "logits" are log-probabilities of the cached
+    distribution, already at the cache's ``temperature``: distil from them as they are
+    (`dfnas.losses.kd_loss_from_log_probs`).
     """
 
     def __init__(self, dataset_path, labels_path, split: str = "train", seed: int = 0):
@@ -129,6 +130,7 @@ class SoftLabelData(torch.utils.data.Dataset):
             self.boxes = torch.from_numpy(g["boxes"][...])
             self.flips = torch.from_numpy(g["flips"][...])
             self.topk = int(self.label_attrs["topk"])
+            self.temperature = float(self.label_attrs["temperature"])  # of the cached top-k probabilities
             if self.topk:
                 self.values = torch.from_numpy(g["topk_probs"][...].astype(np.float32))
                 self.indices = torch.from_numpy(g["topk_indices"][...].astype(np.int64))

@@ -122,3 +122,37 @@ def test_missing_files_and_empty_parts_are_one_line_errors(base_config):
         SearchData(synthetic_config(), "full", 0)
     with pytest.raises(DfnasError, match=r"^train_portion 1\.0 leaves an empty part of 40 images$"):
         SearchData(natural_config(base_config), "natural", 0, train_portion=1.0)
+
+
+def test_top_k_soft_labels_are_distilled_as_cached_not_tempered_again(synthetic_set, teacher_file, tmp_path):
+    """A top-k cache holds the teacher's softmax at T (the rest of the mass spread evenly); the search
+    matches exactly that distribution, and refuses to distil at another temperature."""
+    from dfnas.soft_labels import make_soft_labels
+    from dfnas.teacher import load_teacher
+
+    dataset, _ = synthetic_set
+    teacher = load_teacher(teacher_file)
+    cfg = validate_config({"device": "cpu", "soft_labels": {"views": 1, "topk": 3, "temperature": 2.0},
+                           "search": {"temperature": 2.0}})
+    make_soft_labels(cfg, teacher, dataset, tmp_path / "topk.h5", log=lambda *_: None)
+    data = SearchData(cfg, "full", 0, dataset, tmp_path / "topk.h5", synthetic_holdout="val")
+    x, target = next(iter(data.heldout_batches(4)))
+    with torch.no_grad():
+        t_probs = F.softmax(teacher.model(x) / 2.0, 1)  # x is normalized with the teacher's statistics
+    top = t_probs.topk(3, 1)
+    cached = torch.full_like(t_probs, 0.0)
+    cached += ((1 - top.values.sum(1, keepdim=True)) / 7)  # the other 7 classes share the rest
+    cached.scatter_(1, top.indices, top.values)
+    assert torch.allclose(target.exp(), cached, atol=2e-3)  # float16 cache
+    student = torch.randn(len(x), 10)
+    by_hand = (cached * (cached.log() - F.log_softmax(student / 2.0, 1))).sum(1).mean() * 4.0
+    assert data.loss_from_logits(student, target).item() == pytest.approx(by_hand.item(), rel=5e-3)
+    retempered = kd_loss(student, target, 2.0)  # what tempering the cached log-probabilities again gives
+    assert abs(retempered.item() - by_hand.item()) > 0.01
+    no_t2 = validate_config({**cfg, "search": {"temperature": 2.0, "t_squared": False}})
+    plain = SearchData(no_t2, "full", 0, dataset, tmp_path / "topk.h5", synthetic_holdout="val")
+    assert plain.loss_from_logits(student, target).item() == pytest.approx(by_hand.item() / 4.0, rel=5e-3)
+    other = validate_config({**cfg, "search": {"temperature": 4.0}})
+    with pytest.raises(DfnasError, match=r"topk.h5: its top-k soft labels were cached at temperature 2 "
+                                         r"\(soft_labels.temperature\), the search distils at search.temperature 4"):
+        SearchData(other, "full", 0, dataset, tmp_path / "topk.h5")
