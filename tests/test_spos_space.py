@@ -10,9 +10,10 @@ from dfnas.spaces.shufflenet import SPOS_IMAGENET, ShuffleNetOneShot
 def test_published_spos_architecture_size():
     net = ShuffleNetOneShot(SPOS_IMAGENET)
     # SPOS (Guo et al. 2020), block search on ImageNet: 323M FLOPs (multiply-adds), 3.5M parameters.
+    # Each stride-2 block projects with its choice's kernel (the path has 5x5, 7x7 and 3x3 first blocks).
     macs = count_macs(net, (3, 224, 224))
-    assert abs(macs - 323e6) / 323e6 < 0.02
-    assert abs(count_parameters(net) - 3.5e6) < 0.1e6
+    assert macs == 322_918_720 and abs(macs - 323e6) / 323e6 < 0.002
+    assert count_parameters(net) == 3_558_464 and abs(count_parameters(net) - 3.5e6) < 0.1e6
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net.eval()
         net(torch.zeros(1, 3, 224, 224))
@@ -57,3 +58,18 @@ def test_imagenet_flops_table_matches_the_published_path():
 
     table = flops_table({}, (3, 224, 224))
     assert table.cost(SPOS_IMAGENET) == count_macs(ShuffleNetOneShot(SPOS_IMAGENET), (3, 224, 224))
+
+
+def test_a_stride_2_block_projects_with_the_kernel_of_its_choice():
+    net = ShuffleNetOneShot(None, in_channels=1, num_classes=10, stem=8, stem_stride=1, stage_blocks=(1, 1),
+                            widths=(16, 32), last_conv=32)
+    first = net.blocks[0]
+    kernels = [proj[0].kernel_size for proj in first.projs]
+    assert kernels == [(3, 3), (5, 5), (7, 7), (3, 3)] and all(p[0].stride == (2, 2) for p in first.projs)
+    x = torch.randn(2, 8, 8, 8)
+    first.eval()
+    out = first(x, 1)
+    assert torch.equal(out[:, :8], first.projs[1](x))  # the 5x5 choice's own projection
+    assert first.projs[1][0].weight.grad is None
+    first(x, 1).sum().backward()
+    assert first.projs[1][0].weight.grad is not None and first.projs[0][0].weight.grad is None

@@ -7,7 +7,8 @@ A chain of choice blocks in stages; every block picks one of four operations:
 
 A stride-1 block splits its input channels in half (after a channel shuffle): one half passes
 through, the other goes through the chosen branch. The first block of a stage has stride 2 and
-a projection branch (3x3 depthwise stride 2 + pointwise) beside the chosen one. Stem, stage
+a projection branch beside the chosen one (depthwise stride 2 with the choice's kernel + pointwise),
+one per choice as in the official supernets. Stem, stage
 depths and widths and the last convolution are arguments, so that the ImageNet supernet (stem 16;
 4, 4, 8, 4 blocks; widths 64, 160, 320, 640; last conv 1024; 224x224) and a small-image one come
 from the same builder.
@@ -24,6 +25,7 @@ from dfnas.flops import flops_table as flops_table_of
 from dfnas.plots import pyplot, save_figure
 
 CHOICES = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "xception_3x3")
+KERNELS = (3, 5, 7, 3)  # the depthwise kernel of each choice
 
 # The architecture found by SPOS on ImageNet (block search only), as published with its code.
 SPOS_IMAGENET = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
@@ -47,12 +49,18 @@ def _dw(c, k, stride):
 
 def branch(choice: int, c_in: int, mid: int, c_out: int, stride: int) -> nn.Sequential:
     if choice in (0, 1, 2):
-        k = (3, 5, 7)[choice]
+        k = KERNELS[choice]
         return nn.Sequential(*_pw(c_in, mid), *_dw(mid, k, stride), *_pw(mid, c_out))
     if choice == 3:
         return nn.Sequential(*_dw(c_in, 3, stride), *_pw(c_in, mid), *_dw(mid, 3, 1), *_pw(mid, mid),
                              *_dw(mid, 3, 1), *_pw(mid, c_out))
     raise ValueError(f"SPOS choice must be 0..3, got {choice}")
+
+
+def projection(choice: int, c: int) -> nn.Sequential:
+    """The projection branch of a stride-2 block: depthwise with the choice's kernel (3x3 for the
+    Xception choice), stride 2, then pointwise."""
+    return nn.Sequential(*_dw(c, KERNELS[choice], 2), *_pw(c, c))
 
 
 class ChoiceBlock(nn.Module):
@@ -66,14 +74,16 @@ class ChoiceBlock(nn.Module):
         main_in = c_in if stride == 2 else c_in // 2
         self.choices = tuple(choices)
         self.branches = nn.ModuleList(branch(c, main_in, mid, c_out - side, stride) for c in self.choices)
-        self.proj = nn.Sequential(*_dw(c_in, 3, 2), *_pw(c_in, c_in)) if stride == 2 else None
+        # Every choice of a stride-2 block has its own projection, with the choice's kernel (as the
+        # official supernets: a choice is a whole block there).
+        self.projs = nn.ModuleList(projection(c, c_in) for c in self.choices) if stride == 2 else None
 
     def forward(self, x, choice: int | None = None):
-        b = self.branches[0 if choice is None else self.choices.index(choice)]
+        k = 0 if choice is None else self.choices.index(choice)
         if self.stride == 1:
             keep, x = channel_split(x)
-            return torch.cat([keep, b(x)], 1)
-        return torch.cat([self.proj(x), b(x)], 1)
+            return torch.cat([keep, self.branches[k](x)], 1)
+        return torch.cat([self.projs[k](x), self.branches[k](x)], 1)
 
 
 class ShuffleNetOneShot(nn.Module):
