@@ -36,3 +36,12 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def step_budget(epochs: int, iterations: int | None, steps_per_epoch: int) -> tuple[int, int]:
+    """``(weight updates, passes over the data)`` of a training phase: ``iterations`` updates when
+    set (the last pass cut short), else ``epochs`` whole passes. Counting updates gives the arms of
+    a comparison the same training whatever the size of their data."""
+    if iterations is None:
+        return epochs * steps_per_epoch, epochs
+    return iterations, -(-iterations // steps_per_epoch)

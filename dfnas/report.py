@@ -52,6 +52,7 @@ def collect(layout: Layout, cfg: dict) -> list[dict]:
             "top1": metrics["top1"], "top5": metrics.get("top5"),
             "parameters": metrics["parameters"], "multiply_adds": metrics["multiply_adds"],
             "search_seconds": found.get("search_seconds", 0.0), "data_images": found.get("data_images", 0),
+            "weight_updates": found.get("weight_updates", 0),
             "retrain_seconds": metrics.get("train_seconds"),
         })
     return records
@@ -74,7 +75,8 @@ def arm_rows(records: list[dict], algorithm: str) -> list[dict]:
     grouped = df.groupby("source", sort=False).agg(
         seeds=("seed", "count"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
         parameters=("parameters", "mean"), multiply_adds=("multiply_adds", "mean"),
-        search_seconds=("search_seconds", "mean"), data_images=("data_images", "first"))
+        search_seconds=("search_seconds", "mean"), data_images=("data_images", "first"),
+        weight_updates=("weight_updates", "mean"))
     rows = []
     for source, g in grouped.iterrows():
         images = int(g["data_images"])
@@ -85,7 +87,8 @@ def arm_rows(records: list[dict], algorithm: str) -> list[dict]:
             "top1_mean": round(float(g["top1_mean"]), 4),
             "top1_std": None if pd.isna(g["top1_std"]) else round(float(g["top1_std"]), 4),
             "parameters": round(float(g["parameters"])), "multiply_adds": round(float(g["multiply_adds"])),
-            "search_seconds": round(float(g["search_seconds"]), 1), "data": data,
+            "search_seconds": round(float(g["search_seconds"]), 1), "weight_updates": round(float(g["weight_updates"])),
+            "data": data,
         })
     return rows
 
@@ -97,11 +100,13 @@ def format_top1(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ["searched on", "top-1 (%)", "seeds", "parameters", "multiply-adds", "search time", "data used for the search"]
+    header = ["searched on", "top-1 (%)", "seeds", "parameters", "multiply-adds", "search time", "weight updates",
+              "data used for the search"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["searched_on"], format_top1(r), str(r["seeds"]), f"{r['parameters']:,}",
-                 f"{r['multiply_adds'] / 1e6:.2f}M", format_seconds_short(r["search_seconds"]), r["data"]]
+                 f"{r['multiply_adds'] / 1e6:.2f}M", format_seconds_short(r["search_seconds"]),
+                 f"{r['weight_updates']:,}" if r["weight_updates"] else "none", r["data"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -92,6 +92,10 @@ class SearchData:
             out.update({k: self.data.label_attrs.get(k) for k in ("dataset_sha256", "teacher_sha256", "config_hash")})
         return out
 
+    def steps_per_epoch(self, half: int, batch_size: int) -> int:
+        """How many batches one pass of `batches` over part ``half`` yields."""
+        return max(1, len(self.halves[half]) // batch_size)
+
     def batches(self, half: int, batch_size: int, generator: torch.Generator):
         idx = self.halves[half]
         if self.synthetic:

@@ -17,6 +17,7 @@ from dfnas.latency import measure_latency_table, table_from_json
 from dfnas.search_data import SearchData
 from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, build_from_arch, flops_table
 from dfnas.strategies import get_strategy
+from dfnas.strategies import proxyless as proxyless_strategy
 from dfnas.strategies.proxyless import (
     ArchParameters,
     arch_step,
@@ -245,3 +246,21 @@ def test_a_given_latency_table_prices_a_flops_search(base_config, tmp_path):
     assert out.found_by["hardware_metric"] == "flops"
     assert out.found_by["latency_ms"] == pytest.approx(table_from_json(table).cost(out.choices["ops"]))
     assert "expected_latency_ms" in out.history[-1]
+
+
+def test_update_budgets_of_the_warm_up_and_the_search(base_config, tmp_path, monkeypatch):
+    """``warmup_iterations`` and ``iterations`` count weight updates; each phase's cosine runs over its
+    own budget, and the architecture json records the total."""
+    calls = []
+    real = proxyless_strategy.weight_step
+    monkeypatch.setattr(proxyless_strategy, "weight_step", lambda *a, **k: calls.append(a[2].param_groups[0]["lr"])
+                        or real(*a, **k))
+    cfg, data = tiny_search(base_config, warmup_iterations=2, iterations=5, lr=0.1, warmup_lr=0.2)
+    assert data.steps_per_epoch(0, 8) == 3  # 24 weight images, batch 8
+    result = proxyless_strategy.search(cfg, data, 0, tmp_path, "cpu", log=lambda *_: None)
+    assert result.found_by["weight_updates"] == 7 and len(calls) == 7
+    expected = [0.2 * 0.5 * (1 + math.cos(math.pi * k / 2)) for k in range(2)]
+    expected += [0.1 * 0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]
+    assert calls == pytest.approx(expected)
+    assert [row["phase"] for row in result.history] == ["warmup", "search", "search"]  # passes of 2 | 3 + 2 updates
+    assert [row["arch_steps"] for row in result.history] == [0, 3, 2]  # arch_every 1

@@ -30,7 +30,8 @@ def fake_run(run_dir, algorithms=("darts",), seeds=(0, 1)):
             (run_dir / "search" / arm / "architecture.json").write_text(json.dumps({
                 "space": algorithm, "choices": {}, "found_by": {
                     "search_seconds": 0.0 if source == "random" else 60.0 + seed,
-                    "data_images": 0 if source == "random" else 520}}))
+                    "data_images": 0 if source == "random" else 520,
+                    "weight_updates": 0 if source == "random" else 1000 * (seed + 1)}}))
             epochs = [] if source == "random" else [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]
             with open(run_dir / "search" / arm / "history.csv", "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=["epoch", "val_acc"])
@@ -63,7 +64,8 @@ def test_tables_and_summary_by_hand(tmp_path):
     assert float(natural["search_seconds"]) == pytest.approx(60.5) and natural["data"] == "520 natural images"
     assert full["data"] == "520 synthetic images" and random["data"] == "none"
     md = (tmp_path / "report" / "darts.md").read_text()
-    assert "| natural data | 81.00 ± 1.41 | 2 | 1,050 | 3.00M | 60 s | 520 natural images |" in md
+    assert "| natural data | 81.00 ± 1.41 | 2 | 1,050 | 3.00M | 60 s | 1,500 | 520 natural images |" in md
+    assert int(natural["weight_updates"]) == 1500 and int(random["weight_updates"]) == 0
     # per-seed differences full - natural: -1.0 and -0.5 -> mean -0.75, std 0.3536
     sentence = result["summary"][0]
     assert sentence.startswith("DARTS: the architecture searched on synthetic data (full) reaches 80.25 ± 1.77% top-1")

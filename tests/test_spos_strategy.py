@@ -67,3 +67,30 @@ def test_killed_supernet_resumes_with_the_same_result(synthetic_set, tmp_path):
         return result.choices, result.history
 
     assert_resumes_after_a_kill(run, tmp_path)
+
+
+def test_an_update_budget_gives_every_source_the_same_training(synthetic_set, base_config, tmp_path, monkeypatch):
+    """With ``iterations`` the supernet makes exactly that many weight updates on 30 synthetic or 40
+    natural images (passes cut short); with ``epochs`` the count follows the data's size."""
+    lrs = []
+    real_linear_lr = spos.linear_lr
+    monkeypatch.setattr(spos, "linear_lr", lambda step, total, base: lrs.append((step, total)) or
+                        real_linear_lr(step, total, base))
+
+    def run(source, **budget):
+        cfg = validate_config({**base_config, "search": {"natural_images": 40, "spos": {**TINY_SPOS, **budget,
+                                                                                        "generations": 1}}})
+        files = synthetic_set if source == "full" else ()
+        data = SearchData(cfg, source, 0, *files, **get_strategy("spos").data_options(cfg["search"]["spos"]))
+        lrs.clear()
+        result = spos.search(cfg, data, 0, tmp_path / f"{source}{budget}", "cpu", lambda *_: None)
+        return result, data.steps_per_epoch(0, 8), list(lrs)
+
+    synthetic, syn_steps, syn_lrs = run("full", iterations=7)
+    natural, nat_steps, nat_lrs = run("natural", iterations=7)
+    assert (syn_steps, nat_steps) == (3, 3)  # 30 synthetic training images and 28 natural ones, batch 8
+    for result, lr_calls in ((synthetic, syn_lrs), (natural, nat_lrs)):
+        assert result.found_by["weight_updates"] == 7 and lr_calls == [(k, 7) for k in range(7)]
+        assert [row["epoch"] for row in result.history if row["epoch"] != ""] == [1, 2, 3]  # the third pass cut at 1
+    by_epochs, steps, lr_calls = run("natural", epochs=2)
+    assert by_epochs.found_by["weight_updates"] == 2 * steps == len(lr_calls)

@@ -158,7 +158,9 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}"
             f"  {progress(t0, epoch + 1, epochs, start)}")
+    updates = epochs * min(data.steps_per_epoch(0, bs), data.steps_per_epoch(1, bs))
     return SearchResult(space_args={k: args[k] for k in ("steps", "multiplier")},
                         choices=genotype_to_dict(model.genotype()), history=history, network=model,
                         search_args={k: args[k] for k in ("in_channels", "resolution", "num_classes", "cells",
-                                                          "channels")})
+                                                          "channels")},
+                        found_by={"weight_updates": updates})

@@ -52,7 +52,7 @@ from torch import nn
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
 from dfnas.latency import latency_table
-from dfnas.optim import cosine_lr, set_lr
+from dfnas.optim import cosine_lr, set_lr, step_budget
 from dfnas.runtime import progress, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
@@ -244,9 +244,11 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     betas = tuple(float(b) for b in s["arch_betas"])
     a_opt = torch.optim.Adam([arch.alpha], lr=s["arch_lr"], betas=betas, weight_decay=0)
     gen = torch.Generator().manual_seed(seed)
-    warmup, epochs, bs = s["warmup_epochs"], s["epochs"], s["batch_size"]
+    bs = s["batch_size"]
+    steps_per_epoch = data.steps_per_epoch(0, bs)
+    warmup_total, warmup = step_budget(s["warmup_epochs"], s["warmup_iterations"], steps_per_epoch)
+    search_total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     total_epochs = warmup + epochs
-    steps_per_epoch = max(1, len(data.halves[0]) // bs)
     checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed)}, log)
     stateful = {"model": model, "arch": arch, "w_opt": w_opt, "a_opt": a_opt}
     resumed = checkpoint.resume(stateful, gen)
@@ -257,12 +259,12 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         model.train()
         sums = {"loss": 0.0, "acc": 0.0, "steps": 0, "arch_loss": 0.0, "arch_steps": 0}
         arch_batches = _cycle(lambda: data.batches(1, bs, gen)) if searching else None
+        phase_step = ((epoch - warmup) if searching else epoch) * steps_per_epoch
+        phase_total = search_total if searching else warmup_total
         for x, y in data.batches(0, bs, gen):
-            step = sums["steps"]
-            if searching:
-                lr = cosine_lr((epoch - warmup) * steps_per_epoch + step, epochs * steps_per_epoch, s["lr"])
-            else:
-                lr = cosine_lr(epoch * steps_per_epoch + step, warmup * steps_per_epoch, s["warmup_lr"])
+            if phase_step + sums["steps"] == phase_total:  # an update budget ends inside a pass
+                break
+            lr = cosine_lr(phase_step + sums["steps"], phase_total, s["lr"] if searching else s["warmup_lr"])
             set_lr(w_opt, lr)
             x, y = x.to(device), y.to(device)
             loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen)
@@ -299,6 +301,6 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     ops = arch.argmax()
     fixed = ProxylessNet(ops, **args)
     return SearchResult(space_args=args, choices={"ops": ops}, history=history, network=model, search_args=args,
-                        found_by={"multiply_adds": flops.cost(ops), "parameters": count_parameters(fixed),
+                        found_by={"weight_updates": warmup_total + search_total, "multiply_adds": flops.cost(ops), "parameters": count_parameters(fixed),
                                   "latency_ms": None if latency is None else latency.cost(ops),
                                   "hardware_metric": hw["metric"], "hardware_target": target})

@@ -2,7 +2,8 @@
 (`dfnas.spaces.shufflenet`).
 
 The supernet trains on the training part of the data with one path per step, drawn uniformly
-within FLOPs bins (``train_flops``, ``bins``), SGD with linear decay; then an evolution searches
+within FLOPs bins (``train_flops``, ``bins``), SGD with linear decay, for ``epochs`` passes or
+``iterations`` updates; then an evolution searches
 paths under the FLOPs bound, each scored (`path_scorer`) by its accuracy on the held-out part after
 BatchNorm recalibration on training batches. On a synthetic source the held-out part is the merged
 set's validation split; on natural data ``train_portion`` of the subset trains.
@@ -26,7 +27,7 @@ from torch import nn
 
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
-from dfnas.optim import decay_groups, linear_lr, set_lr
+from dfnas.optim import decay_groups, linear_lr, set_lr, step_budget
 from dfnas.runtime import progress, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
@@ -153,9 +154,9 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     model = ShuffleNetOneShot(None, **args, dropout=0.0).to(device)
     opt = torch.optim.SGD(decay_groups(model, s["weight_decay"]), lr=s["lr"], momentum=s["momentum"])
     gen = torch.Generator().manual_seed(seed)
-    epochs, bs = s["epochs"], s["batch_size"]
-    steps_per_epoch = max(1, len(data.halves[0]) // bs)
-    total = epochs * steps_per_epoch
+    bs = s["batch_size"]
+    steps_per_epoch = data.steps_per_epoch(0, bs)
+    total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     low, high = s["train_flops"] or (None, None)
     checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed)}, log)
     stateful = {"model": model, "opt": opt}
@@ -166,6 +167,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         model.train()
         loss_sum, acc_sum, steps = 0.0, 0.0, 0
         for x, y in data.batches(0, bs, gen):
+            if epoch * steps_per_epoch + steps == total:  # an update budget ends inside a pass
+                break
             set_lr(opt, linear_lr(epoch * steps_per_epoch + steps, total, s["lr"]))
             path = sample_path(table, gen, low, high, s["bins"])
             x, y = x.to(device), y.to(device)
@@ -191,5 +194,5 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     best, evolution = evolve(score, table.cost, table.n_blocks, len(CHOICES), bound, ecfg, gen, log)
     return SearchResult(space_args=args, choices={"path": list(best)},
                         history=history + [{"epoch": "", **row} for row in evolution], network=model, search_args=args,
-                        found_by={"multiply_adds": table.cost(best),
+                        found_by={"weight_updates": total, "multiply_adds": table.cost(best),
                                   "parameters": count_parameters(ShuffleNetOneShot(best, **args)), "flops_bound": bound})
