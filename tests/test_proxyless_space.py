@@ -129,11 +129,7 @@ def test_registry_builds_and_draws_architectures():
     net = build_architecture(arch, 1, 28, 10, {"dropout": 0.2})
     assert isinstance(net, ProxylessNet) and net.dropout.p == 0.2
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    drawn = get_space("proxyless").random(SMALL, 3, (1, 28, 28), 10)
-    assert drawn["choices"] == arch["choices"] == random_choices(3, **SMALL)
-    assert drawn["space_args"] == {**space_args, "widths": list(SMALL["widths"]), "strides": list(SMALL["strides"])}
-    assert drawn["found_by"]["multiply_adds"] == count_macs(build_architecture(drawn | {"space": "proxyless"}, 1, 28,
-                                                                               10, {}), (1, 28, 28))
+    assert arch["choices"] == random_choices(3, **SMALL)
     allowed = allowed_ops(block_layout(**space_args))
     drawn = [random_choices(seed, **space_args)["ops"] for seed in range(40)]
     assert all(c in ops for path in drawn for c, ops in zip(path, allowed))
@@ -156,3 +152,34 @@ def test_bad_choices_are_named(choices, message):
     arch = {"space": "proxyless", "space_args": SMALL, "choices": choices}
     with pytest.raises(DfnasError, match=r"ProxylessNAS architecture: " + message):
         build_from_arch(arch, 1, 28, 10, {})
+
+
+def small_section(**over):
+    from dfnas.config import validate_config
+
+    keys = {k: (list(v) if isinstance(v, tuple) else v) for k, v in SMALL.items() if k not in ("in_channels",
+                                                                                                "num_classes")}
+    return validate_config({"search": {"proxyless": {**keys, **over}}})["search"]["proxyless"]
+
+
+def test_the_random_baseline_is_matched_to_the_searchs_cost_target():
+    """Uniform per block, drawn again until its multiply-adds are within 10% of the target: by default
+    the expected multiply-adds of the uniform supernet, under the flops metric ``hardware.target``."""
+    scfg = small_section()
+    table = flops_table({**SMALL}, (1, 28, 28))
+    uniform = table.base + sum(sum(table.table[b, k].item() for k in ops) / len(ops)
+                               for b, ops in enumerate(table.allowed))
+    for seed in range(5):
+        drawn = get_space("proxyless").random(scfg, seed, (1, 28, 28), 10)
+        net = build_architecture(drawn | {"space": "proxyless"}, 1, 28, 10, {})
+        macs = drawn["found_by"]["multiply_adds"]
+        assert macs == count_macs(net, (1, 28, 28)) and drawn["found_by"]["cost_target"] == pytest.approx(uniform)
+        assert abs(macs - uniform) <= 0.1 * uniform
+        assert drawn["space_args"]["stage_blocks"] == [2, 2, 1]
+    lo, hi = table.bounds()
+    small_target = small_section(hardware={"metric": "flops", "target": lo * 1.05}, random_tolerance=0.05)
+    drawn = get_space("proxyless").random(small_target, 0, (1, 28, 28), 10)
+    assert abs(drawn["found_by"]["multiply_adds"] - lo * 1.05) <= 0.05 * lo * 1.05
+    with pytest.raises(DfnasError, match=r"random_tolerance: no architecture within 1% of .*M multiply-adds"):
+        get_space("proxyless").random(small_section(hardware={"metric": "flops", "target": hi * 2},
+                                                    random_tolerance=0.01), 0, (1, 28, 28), 10)

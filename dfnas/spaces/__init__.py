@@ -65,4 +65,4 @@ register_space(Space("darts", _darts.build_from_arch, _darts.random_architecture
 register_space(Space("spos", _shufflenet.build_from_arch, _shufflenet.random_architecture, _shufflenet.plot_choices,
                      _shufflenet.NETWORK_KEYS + ("flops_bound",)))
 register_space(Space("proxyless", _proxyless.build_from_arch, _proxyless.random_architecture,
-                     _proxyless.plot_choices, _proxyless.NETWORK_KEYS))
+                     _proxyless.plot_choices, _proxyless.NETWORK_KEYS + ("hardware", "random_tolerance")))

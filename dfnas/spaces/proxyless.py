@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from dfnas.errors import DfnasError
-from dfnas.flops import CostTable, count_macs
+from dfnas.flops import CostTable
 from dfnas.flops import flops_table as flops_table_of
 from dfnas.plots import pyplot, save_figure
 
@@ -244,17 +244,43 @@ def space_args(scfg: dict, input_shape, num_classes: int) -> dict:
 
 def random_choices(seed: int, **space_args) -> dict:
     """One operation per block, uniform over the operations that block allows (zero only where allowed)."""
-    gen = torch.Generator().manual_seed(seed)
-    allowed = allowed_ops(block_layout(**network_args(space_args)))
-    return {"ops": [ops[int(torch.randint(len(ops), (1,), generator=gen))] for ops in allowed]}
+    return {"ops": _uniform_ops(torch.Generator().manual_seed(seed), allowed_ops(block_layout(**network_args(space_args))))}
 
 
-def random_architecture(scfg: dict, seed: int, input_shape, num_classes: int) -> dict:
-    """One operation per block, uniform over those it allows (`random_choices`)."""
+def _uniform_ops(gen: torch.Generator, allowed) -> list[int]:
+    return [ops[int(torch.randint(len(ops), (1,), generator=gen))] for ops in allowed]
+
+
+def random_target(scfg: dict, table: CostTable) -> float:
+    """The multiply-adds a random baseline is matched to: the search's FLOPs target
+    (``hardware.target`` under the flops metric), else the expected multiply-adds of the supernet with
+    uniform probabilities (where a search starts, and the normalizer of its cost term)."""
+    hw = scfg["hardware"]
+    if hw["metric"] == "flops" and hw["target"] is not None:
+        return float(hw["target"])
+    mask = torch.zeros(table.n_blocks, table.n_choices, dtype=torch.float64)
+    for b, ops in enumerate(table.allowed):
+        mask[b, list(ops)] = 1.0 / len(ops)
+    return float(table.expected(mask))
+
+
+def random_architecture(scfg: dict, seed: int, input_shape, num_classes: int, max_tries: int = 100000) -> dict:
+    """One operation per block, uniform over those it allows, drawn again until the network's
+    multiply-adds are within ``random_tolerance`` of `random_target`: a random baseline of the size
+    the search aims at."""
     args = space_args(scfg, input_shape, num_classes)
-    choices = random_choices(seed, **args)
-    net = build_from_arch({"space_args": args, "choices": choices}, input_shape[0], input_shape[1], num_classes, {})
-    return {"space_args": args, "choices": choices, "found_by": {"multiply_adds": count_macs(net, input_shape)}}
+    table = flops_table(args, input_shape)
+    target, tolerance = random_target(scfg, table), scfg["random_tolerance"]
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(max_tries):
+        ops = _uniform_ops(gen, table.allowed)
+        if abs(table.cost(ops) - target) <= tolerance * target:
+            return {"space_args": args, "choices": {"ops": ops},
+                    "found_by": {"multiply_adds": table.cost(ops), "cost_target": target, "tolerance": tolerance}}
+    lo, hi = table.bounds()
+    raise DfnasError(f"search.proxyless.random_tolerance: no architecture within {tolerance:.0%} of "
+                     f"{target / 1e6:.2f}M multiply-adds in {max_tries} draws (the space spans "
+                     f"{lo / 1e6:.2f}M to {hi / 1e6:.2f}M)")
 
 
 def plot_choices(choices: dict, out) -> None:
