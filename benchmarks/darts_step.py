@@ -87,7 +87,7 @@ def main():
     # Targets of one batch: cached replay against the teacher online.
     teacher = build_model("resnet_cifar", depth=20, width=16, num_classes=10, in_channels=args.in_channels).to(device).eval()
     pixels = torch.rand(args.batch, *shape)
-    boxes, flips = draw_views(args.batch, 10, (0.35, 1.0), (0.75, 4 / 3), True, torch.Generator().manual_seed(0))
+    boxes, flips, _ = draw_views(args.batch, 10, (0.35, 1.0), (0.75, 4 / 3), True, torch.Generator().manual_seed(0))
     view = torch.randint(0, 10, (args.batch,))
     idx = torch.arange(args.batch)
     cached = torch.randn(args.batch, 10, 10).half()

@@ -106,3 +106,20 @@ def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator) -> torch.
         hole = (ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s)
         x = x * (~hole)[:, None].to(x.dtype)
     return x
+
+
+# The principal components of ImageNet's RGB pixels (eigenvalues; eigenvectors as columns), as used
+# by the "lighting" colour noise of AlexNet and of the SPOS / DF-NAS training pipelines.
+LIGHTING_EIGVAL = (0.2175, 0.0188, 0.0045)
+LIGHTING_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+                   (-0.5808, -0.0045, -0.8140),
+                   (-0.5836, -0.6948, 0.4203))
+
+
+def lighting(x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """PCA colour noise on RGB pixels: image i gets ``eigvec @ (alphas[i] * eigval)`` added to every
+    pixel (``alphas`` is N x 3, drawn from N(0, std)); not clipped, as in the original."""
+    eigval = torch.tensor(LIGHTING_EIGVAL, dtype=x.dtype, device=x.device)
+    eigvec = torch.tensor(LIGHTING_EIGVEC, dtype=x.dtype, device=x.device)
+    shift = (alphas.to(x.device, x.dtype) * eigval) @ eigvec.T
+    return x + shift[:, :, None, None]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.errors import DfnasError
-from dfnas.imaging import Normalize, crop_resize, random_boxes
+from dfnas.imaging import Normalize, crop_resize, lighting, random_boxes
 from dfnas.runtime import (
     atomic_path,
     config_hash,
@@ -37,21 +37,27 @@ from dfnas.teacher import load_teacher
 LABELS_FORMAT = "dfnas-soft-labels"
 
 
-def draw_views(n: int, views: int, scale, ratio, flip: bool, generator: torch.Generator):
-    """``(boxes N x K x 4, flips N x K)``; view 0 is the identity."""
+def draw_views(n: int, views: int, scale, ratio, flip: bool, generator: torch.Generator, lighting_std: float = 0.0):
+    """``(boxes N x K x 4, flips N x K, lighting N x K x 3 or None)``; view 0 is the identity."""
     boxes = torch.zeros(n, views, 4)
     boxes[:, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])
     flips = torch.zeros(n, views, dtype=torch.bool)
+    alphas = torch.zeros(n, views, 3) if lighting_std > 0 else None
     if views > 1:
         boxes[:, 1:] = random_boxes(n * (views - 1), tuple(scale), tuple(ratio), generator).view(n, views - 1, 4)
         if flip:
             flips[:, 1:] = torch.rand(n, views - 1, generator=generator) < 0.5
-    return boxes, flips
+        if alphas is not None:
+            alphas[:, 1:] = torch.randn(n, views - 1, 3, generator=generator) * lighting_std
+    return boxes, flips, alphas
 
 
-def render_views(pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """The views ``(boxes[i], flips[i])`` of images ``pixels[i]`` at the images' own size."""
-    return crop_resize(pixels, boxes, flips, tuple(pixels.shape[-2:]))
+def render_views(pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
+                 alphas: torch.Tensor | None = None) -> torch.Tensor:
+    """The views ``(boxes[i], flips[i], lighting alphas[i])`` of images ``pixels[i]`` at the images'
+    own size."""
+    views = crop_resize(pixels, boxes, flips, tuple(pixels.shape[-2:]))
+    return views if alphas is None else lighting(views, alphas)
 
 
 @torch.no_grad()
@@ -59,9 +65,15 @@ def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator
                 batch_size: int, temperature: float) -> None:
     n, num_classes = len(pixels), teacher.num_classes
     device = next(teacher.model.parameters()).device
-    boxes, flips = draw_views(n, views, lcfg["scale"], lcfg["ratio"], lcfg["flip"], generator)
+    if lcfg["lighting"] > 0 and pixels.shape[1] != 3:
+        raise DfnasError(f"soft_labels.lighting: colour noise needs RGB images, these have {pixels.shape[1]} "
+                         "channel(s); set it to 0")
+    boxes, flips, alphas = draw_views(n, views, lcfg["scale"], lcfg["ratio"], lcfg["flip"], generator,
+                                      lcfg["lighting"])
     group.create_dataset("boxes", data=boxes.numpy())
     group.create_dataset("flips", data=flips.numpy())
+    if alphas is not None:
+        group.create_dataset("lighting", data=alphas.numpy())
     topk = lcfg["topk"]
     width = topk or num_classes
     dtype = np.float16 if lcfg["dtype"] == "float16" else np.float32
@@ -74,7 +86,8 @@ def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator
         x = pixels[start : start + per_batch]
         m = len(x)
         rep = x.repeat_interleave(views, dim=0)
-        v = render_views(rep, boxes[start : start + m].reshape(-1, 4), flips[start : start + m].reshape(-1))
+        v = render_views(rep, boxes[start : start + m].reshape(-1, 4), flips[start : start + m].reshape(-1),
+                         None if alphas is None else alphas[start : start + m].reshape(-1, 3))
         logits = teacher.model(norm(v.to(device))).float().cpu().view(m, views, num_classes)
         if topk:
             probs = F.softmax(logits / temperature, dim=-1)
@@ -95,7 +108,7 @@ def make_soft_labels(cfg: dict, teacher, dataset_path: Path, out: Path, log=prin
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         sh.set_attrs(f, {
             "format": LABELS_FORMAT, "variant": attrs.get("variant"), "views": lcfg["views"],
-            "scale": list(lcfg["scale"]), "ratio": list(lcfg["ratio"]), "flip": lcfg["flip"],
+            "scale": list(lcfg["scale"]), "ratio": list(lcfg["ratio"]), "flip": lcfg["flip"], "lighting": lcfg["lighting"],
             "topk": lcfg["topk"] or 0, "temperature": lcfg["temperature"], "dtype": lcfg["dtype"],
             "teacher_sha256": teacher.checksum, "dataset_sha256": sha256_file(dataset_path),
             "mean": list(teacher.mean), "std": list(teacher.std), "num_classes": teacher.num_classes,
@@ -129,6 +142,7 @@ class SoftLabelData(torch.utils.data.Dataset):
             g = f[split]
             self.boxes = torch.from_numpy(g["boxes"][...])
             self.flips = torch.from_numpy(g["flips"][...])
+            self.alphas = torch.from_numpy(g["lighting"][...]) if "lighting" in g else None
             self.topk = int(self.label_attrs["topk"])
             self.temperature = float(self.label_attrs["temperature"])  # of the cached top-k probabilities
             if self.topk:
@@ -170,7 +184,8 @@ class SoftLabelData(torch.utils.data.Dataset):
         return probs.clamp(min=1e-8).log()
 
     def get(self, idx: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = render_views(self.pixels[idx], self.boxes[idx, view], self.flips[idx, view])
+        x = render_views(self.pixels[idx], self.boxes[idx, view], self.flips[idx, view],
+                         None if self.alphas is None else self.alphas[idx, view])
         return x, self.logits(idx, view)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,

@@ -74,15 +74,17 @@ class Region:
     ratio: tuple[float, float] = (0.75, 4 / 3)
     jitter: int = 2
     flip: bool = True
+    halve_jitter: bool = False  # jitter // 2 at half resolution, as DeepInversion
 
-    def view(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def view(self, x: torch.Tensor, generator: torch.Generator, half: bool = False) -> torch.Tensor:
         n = x.shape[0]
+        jitter = self.jitter // 2 if half and self.halve_jitter else self.jitter
         flips = (torch.rand(n, generator=generator) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool)
         if self.mode == "resized_crop":
             boxes = random_boxes(n, self.scale, self.ratio, generator)
             return crop_resize(x, boxes, flips, x.shape[-2:])
-        if self.mode == "jitter" and self.jitter > 0:
-            dy, dx = (int(v) for v in torch.randint(-self.jitter, self.jitter + 1, (2,), generator=generator))
+        if self.mode == "jitter" and jitter > 0:
+            dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         elif self.mode not in ("jitter", "none"):
             raise ValueError(f"unknown region mode {self.mode!r}")
@@ -146,7 +148,7 @@ def synthesize_batch(teacher: nn.Module, targets: torch.Tensor, shape, mean, std
             for it in range(iterations):
                 set_lr(opt, cosine_lr(it, iterations, schedule.lr, schedule.warmup))
                 base = F.avg_pool2d(x, 2) if half else x
-                v = region.view(base, generator)
+                v = region.view(base, generator, half)
                 logits = teacher(v)
                 ce = soft_cross_entropy(logits, targets)
                 tv2, tv1 = tv_losses(v)

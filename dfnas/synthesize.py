@@ -73,8 +73,9 @@ VARIANT_SPECS = {
 def variant_region(scfg: dict, variant: str) -> Region:
     r = scfg["region"]
     if VARIANT_SPECS[variant].regional:
-        return Region(mode=r["mode"], scale=tuple(r["scale"]), ratio=tuple(r["ratio"]), jitter=r["jitter"], flip=r["flip"])
-    return Region(mode="jitter", jitter=r["jitter"], flip=r["flip"])
+        return Region(mode=r["mode"], scale=tuple(r["scale"]), ratio=tuple(r["ratio"]), jitter=r["jitter"], flip=r["flip"],
+                      halve_jitter=r["halve_jitter"])
+    return Region(mode="jitter", jitter=r["jitter"], flip=r["flip"], halve_jitter=r["halve_jitter"])
 
 
 def shard_sizes(total: int, shards: int) -> list[int]:

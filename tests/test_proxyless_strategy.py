@@ -264,3 +264,11 @@ def test_update_budgets_of_the_warm_up_and_the_search(base_config, tmp_path, mon
     assert calls == pytest.approx(expected)
     assert [row["phase"] for row in result.history] == ["warmup", "search", "search"]  # passes of 2 | 3 + 2 updates
     assert [row["arch_steps"] for row in result.history] == [0, 3, 2]  # arch_every 1
+
+
+def test_the_first_search_pass_can_skip_architecture_steps(base_config, tmp_path):
+    """The released code makes no architecture step in the first search epoch (``arch_skip_epochs: 1``)."""
+    cfg, data = tiny_search(base_config, warmup_iterations=2, iterations=5, arch_skip_epochs=1)
+    result = proxyless_strategy.search(cfg, data, 0, tmp_path, "cpu", log=lambda *_: None)
+    assert [row["arch_steps"] for row in result.history] == [0, 0, 2]
+    assert result.found_by["weight_updates"] == 7

@@ -77,3 +77,31 @@ def test_replayed_views_match_render_views(cached):
     x, _ = data.get(idx, view)
     expected = render_views(data.pixels[idx], data.boxes[idx, view], data.flips[idx, view])
     assert torch.equal(x, expected)
+
+
+def test_lighting_views_shift_colours_along_the_pca_and_need_rgb(two_shards, teacher, tmp_path):
+    from dfnas.imaging import LIGHTING_EIGVAL, LIGHTING_EIGVEC, lighting
+    from dfnas.soft_labels import draw_views
+
+    x = torch.rand(2, 3, 8, 8)
+    alphas = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    out = lighting(x, alphas)
+    # image 0: 1 * 0.2175 along the first eigenvector; image 1: 2 * 0.0045 along the third
+    first = torch.tensor([row[0] for row in LIGHTING_EIGVEC]) * LIGHTING_EIGVAL[0]
+    third = torch.tensor([row[2] for row in LIGHTING_EIGVEC]) * 2 * LIGHTING_EIGVAL[2]
+    torch.testing.assert_close(out[0] - x[0], first[:, None, None].expand(3, 8, 8))
+    torch.testing.assert_close(out[1] - x[1], third[:, None, None].expand(3, 8, 8))
+    boxes, flips, drawn = draw_views(500, 3, (0.5, 1.0), (0.75, 4 / 3), True, torch.Generator().manual_seed(0), 0.1)
+    assert drawn.shape == (500, 3, 3) and torch.equal(drawn[:, 0], torch.zeros(500, 3))  # view 0: no noise
+    assert abs(drawn[:, 1:].std().item() - 0.1) < 0.01
+    same, _, none = draw_views(500, 3, (0.5, 1.0), (0.75, 4 / 3), True, torch.Generator().manual_seed(0))
+    assert none is None and torch.equal(same, boxes)  # lighting draws after the boxes: they do not change
+    views = render_views(x[:1].expand(2, 3, 8, 8), boxes[:2, 1], flips[:2, 1], drawn[:2, 1])
+    torch.testing.assert_close(views, lighting(render_views(x[:1].expand(2, 3, 8, 8), boxes[:2, 1], flips[:2, 1]),
+                                               drawn[:2, 1]))
+    cfg, paths = two_shards
+    cfg["soft_labels"]["lighting"] = 0.1
+    merge(paths, teacher.checksum, 1, 0, tmp_path / "dataset.h5")
+    with pytest.raises(DfnasError, match=r"soft_labels.lighting: colour noise needs RGB images, these have 1"):
+        make_soft_labels(cfg, teacher, tmp_path / "dataset.h5", tmp_path / "labels.h5", log=quiet)
+    assert not (tmp_path / "labels.h5").exists()

@@ -76,3 +76,20 @@ def test_region_modes_keep_the_shape():
         assert Region(mode=mode).view(x, gen).shape == x.shape
     rolled = Region(mode="jitter", jitter=0, flip=False).view(x, gen)
     assert torch.equal(rolled, x)
+
+
+def test_jitter_is_halved_at_half_resolution_when_asked():
+    """DeepInversion rolls by up to jitter // 2 pixels at half resolution (``halve_jitter``)."""
+    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16)
+
+    def shifts(region, half):
+        gen, found = torch.Generator().manual_seed(0), set()
+        for _ in range(200):
+            v = region.view(x, gen, half)
+            found |= {(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+                      if torch.equal(v, torch.roll(x, shifts=(dy, dx), dims=(2, 3)))}
+        return max(max(abs(dy), abs(dx)) for dy, dx in found)
+
+    halving = Region(mode="jitter", jitter=4, flip=False, halve_jitter=True)
+    assert shifts(halving, half=True) == 2 and shifts(halving, half=False) == 4
+    assert shifts(Region(mode="jitter", jitter=4, flip=False), half=True) == 4

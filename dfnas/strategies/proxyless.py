@@ -260,6 +260,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         sums = {"loss": 0.0, "acc": 0.0, "steps": 0, "arch_loss": 0.0, "arch_steps": 0}
         arch_batches = _cycle(lambda: data.batches(1, bs, gen)) if searching else None
         phase_step = ((epoch - warmup) if searching else epoch) * steps_per_epoch
+        arch_steps_on = searching and epoch - warmup >= s["arch_skip_epochs"]
         phase_total = search_total if searching else warmup_total
         for x, y in data.batches(0, bs, gen):
             if phase_step + sums["steps"] == phase_total:  # an update budget ends inside a pass
@@ -271,7 +272,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             sums["loss"] += loss.item()
             sums["acc"] += data.accuracy(logits, y)
             sums["steps"] += 1
-            if searching and sums["steps"] % s["arch_every"] == 0:
+            if arch_steps_on and sums["steps"] % s["arch_every"] == 0:
                 ax, ay = next(arch_batches)
                 out = arch_step(model, arch, a_opt, ax.to(device), ay.to(device), data.loss_from_logits, gen,
                                 cost_table, target, hw["weight"])
