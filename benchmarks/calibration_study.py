@@ -11,7 +11,8 @@ Prints one Markdown table with the mean and 95% confidence interval over seeds.
         --work /tmp/calibration --out calibration.json
 
 The teacher is trained once (the embedded default's stand-in, kept in --work); a second run reuses
-every synthesized shard it finds there.
+every shard, reference student and measurement it finds there, so runs for different temperatures
+can go side by side and a last run with all of them prints the table.
 """
 
 from __future__ import annotations
@@ -42,10 +43,23 @@ def quiet(*_):
     pass
 
 
+def reference(cfg: dict, teacher, n_images: int, work: Path) -> float:
+    """The natural reference student's top-1 for ``n_images`` and the seed (the same for every T), kept."""
+    path = work / f"reference_{n_images}_seed{cfg['seed']}.json"
+    if not path.exists():
+        write_json(path, natural_reference(cfg, teacher, n_images, log=quiet))
+    return json.loads(path.read_text())["top1"]
+
+
 def measure(cfg: dict, teacher, work: Path, natural, device) -> dict:
     """Per-round statistics and data efficiency of the first r rounds, for one (T, seed)."""
     s = cfg["synthesis"]
     name = f"T{s['calibration']['temperature']:g}_seed{cfg['seed']}"
+    done = work / f"{name}.json"
+    if done.exists():
+        kept = json.loads(done.read_text())
+        kept["data_efficiency"] = {int(r): v for r, v in kept["data_efficiency"].items()}
+        return kept
     shard = work / f"{name}.h5"
     if not shard.exists():
         run_shard(cfg, teacher, "full", 0, shard, log=quiet)
@@ -59,10 +73,12 @@ def measure(cfg: dict, teacher, work: Path, natural, device) -> dict:
         student = distill_student(teacher, pixels[keep], cfg["quality"], device, cfg["seed"], teacher.input_shape[0],
                                   quiet)
         syn = evaluate(student, natural.test, device, teacher.mean, teacher.std)["top1"]
-        ref = natural_reference(cfg, teacher, int(keep.sum()), log=quiet)["top1"]
+        ref = reference(cfg, teacher, int(keep.sum()), work)
         efficiency[r] = syn / ref
-    return {"temperature": s["calibration"]["temperature"], "seed": cfg["seed"], "rounds": rounds,
-            "data_efficiency": efficiency}
+    result = {"temperature": s["calibration"]["temperature"], "seed": cfg["seed"], "rounds": rounds,
+              "data_efficiency": efficiency}
+    write_json(done, result)
+    return result
 
 
 def main(argv=None):
