@@ -33,6 +33,7 @@ from dfnas.data import dataset_from_config  # noqa: E402
 from dfnas.merge import merge  # noqa: E402
 from dfnas.runtime import resolve_device, set_threads, write_json  # noqa: E402
 from dfnas.stats import format_ci, mean_ci  # noqa: E402
+from dfnas.streaming import Rows  # noqa: E402
 from dfnas.synthesis_quality import distill_student, natural_reference, round_statistics  # noqa: E402
 from dfnas.synthesize import run_shard  # noqa: E402
 from dfnas.teacher import dataset_info, load_teacher, make_teacher  # noqa: E402
@@ -65,15 +66,16 @@ def measure(cfg: dict, teacher, work: Path, natural, device) -> dict:
         run_shard(cfg, teacher, "full", 0, shard, log=quiet)
     dataset = work / f"{name}_dataset.h5"
     merge([shard], teacher.checksum, 0, cfg["seed"], dataset)
-    pixels, arrays, _ = sh.load_split(dataset, "train")
-    rounds = round_statistics(arrays)
+    split = sh.SyntheticSplit(dataset, "train")
+    rounds = round_statistics(block for _, block in split.blocks(("teacher_logits", "targets", "round")))
+    image_rounds = split.column("round")
     efficiency = {}
     for r in range(1, s["rounds"] + 1):
-        keep = torch.from_numpy(np.asarray(arrays["round"]) < r)
-        student = distill_student(teacher, pixels[keep], cfg["quality"], device, cfg["seed"], teacher.input_shape[0],
-                                  quiet)
+        keep = torch.from_numpy(np.flatnonzero(image_rounds < r))
+        student = distill_student(teacher, Rows(split, keep), cfg["quality"], device, cfg["seed"],
+                                  teacher.input_shape[0], quiet)
         syn = evaluate(student, natural.test, device, teacher.mean, teacher.std)["top1"]
-        ref = reference(cfg, teacher, int(keep.sum()), work)
+        ref = reference(cfg, teacher, len(keep), work)
         efficiency[r] = syn / ref
     result = {"temperature": s["calibration"]["temperature"], "seed": cfg["seed"], "rounds": rounds,
               "data_efficiency": efficiency}

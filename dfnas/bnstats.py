@@ -1,7 +1,8 @@
 """The statistics of what every BatchNorm layer of a network sees.
 
 Synthesis matches them to the layers' running statistics (the DeepInversion term, with gradient);
-the quality stage measures the same distance over a whole synthetic set (no gradient, float64).
+the quality stage measures the same distance over a whole synthetic set, batch by batch (no
+gradient, moments accumulated in float64).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class BatchNormInputs:
     """Forward hooks that record the channel moments of every BatchNorm layer's input.
 
     After each forward pass ``moments[i]`` is ``(mean, var, count)`` of layer i's input (count: the
-    values per channel). With ``dtype`` the input is detached and converted first (measuring); without
-    it the moments keep their graph (optimizing). Use as a context manager.
+    values per channel). With ``dtype`` the moments are measured without graph and returned in that
+    precision (the per-sample sums stay in the input's); without it they keep their graph
+    (optimizing). Use as a context manager.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
@@ -59,8 +61,19 @@ class BatchNormInputs:
 
     def _hook(self, i):
         def hook(module, inputs, output):
-            x = inputs[0] if self.dtype is None else inputs[0].detach().to(self.dtype)
-            self.moments[i] = (*channel_moments(x), x.numel() // x.shape[1])
+            x = inputs[0]
+            count = x.numel() // x.shape[1]
+            if self.dtype is None:
+                self.moments[i] = (*channel_moments(x), count)
+                return
+            # Measuring: per-sample spatial sums in the input's precision, the rest in ``dtype``;
+            # never a converted copy of the whole activation.
+            x = x.detach()
+            dims = tuple(range(2, x.ndim))
+            s1 = (x.sum(dims) if dims else x).to(self.dtype).sum(0)
+            s2 = ((x * x).sum(dims) if dims else x * x).to(self.dtype).sum(0)
+            mean = s1 / count
+            self.moments[i] = (mean, s2 / count - mean * mean, count)
 
         return hook
 

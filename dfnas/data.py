@@ -4,9 +4,19 @@ Natural images are used by dfnas only to train a stand-in teacher, for the natur
 searches, and to retrain and test found architectures. The synthetic branch never imports this
 module's loaders.
 
-Every dataset yields ``(image, label)`` with the image a float tensor in [0, 1] of shape
-``info.input_shape``; normalization is the consumer's job (``info.mean`` / ``info.std``) so that
+A split is an image source of `dfnas.streaming`: ``split.read(indices, generator)`` returns a batch
+of uint8 images of shape ``info.input_shape`` (``as_pixels`` turns them into floats in [0, 1]) and
+their int64 labels. Normalization is the consumer's job (``info.mean`` / ``info.std``) so that
 synthesis, which works in the teacher's normalized space, and training share one convention.
+
+Two kinds of split:
+
+    TensorImages   the small fixed benchmarks (MNIST, Fashion-MNIST, CIFAR), held whole as uint8
+                   (at most 150 MB); batch augmentation happens on the training device
+    FolderImages   an ImageFolder tree (ImageNet, or ``data.name: folder``: any ``train/`` and
+                   ``val/`` or ``test/`` of class folders), decoded batch by batch: the training
+                   view is a random resized crop and flip drawn from the batch's generator, the
+                   evaluation view a centre crop; memory holds file names, never images
 
     python -m dfnas.data --name fashion_mnist --out results/default/data/dataset.json
 """
@@ -14,18 +24,19 @@ synthesis, which works in the teacher's normalized space, and training share one
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.download import download_file, extract_archive
 from dfnas.errors import DfnasError
+from dfnas.imaging import random_boxes
 from dfnas.runtime import write_json
 from dfnas.sampling import stratified_subset
 
@@ -49,12 +60,8 @@ class DatasetInfo:
         return d
 
 
-class TensorImages(Dataset):
-    """Images held in memory as uint8 ``N x C x H x W`` with int64 labels.
-
-    Training loops read ``images``/``labels`` directly in whole batches (see `iterate_batches`),
-    which on a CPU is several times faster than per-sample indexing through a DataLoader.
-    """
+class TensorImages:
+    """Images held in memory as uint8 ``N x C x H x W`` with int64 labels; a batch is a slice."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -67,19 +74,107 @@ class TensorImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
-        return self.images[i].float().div_(255), int(self.labels[i])
+    @property
+    def targets(self) -> np.ndarray:
+        return self.labels.numpy()
+
+    def read(self, indices: torch.Tensor, generator: torch.Generator | None = None):
+        """Images ``indices`` (uint8) and their labels; the same view with or without a generator
+        (augmentation of in-memory sets is batch-wise, on the training device)."""
+        return self.images[indices], self.labels[indices]
+
+    def subset(self, indices) -> "TensorImages":
+        indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return TensorImages(self.images[indices], self.labels[indices])
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class FolderImages:
+    """The images of one split of an ImageFolder tree, decoded when a batch is read.
+
+    Holds the root, the file names (relative, as one bytes array) and the labels. ``read`` with a
+    generator gives the training view: a random resized crop (area fraction in ``crop_scale``,
+    aspect ratio in [3/4, 4/3], in image fractions) resized to ``size`` and a horizontal flip with
+    probability 1/2; without one, the evaluation view: the central square of ``center_crop`` of the
+    shorter side, resized to ``size`` (a resize to ``size / center_crop`` then a centre crop).
+    """
+
+    def __init__(self, root, files, labels, size: int, channels: int, crop_scale=(0.08, 1.0),
+                 center_crop: float = 0.875):
+        self.root = Path(root)
+        self.files = np.asarray(files, dtype=bytes)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.size, self.channels = int(size), int(channels)
+        self.crop_scale, self.center_crop = tuple(crop_scale), float(center_crop)
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
     @property
-    def targets(self) -> list[int]:
-        return self.labels.tolist()
+    def targets(self) -> np.ndarray:
+        return self.labels
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i].decode()
+
+    def open(self, i: int):
+        """Image ``i`` as a decoded PIL image in the split's colour mode; one line naming the file if
+        it cannot be read."""
+        from PIL import Image
+
+        path = self.path(i)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB" if self.channels == 3 else "L")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DfnasError(f"{path}: unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+    def view(self, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        from PIL import Image
+
+        im = self.open(i)
+        w, h = im.size
+        flip = False
+        if generator is None:
+            side = min(w, h) * self.center_crop
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        else:
+            top, left, bh, bw = random_boxes(1, self.crop_scale, (3 / 4, 4 / 3), generator)[0].tolist()
+            box = (left * w, top * h, (left + bw) * w, (top + bh) * h)
+            flip = bool(torch.rand(1, generator=generator).item() < 0.5)
+        im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
+        if flip:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.array(im, dtype=np.uint8)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def read(self, indices: torch.Tensor, generator: torch.Generator | None = None):
+        idx = torch.as_tensor(indices).tolist()
+        out = torch.empty(len(idx), self.channels, self.size, self.size, dtype=torch.uint8)
+        for j, i in enumerate(idx):
+            out[j] = self.view(i, generator)
+        return out, torch.from_numpy(self.labels[idx])
+
+    def subset(self, indices) -> "FolderImages":
+        indices = np.asarray(indices, dtype=np.int64)
+        out = FolderImages(self.root, self.files[indices], self.labels[indices], self.size, self.channels,
+                           self.crop_scale, self.center_crop)
+        return out
+
+
+def as_pixels(images: torch.Tensor) -> torch.Tensor:
+    """A batch read from a split (uint8) as float pixels in [0, 1]; float batches pass through."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 @dataclass
 class NaturalData:
     info: DatasetInfo
-    train: Dataset
-    test: Dataset
+    train: TensorImages | FolderImages
+    test: TensorImages | FolderImages
     source: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -286,7 +381,8 @@ def locate(name: str, root=None, download: bool = False) -> Path:
     (Debian ships Fashion-MNIST under /usr/share/datasets), then a torchvision download.
     """
     if name not in SPECS:
-        raise DfnasError(f"config key 'data.name': unknown dataset {name!r} (known: {', '.join(DATASET_NAMES)})")
+        raise DfnasError(f"config key 'data.name': unknown dataset {name!r} (known: {', '.join(DATASET_NAMES)}, "
+                         "or folder)")
     spec = SPECS[name]
     root = Path(root) if root else None
     looked = _candidate_dirs(spec, root)
@@ -308,101 +404,162 @@ def locate(name: str, root=None, download: bool = False) -> Path:
                      + (", or set data.download: true on a machine with internet" if spec.files else ""))
 
 
-def _subset(ds: Dataset, n, seed: int) -> Dataset:
-    if n is None:
-        return ds
-    idx = stratified_subset(ds.targets, int(n), seed)
-    if isinstance(ds, TensorImages):
-        return TensorImages(ds.images[idx], ds.labels[idx])
-    return torch.utils.data.Subset(ds, idx.tolist())
+def scan_split(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """``(classes, files, labels)`` of an ImageFolder split: one sub-folder per class (sorted by
+    name), image files found recursively below it (sorted); one-line errors for a missing split, no
+    class folders or an empty class."""
+    if not folder.is_dir():
+        raise DfnasError(f"{folder}: no such folder")
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DfnasError(f"{folder}: no class folders (expected {folder}/<class>/<image file>)")
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder / name):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, folder)
+            found += [os.path.join(rel, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not found:
+            raise DfnasError(f"{folder / name}: empty class (no {'/'.join(s[1:] for s in IMAGE_SUFFIXES[:3])}... files)")
+        files += found
+        labels += [k] * len(found)
+    return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def _image_folder(spec: _Spec, folder: Path):
-    from torchvision import datasets, transforms
-
-    size = spec.input_shape[1]
-    train_tf = transforms.Compose(
-        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-    )
-    test_tf = transforms.Compose(
-        [transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size), transforms.ToTensor()]
-    )
-    train = datasets.ImageFolder(str(folder / "train"), transform=train_tf)
-    test = datasets.ImageFolder(str(folder / "val"), transform=test_tf)
-    if train.classes != test.classes:
-        raise DfnasError(f"{folder}: train/ and val/ hold different class folders")
-    return train, test, tuple(train.classes)
+def folder_splits(root: Path) -> tuple[Path, Path]:
+    """The training and test folders of an ImageFolder tree: ``train/`` and ``val/`` (else ``test/``)."""
+    train = root / "train"
+    test = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not train.is_dir() or test is None:
+        found = sorted(e.name for e in os.scandir(root) if e.is_dir()) if root.is_dir() else None
+        raise DfnasError(f"{root}: an image-folder dataset needs train/ and val/ (or test/) sub-folders of class "
+                         f"folders; " + ("no such folder" if found is None else f"found {found or 'no folders'}"))
+    return train, test
 
 
-def load_dataset(name: str, root=None, download: bool = False, subset: dict | None = None, seed: int = 0) -> NaturalData:
+def measure_folder(split: FolderImages, images: int = 256) -> dict:
+    """Input size (the median shorter side) and per-channel mean and std (of the evaluation views at
+    that size) of up to ``images`` class-balanced images of ``split``; fixed, not seeded by the run."""
+    from PIL import Image
+
+    idx = stratified_subset(split.targets, images, 0)
+    sides = []
+    for i in idx:
+        try:
+            with Image.open(split.path(int(i))) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DfnasError(f"{split.path(int(i))}: unreadable image ({exc})") from None
+    size = int(np.median(sides))
+    sample = replace_size(split, size).subset(idx)
+    s1 = s2 = 0.0
+    n = 0
+    for start in range(0, len(sample), 32):
+        x, _ = sample.read(torch.arange(start, min(start + 32, len(sample))))
+        x = as_pixels(x).double()
+        s1 = s1 + x.sum((0, 2, 3))
+        s2 = s2 + (x * x).sum((0, 2, 3))
+        n += x.numel() // x.shape[1]
+    mean = s1 / n
+    std = (s2 / n - mean * mean).clamp(min=1e-12).sqrt()
+    return {"input_size": size, "mean": [round(v, 4) for v in mean.tolist()], "std": [round(v, 4) for v in std.tolist()]}
+
+
+def replace_size(split: FolderImages, size: int) -> FolderImages:
+    return FolderImages(split.root, split.files, split.labels, size, split.channels, split.crop_scale, split.center_crop)
+
+
+def _folder_dataset(name: str, folder: Path, data: dict) -> tuple[FolderImages, FolderImages, DatasetInfo]:
+    """The two splits of an ImageFolder tree and their description: ImageNet's fixed size and
+    normalization, or, for ``folder``, the configured ones (measured where the config says null)."""
+    train_dir, test_dir = folder_splits(folder)
+    classes, train_files, train_labels = scan_split(train_dir)
+    test_classes, test_files, test_labels = scan_split(test_dir)
+    if classes != test_classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        raise DfnasError(f"{folder}: {train_dir.name}/ and {test_dir.name}/ hold different classes (only in "
+                         f"{train_dir.name}: {_names(only_train)}; only in {test_dir.name}: {_names(only_test)})")
+    spec = SPECS.get(name)
+    channels = data.get("channels", 3) if name == "folder" else spec.input_shape[0]
+    crop = dict(crop_scale=tuple(data.get("crop_scale", (0.08, 1.0))), center_crop=data.get("center_crop", 0.875))
+    size = spec.input_shape[1] if name != "folder" else data.get("input_size")
+    train = FolderImages(train_dir, train_files, train_labels, size or 1, channels, **crop)
+    if name == "folder":
+        if len(classes) < 2:
+            raise DfnasError(f"{train_dir}: a classification dataset needs at least 2 classes, found {len(classes)}")
+        mean, std = data.get("mean"), data.get("std")
+        if size is None or mean is None or std is None:
+            measured = measure_folder(train if size is None else replace_size(train, size))
+            size = size or measured["input_size"]
+            mean, std = mean or measured["mean"], std or measured["std"]
+        for key, value in (("mean", mean), ("std", std)):
+            if len(value) != channels:
+                raise DfnasError(f"config key 'data.{key}': {len(value)} values for {channels}-channel images")
+        train = replace_size(train, size)
+    else:
+        mean, std = spec.mean, spec.std  # classes from the folders (ImageNet subsets too)
+    test = FolderImages(test_dir, test_files, test_labels, size, channels, **crop)
+    info = DatasetInfo(name, len(classes), tuple(classes), (channels, size, size), tuple(mean), tuple(std))
+    return train, test, info
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_dataset(name: str, root=None, download: bool = False, subset: dict | None = None, seed: int = 0,
+                 data: dict | None = None) -> NaturalData:
     """Load the train and test splits of a natural dataset.
 
     ``subset`` may give ``{"train": N, "test": M}``: a class-balanced subset drawn with ``seed``.
+    ``data`` is the config's ``data`` section (the keys of image-folder datasets).
     """
-    folder = locate(name, root, download)
-    spec = SPECS[name]
-    class_names = spec.class_names
-    if spec.kind == "idx":
-        train, test = _load_idx_split(folder, "train"), _load_idx_split(folder, "test")
-    elif spec.kind == "cifar":
-        if name == "cifar10":
-            train_rows = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
-            test_rows = [_unpickle(folder / "test_batch")]
-            meta_name, label_key, names_key = "batches.meta", "labels", "label_names"
-        else:
-            train_rows, test_rows = [_unpickle(folder / "train")], [_unpickle(folder / "test")]
-            meta_name, label_key, names_key = "meta", "fine_labels", "fine_label_names"
-        train, test = _cifar_batches(train_rows, label_key, folder), _cifar_batches(test_rows, label_key, folder)
-        meta = folder / meta_name
-        n_classes = 10 if name == "cifar10" else 100
-        class_names = tuple(_unpickle(meta)[names_key]) if meta.is_file() else tuple(str(i) for i in range(n_classes))
+    data = data or {}
+    if name == "folder":
+        if not root:
+            raise DfnasError("config key 'data.root': data.name folder needs the folder that holds train/ and val/")
+        folder = Path(root)
     else:
-        train, test, class_names = _image_folder(spec, folder)
-    for split, ds in (("train", train), ("test", test)):
-        bad = [t for t in (ds.targets[:1] + ds.targets[-1:]) if not 0 <= t < len(class_names)]
-        if bad:
-            raise DfnasError(f"{folder}: {split} labels outside 0..{len(class_names) - 1}")
+        folder = locate(name, root, download)
+    spec = SPECS.get(name)
+    if name == "folder" or spec.kind == "folder":
+        train, test, info = _folder_dataset(name, folder, data)
+    else:
+        class_names = spec.class_names
+        if spec.kind == "idx":
+            train, test = _load_idx_split(folder, "train"), _load_idx_split(folder, "test")
+        else:
+            if name == "cifar10":
+                train_rows = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
+                test_rows = [_unpickle(folder / "test_batch")]
+                meta_name, label_key, names_key = "batches.meta", "labels", "label_names"
+            else:
+                train_rows, test_rows = [_unpickle(folder / "train")], [_unpickle(folder / "test")]
+                meta_name, label_key, names_key = "meta", "fine_labels", "fine_label_names"
+            train, test = _cifar_batches(train_rows, label_key, folder), _cifar_batches(test_rows, label_key, folder)
+            meta = folder / meta_name
+            class_names = (tuple(_unpickle(meta)[names_key]) if meta.is_file()
+                           else tuple(str(i) for i in range(spec.num_classes)))
+        for split, ds in (("train", train), ("test", test)):
+            if len(ds) and not (0 <= ds.targets.min() and ds.targets.max() < len(class_names)):
+                raise DfnasError(f"{folder}: {split} labels outside 0..{len(class_names) - 1}")
+        info = DatasetInfo(name, len(class_names), tuple(class_names), spec.input_shape, spec.mean, spec.std)
     subset = subset or {}
-    train = _subset(train, subset.get("train"), seed)
-    test = _subset(test, subset.get("test"), seed + 1)
-    info = DatasetInfo(name, len(class_names), tuple(class_names), spec.input_shape, spec.mean, spec.std)
+    if subset.get("train") is not None:
+        train = train.subset(stratified_subset(train.targets, int(subset["train"]), seed))
+    if subset.get("test") is not None:
+        test = test.subset(stratified_subset(test.targets, int(subset["test"]), seed + 1))
     return NaturalData(info, train, test, source=str(folder))
 
 
 def dataset_from_config(cfg: dict) -> NaturalData:
     data = cfg["data"]
-    return load_dataset(data["name"], data.get("root"), data.get("download", False), data.get("subset"), cfg.get("seed", 0))
-
-
-# --------------------------------------------------------------------------------------------
-# Batches
-
-
-def all_pixels(ds: Dataset, index=None) -> torch.Tensor:
-    """Every image of ``ds`` (or those in ``index``) as one float tensor in [0, 1]."""
-    if isinstance(ds, TensorImages):
-        images = ds.images if index is None else ds.images[torch.as_tensor(index)]
-        return images.float().div_(255)
-    index = range(len(ds)) if index is None else index
-    return torch.stack([ds[int(i)][0] for i in index])
-
-
-def iterate_batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator=None, num_workers: int = 0,
-                    drop_last: bool = False):
-    """Yield ``(images, labels)`` batches; in-memory datasets are sliced directly."""
-    if isinstance(ds, TensorImages):
-        n = len(ds)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            idx = order[start : start + batch_size]
-            yield ds.images[idx].float().div_(255), ds.labels[idx]
-        return
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
-        drop_last=drop_last, persistent_workers=False, pin_memory=torch.cuda.is_available(),
-    )
-    yield from loader
+    return load_dataset(data["name"], data.get("root"), data.get("download", False), data.get("subset"),
+                        cfg.get("seed", 0), data)
 
 
 # --------------------------------------------------------------------------------------------

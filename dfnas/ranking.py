@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.data import all_pixels, dataset_from_config
+from dfnas.data import as_pixels, dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.plots import pyplot, save_figure
@@ -47,6 +47,7 @@ from dfnas.search_data import SearchData
 from dfnas.search_result import load_search_network
 from dfnas.spaces.shufflenet import ShuffleNetOneShot, flops_table, sample_path
 from dfnas.strategies.spos import data_options, path_scorer, recalibrate_bn
+from dfnas.streaming import batch_plan, stream
 
 
 def kendall_tau(a, b) -> float:
@@ -105,19 +106,22 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     n_val = s["ranking"]["natural_images"]
     n_recal_images = min(n_recal * bs, n_val)
     idx = stratified_subset(natural.train.targets, n_val + n_recal_images, derived_seed(seed, "ranking", "natural") % (2**32))
-    idx = np.random.default_rng(seed).permutation(idx)
-    pixels = data.norm(all_pixels(natural.train, idx))  # the supernet's own input normalization
-    labels = torch.as_tensor(np.asarray(natural.train.targets)[idx])
-    nat_recal = list(pixels[:n_recal_images].split(bs))
-    nat_val = list(zip(pixels[n_recal_images:].split(bs), labels[n_recal_images:].split(bs)))
+    images = natural.train.subset(np.random.default_rng(seed).permutation(idx))
+    workers = cfg["data"]["workers"]
+    # Recalibration batches are few (bn_batches, as in the search) and kept; the validation images
+    # are streamed again for every path.
+    nat_recal = [data.norm(as_pixels(x)) for x, _ in stream(images, batch_plan(torch.arange(n_recal_images), bs), workers)]
+    val_plan = batch_plan(torch.arange(n_recal_images, len(images)), bs)
+    n_natural = len(images) - n_recal_images
     log(f"ranking {len(paths)} paths of the {source} supernet (seed {seed}): {len(data.halves[1])} synthetic and "
-        f"{len(pixels) - n_recal_images} natural validation images, device {device}")
+        f"{n_natural} natural validation images, device {device}")
 
     rows = []
     for k, path in enumerate(paths):
         syn = synthetic_score(path)
         recalibrate_bn(model, nat_recal, lambda m, x, p=path: m(x.to(device), p))
         model.eval()
+        nat_val = ((data.norm(as_pixels(x)), y) for x, y in stream(images, val_plan, workers))
         nat = evaluate_batches(lambda x, p=path: model(x, p), nat_val, device=device)["top1"]
         rows.append({"path": "".join(map(str, path)), "multiply_adds": table.cost(path), "synthetic_acc": syn,
                      "natural_acc": nat})
@@ -125,7 +129,7 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     tau = kendall_tau([r["synthetic_acc"] for r in rows], [r["natural_acc"] for r in rows])
     log(f"Kendall tau between the synthetic and the natural ranking: {tau:.3f}")
     result = {"source": source, "seed": seed, "kendall_tau": None if math.isnan(tau) else tau, "paths": rows,
-              "synthetic_images": len(data.halves[1]), "natural_images": len(pixels) - n_recal_images,
+              "synthetic_images": len(data.halves[1]), "natural_images": n_natural,
               "bn_batches": n_recal, "flops_bound": s["flops_bound"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "ranking.csv", rows)

@@ -15,19 +15,36 @@ a seeded split of the data by ``train_portion``, or, for a synthetic source with
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfnas.data import all_pixels, dataset_from_config
+from dfnas.data import as_pixels, dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.losses import kd_loss, kd_loss_from_log_probs
 from dfnas.sampling import stratified_subset
 from dfnas.soft_labels import SoftLabelData
+from dfnas.streaming import batch_plan, stream
 from dfnas.train import Recipe
+
+
+class AugmentedImages:
+    """A natural split whose training views (read with a generator) also get the search's batch
+    augmentation (crop with zero padding, flip); evaluation views (no generator) are left alone.
+    Reads float pixels in [0, 1]."""
+
+    def __init__(self, split, recipe: Recipe):
+        self.split, self.recipe = split, recipe
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def read(self, indices, generator=None):
+        x, y = self.split.read(indices, generator)
+        x = as_pixels(x)
+        return (x if generator is None else augment_batch(x, self.recipe, generator)), y
 
 
 class SearchData:
@@ -44,25 +61,23 @@ class SearchData:
         if self.synthetic:
             if not dataset_path or not labels_path:
                 raise DfnasError(f"source {source!r} needs --dataset and --labels (its synthetic set and soft labels)")
-            self.data = SoftLabelData(dataset_path, labels_path, "train", seed=seed)
-            n = len(self.data)
+            self.data = SoftLabelData(dataset_path, labels_path, "train")
             self.mean, self.std = self.data.mean, self.data.std
-            self.input_shape = tuple(self.data.pixels.shape[1:])
+            self.input_shape = tuple(self.data.input_shape)
             self.num_classes = self.data.num_classes
+            self.workers = 0
         else:
             natural = dataset_from_config(cfg)
-            idx = stratified_subset(natural.train.targets, scfg["natural_images"], seed)
-            self.pixels = all_pixels(natural.train, idx)
-            self.labels = torch.as_tensor(np.asarray(natural.train.targets)[idx])
-            n = len(self.pixels)
+            split = natural.train.subset(stratified_subset(natural.train.targets, scfg["natural_images"], seed))
+            self.data = AugmentedImages(split, Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"]))
             self.mean, self.std = natural.info.mean, natural.info.std
             self.input_shape = natural.info.input_shape
             self.num_classes = natural.info.num_classes
-            self.recipe = Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"])
-        self.images = n
+            self.workers = cfg["data"].get("workers", 0)
+        n = self.images = len(self.data)
         if self.synthetic and synthetic_holdout == "val":
             # The whole training split trains; the merged set's validation split scores.
-            self.heldout = SoftLabelData(dataset_path, labels_path, "val", seed=seed)
+            self.heldout = SoftLabelData(dataset_path, labels_path, "val")
             if len(self.heldout) == 0:
                 raise DfnasError(f"{dataset_path} has an empty validation split (synthesis.val_per_class is 0)")
             self.halves = (torch.arange(n), torch.arange(len(self.heldout)))
@@ -73,7 +88,7 @@ class SearchData:
             if half < 1 or half >= n:
                 raise DfnasError(f"train_portion {train_portion} leaves an empty part of {n} images")
             self.halves = (perm[:half], perm[half:])
-            self.heldout = self.data if self.synthetic else None
+            self.heldout = self.data
         self.temperature = scfg["temperature"]
         self.t_squared = scfg["t_squared"]
         self.cached_distribution = self.synthetic and bool(self.data.topk)
@@ -97,25 +112,18 @@ class SearchData:
         return max(1, len(self.halves[half]) // batch_size)
 
     def batches(self, half: int, batch_size: int, generator: torch.Generator):
-        idx = self.halves[half]
-        if self.synthetic:
-            source = self.data if half == 0 else self.heldout
-            for x, logits in source.batches(batch_size, generator, indices=idx, drop_last=len(idx) >= batch_size):
-                yield self.norm(x).contiguous(memory_format=self.memory_format), logits
-            return
-        order = idx[torch.randperm(len(idx), generator=generator)]
-        stop = len(order) - len(order) % batch_size if len(order) >= batch_size else len(order)
-        for start in range(0, stop, batch_size):
-            b = order[start : start + batch_size]
-            x = self.norm(augment_batch(self.pixels[b], self.recipe, generator))
-            yield x.contiguous(memory_format=self.memory_format), self.labels[b]
+        """One shuffled pass over part ``half`` in training views (random cached views of a synthetic
+        source; augmented natural images), normalized, with their targets; an incomplete last batch
+        is dropped unless it is the only one. Streamed: a few batches in memory at a time."""
+        source = self.data if half == 0 else self.heldout
+        plan = batch_plan(self.halves[half], batch_size, generator, shuffle=True, drop_last=True, random_views=True)
+        for x, target in stream(source, plan, self.workers):
+            yield self.norm(x).contiguous(memory_format=self.memory_format), target
 
     def heldout_batch(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``b`` of the held-out part, whole and unaugmented (normalized), with their targets."""
-        if self.synthetic:
-            x, target = self.heldout.get(b, torch.zeros_like(b))
-            return self.norm(x), target
-        return self.norm(self.pixels[b]), self.labels[b]
+        x, target = self.heldout.read(b)
+        return self.norm(x), target
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         return self.loss_from_logits(model(batch[0]), batch[1])
@@ -137,9 +145,8 @@ class SearchData:
 
     def heldout_batches(self, batch_size: int):
         """The held-out part in order, whole and unaugmented (normalized), with its targets."""
-        idx = self.halves[1]
-        for start in range(0, len(idx), batch_size):
-            yield self.heldout_batch(idx[start : start + batch_size])
+        for x, target in stream(self.heldout, batch_plan(self.halves[1], batch_size), self.workers):
+            yield self.norm(x), target
 
     def evaluate(self, model: nn.Module, device, batch_size: int, path=None) -> dict:
         """``val_loss`` and ``val_acc`` of ``model`` (with ``path``, that path of a supernet) on the

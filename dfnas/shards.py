@@ -9,9 +9,11 @@ A shard (or each split group of a merged dataset) holds, per image:
     teacher_logits  float32 N x K   the teacher's output on the stored image
 
 and attributes: format, variant, seed, config (JSON) and config_hash, teacher_sha256, mean, std,
-storage, input_shape, num_classes, class_names. Shards are appended round by round into
-``<name>.partial`` (attribute ``rounds_done``) and renamed when complete, so a killed job resumes
-from its last finished round and a reader never sees half a file.
+storage, input_shape, num_classes, class_names. Shards are appended batch by batch into
+``<name>.partial`` (attribute ``rounds_done`` set when a round is complete) and renamed when
+complete, so a killed job resumes from its last finished round and a reader never sees half a file.
+Every reader goes a block or a batch at a time (`copy_rows`, `SyntheticSplit`): no stage holds a
+whole set in memory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from dfnas.errors import DfnasError
 from dfnas.imaging import Normalize
+from dfnas.streaming import LazyH5
 
 SHARD_FORMAT = "dfnas-synthesis-shard"
 DATASET_FORMAT = "dfnas-synthetic-dataset"
@@ -46,10 +49,15 @@ def from_storage(images: np.ndarray) -> torch.Tensor:
     return t.float().div_(255) if t.dtype == torch.uint8 else t.float()
 
 
+# Images per chunk: compressed chunks are read whole, so a random batch costs about one chunk per
+# image; at most ~128 KB per chunk keeps that small (one image per chunk at 224 px).
+CHUNK_BYTES = 128 << 10
+
+
 def create_group_datasets(group: h5py.Group, shape, num_classes: int, storage: str, n: int = 0) -> None:
     dtype = np.uint8 if storage == "uint8" else np.float16
     c, h, w = shape
-    chunk = max(1, min(64, (1 << 20) // (c * h * w * np.dtype(dtype).itemsize)))
+    chunk = max(1, min(64, CHUNK_BYTES // (c * h * w * np.dtype(dtype).itemsize)))
     group.create_dataset("images", (n, c, h, w), dtype=dtype, maxshape=(None, c, h, w), chunks=(chunk, c, h, w),
                          compression="gzip", compression_opts=4, shuffle=True)
     group.create_dataset("targets", (n, num_classes), dtype=np.float32, maxshape=(None, num_classes),
@@ -75,9 +83,11 @@ def truncate(group: h5py.Group, n: int) -> None:
 
 
 def read_group(group: h5py.Group, index=None) -> dict:
-    """All fields of a group as NumPy arrays (or the rows in ``index``, sorted)."""
+    """All fields of a group as NumPy arrays (or the rows in ``index``, sorted, or a slice)."""
     if index is None:
         return {name: group[name][...] for name in FIELDS}
+    if isinstance(index, slice):
+        return {name: group[name][index] for name in FIELDS}
     return {name: group[name][np.sort(index)] for name in FIELDS}
 
 
@@ -148,12 +158,66 @@ def set_attrs(obj, attrs: dict) -> None:
             obj.attrs[k] = v
 
 
-def load_split(path, split: str = "train") -> tuple[torch.Tensor, dict, dict]:
-    """Images (float pixels in [0, 1]) of one split of a merged dataset, its other fields and the file attributes."""
-    with open_format(path, DATASET_FORMAT, "python -m dfnas.merge") as f:
-        if split not in f:
-            raise DfnasError(f"{path}: has no split {split!r}")
-        arrays = read_arrays(f[split], path)
-        attrs = attrs_dict(f)
-    images = from_storage(arrays.pop("images"))
-    return images, arrays, attrs
+def copy_rows(src: h5py.Group, dst: h5py.Group, index=None, path=None, block: int = 1024, check=None) -> int:
+    """Append rows ``index`` (sorted; default: all) of every field of ``src`` to ``dst``, a block at
+    a time (``check(arrays)`` sees each block first); return the number of rows copied."""
+    n = len(src["labels"])
+    index = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    for start in range(0, len(index), block):
+        rows = index[start : start + block]
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        arrays = read_arrays(src, path or src.file.filename, slice(lo, hi) if hi - lo == len(rows) else rows)
+        if check is not None:
+            check(arrays)
+        append(dst, arrays)
+    return len(index)
+
+
+class SyntheticSplit:
+    """One split (``train`` or ``val``) of a merged synthetic dataset, read lazily: nothing but the
+    attributes is in memory until rows are asked for (`read`, `rows`, `blocks`)."""
+
+    def __init__(self, path, split: str = "train"):
+        self.path = path
+        self.split = split
+        with open_format(path, DATASET_FORMAT, "python -m dfnas.merge") as f:
+            if split not in f:
+                raise DfnasError(f"{path}: has no split {split!r}")
+            missing = [name for name in FIELDS if name not in f[split]]
+            if missing:
+                raise DfnasError(f"{path}: split {split} lacks {', '.join(missing)} (corrupted?)")
+            self.attrs = attrs_dict(f)
+            sizes = {name: f[split][name].shape[0] for name in FIELDS}
+        self.n = sizes["labels"]
+        if len(set(sizes.values())) != 1:
+            raise DfnasError(f"{path}: the fields of split {split} have different lengths {sizes} (corrupted?)")
+        self.input_shape = tuple(self.attrs["input_shape"])
+        self.num_classes = int(self.attrs["num_classes"])
+        self.h5 = LazyH5(path)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def rows(self, name: str, indices) -> np.ndarray:
+        return self.h5.rows(f"{self.split}/{name}", indices)
+
+    def pixels(self, indices) -> torch.Tensor:
+        """Images ``indices`` as float pixels in [0, 1]."""
+        return from_storage(self.rows("images", indices))
+
+    def read(self, indices, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``indices`` (float pixels) and their target distributions."""
+        return self.pixels(indices), torch.from_numpy(self.rows("targets", indices))
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole per-image scalar field (``labels``, ``round``): a few bytes per image."""
+        return self.rows(name, np.arange(self.n))
+
+    def blocks(self, names, block: int = 1024):
+        """``(start, {name: rows})`` for consecutive blocks of the split."""
+        for start in range(0, self.n, block):
+            idx = np.arange(start, min(start + block, self.n))
+            yield start, {name: self.rows(name, idx) for name in names}
+
+    def close(self) -> None:
+        self.h5.close()

@@ -32,6 +32,7 @@ from dfnas.runtime import (
     resolve_device,
     sha256_file,
 )
+from dfnas.streaming import LazyH5
 from dfnas.teacher import load_teacher
 
 LABELS_FORMAT = "dfnas-soft-labels"
@@ -61,19 +62,18 @@ def render_views(pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
 
 
 @torch.no_grad()
-def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator, group: h5py.Group,
+def cache_split(teacher, split: sh.SyntheticSplit, views: int, lcfg: dict, generator, group: h5py.Group,
                 batch_size: int, temperature: float) -> None:
-    n, num_classes = len(pixels), teacher.num_classes
+    """Cache ``views`` views of every image of ``split`` into ``group``, a batch of images at a time
+    (views drawn per batch from ``generator``)."""
+    n, num_classes = len(split), teacher.num_classes
     device = next(teacher.model.parameters()).device
-    if lcfg["lighting"] > 0 and pixels.shape[1] != 3:
-        raise DfnasError(f"soft_labels.lighting: colour noise needs RGB images, these have {pixels.shape[1]} "
+    if lcfg["lighting"] > 0 and split.input_shape[0] != 3:
+        raise DfnasError(f"soft_labels.lighting: colour noise needs RGB images, these have {split.input_shape[0]} "
                          "channel(s); set it to 0")
-    boxes, flips, alphas = draw_views(n, views, lcfg["scale"], lcfg["ratio"], lcfg["flip"], generator,
-                                      lcfg["lighting"])
-    group.create_dataset("boxes", data=boxes.numpy())
-    group.create_dataset("flips", data=flips.numpy())
-    if alphas is not None:
-        group.create_dataset("lighting", data=alphas.numpy())
+    boxes = group.create_dataset("boxes", (n, views, 4), dtype=np.float32)
+    flips = group.create_dataset("flips", (n, views), dtype=bool)
+    alphas = group.create_dataset("lighting", (n, views, 3), dtype=np.float32) if lcfg["lighting"] > 0 else None
     topk = lcfg["topk"]
     width = topk or num_classes
     dtype = np.float16 if lcfg["dtype"] == "float16" else np.float32
@@ -83,19 +83,23 @@ def cache_split(teacher, pixels: torch.Tensor, views: int, lcfg: dict, generator
     norm = Normalize(teacher.mean, teacher.std).to(device)
     per_batch = max(1, batch_size // views)
     for start in range(0, n, per_batch):
-        x = pixels[start : start + per_batch]
+        stop = min(start + per_batch, n)
+        x = split.pixels(np.arange(start, stop))
         m = len(x)
+        b, f, a = draw_views(m, views, lcfg["scale"], lcfg["ratio"], lcfg["flip"], generator, lcfg["lighting"])
+        boxes[start:stop], flips[start:stop] = b.numpy(), f.numpy()
+        if alphas is not None:
+            alphas[start:stop] = a.numpy()
         rep = x.repeat_interleave(views, dim=0)
-        v = render_views(rep, boxes[start : start + m].reshape(-1, 4), flips[start : start + m].reshape(-1),
-                         None if alphas is None else alphas[start : start + m].reshape(-1, 3))
+        v = render_views(rep, b.reshape(-1, 4), f.reshape(-1), None if a is None else a.reshape(-1, 3))
         logits = teacher.model(norm(v.to(device))).float().cpu().view(m, views, num_classes)
         if topk:
             probs = F.softmax(logits / temperature, dim=-1)
             top = probs.topk(topk, dim=-1)
-            values[start : start + m] = top.values.numpy().astype(dtype)
-            indices[start : start + m] = top.indices.numpy().astype(np.int16)
+            values[start:stop] = top.values.numpy().astype(dtype)
+            indices[start:stop] = top.indices.numpy().astype(np.int16)
         else:
-            values[start : start + m] = logits.numpy().astype(dtype)
+            values[start:stop] = logits.numpy().astype(dtype)
 
 
 def make_soft_labels(cfg: dict, teacher, dataset_path: Path, out: Path, log=print) -> dict:
@@ -114,92 +118,81 @@ def make_soft_labels(cfg: dict, teacher, dataset_path: Path, out: Path, log=prin
             "mean": list(teacher.mean), "std": list(teacher.std), "num_classes": teacher.num_classes,
             "config_hash": config_hash({"seed": cfg["seed"], "soft_labels": lcfg}),
         })
-        for split, views in (("train", lcfg["views"]), ("val", 1)):
-            pixels, _, _ = sh.load_split(dataset_path, split)
-            cache_split(teacher, pixels, views, lcfg, gen, f.create_group(split), lcfg["batch_size"],
+        for split_name, views in (("train", lcfg["views"]), ("val", 1)):
+            split = sh.SyntheticSplit(dataset_path, split_name)
+            cache_split(teacher, split, views, lcfg, gen, f.create_group(split_name), lcfg["batch_size"],
                         lcfg["temperature"])
-            log(f"cached {views} view(s) x {len(pixels)} {split} images")
+            split.close()
+            log(f"cached {views} view(s) x {len(split)} {split_name} images")
     return {"views": lcfg["views"]}
 
 
-class SoftLabelData(torch.utils.data.Dataset):
-    """A synthetic split with its cached views: ``(view, teacher_logits)`` pairs with no teacher.
+class SoftLabelData:
+    """A synthetic split with its cached views: ``(view, teacher_logits)`` batches with no teacher.
 
-    ``batches`` draws one cached view per image per pass from the generator (the fast path for
-    in-memory sets); as a torch Dataset, item ``i`` is image i's view chosen for the current
-    epoch (``set_epoch``). Views are pixel images in [0, 1] (normalize them with ``mean``/``std``,
-    the teacher's). In top-k mode the returned "logits" are log-probabilities of the cached
-    distribution, already at the cache's ``temperature``: distil from them as they are
-    (`dfnas.losses.kd_loss_from_log_probs`).
+    Read lazily, a batch at a time (`read`; the file handles are opened once per process, so the
+    set streams through DataLoader workers too): ``read(indices, generator)`` replays, for every
+    image, one of its cached views drawn from ``generator`` (view 0, the whole image, without one).
+    Views are pixel images in [0, 1] (normalize them with ``mean``/``std``, the teacher's). In
+    top-k mode the returned "logits" are log-probabilities of the cached distribution, already at
+    the cache's ``temperature``: distil from them as they are (`dfnas.losses.kd_loss_from_log_probs`).
     """
 
-    def __init__(self, dataset_path, labels_path, split: str = "train", seed: int = 0):
-        self.pixels, self.arrays, self.attrs = sh.load_split(dataset_path, split)
+    def __init__(self, dataset_path, labels_path, split: str = "train"):
+        self.images = sh.SyntheticSplit(dataset_path, split)
+        self.attrs = self.images.attrs  # the merged dataset's
+        self.split = split
         with sh.open_format(labels_path, LABELS_FORMAT, "python -m dfnas.soft_labels") as f:
             if f.attrs["dataset_sha256"] != sha256_file(dataset_path):
                 raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}")
             self.label_attrs = sh.attrs_dict(f)
+            if split not in f or "boxes" not in f[split]:
+                raise DfnasError(f"{labels_path}: has no cached views of split {split!r} (corrupted?)")
             g = f[split]
-            self.boxes = torch.from_numpy(g["boxes"][...])
-            self.flips = torch.from_numpy(g["flips"][...])
-            self.alphas = torch.from_numpy(g["lighting"][...]) if "lighting" in g else None
-            self.topk = int(self.label_attrs["topk"])
-            self.temperature = float(self.label_attrs["temperature"])  # of the cached top-k probabilities
-            if self.topk:
-                self.values = torch.from_numpy(g["topk_probs"][...].astype(np.float32))
-                self.indices = torch.from_numpy(g["topk_indices"][...].astype(np.int64))
-            else:
-                self.values = torch.from_numpy(g["logits"][...].astype(np.float32))
+            cached, self.views = g["boxes"].shape[:2]
+            self.has_lighting = "lighting" in g
+        self.topk = int(self.label_attrs["topk"])
+        self.temperature = float(self.label_attrs["temperature"])  # of the cached top-k probabilities
         self.num_classes = int(self.label_attrs["num_classes"])
         self.mean, self.std = self.label_attrs["mean"], self.label_attrs["std"]
-        if len(self.boxes) != len(self.pixels):
-            raise DfnasError(f"{labels_path}: {len(self.boxes)} cached images but {dataset_path} {split} has {len(self.pixels)}")
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose, for every image, which cached view ``__getitem__`` replays in this epoch."""
-        gen = torch.Generator().manual_seed(derived_seed(self.seed, "views", epoch))
-        self.epoch_views = torch.randint(0, self.views, (len(self),), generator=gen)
-
-    def __getitem__(self, i):
-        x, logits = self.get(torch.tensor([i]), self.epoch_views[i : i + 1])
-        return x[0], logits[0]
+        self.input_shape = self.images.input_shape
+        if cached != len(self.images):
+            raise DfnasError(f"{labels_path}: {cached} cached images but {dataset_path} {split} has {len(self.images)}")
+        self.h5 = LazyH5(labels_path)
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.images)
 
-    @property
-    def views(self) -> int:
-        return self.boxes.shape[1]
-
-    def logits(self, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        vals = self.values[idx, view]
-        if not self.topk:
-            return vals
-        probs = torch.zeros(len(idx), self.num_classes)
-        rest = (1 - vals.sum(1, keepdim=True)).clamp(min=0) / max(1, self.num_classes - self.topk)
-        probs += rest
-        probs.scatter_(1, self.indices[idx, view], vals)
-        return probs.clamp(min=1e-8).log()
+    def _rows(self, name: str, idx) -> torch.Tensor:
+        return torch.from_numpy(self.h5.rows(f"{self.split}/{name}", idx))
 
     def get(self, idx: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = render_views(self.pixels[idx], self.boxes[idx, view], self.flips[idx, view],
-                         None if self.alphas is None else self.alphas[idx, view])
-        return x, self.logits(idx, view)
+        """Views ``view[i]`` of images ``idx[i]`` and the cached teacher output on each."""
+        idx, view = torch.as_tensor(idx), torch.as_tensor(view)
+        rows = torch.arange(len(idx))
+        boxes = self._rows("boxes", idx)[rows, view]
+        flips = self._rows("flips", idx)[rows, view]
+        alphas = self._rows("lighting", idx)[rows, view] if self.has_lighting else None
+        x = render_views(self.images.pixels(idx), boxes, flips, alphas)
+        if not self.topk:
+            return x, self._rows("logits", idx)[rows, view].float()
+        vals = self._rows("topk_probs", idx)[rows, view].float()
+        top = self._rows("topk_indices", idx)[rows, view].long()
+        probs = torch.zeros(len(idx), self.num_classes)
+        probs += (1 - vals.sum(1, keepdim=True)).clamp(min=0) / max(1, self.num_classes - self.topk)
+        probs.scatter_(1, top, vals)
+        return x, probs.clamp(min=1e-8).log()
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
-                drop_last: bool = False, indices: torch.Tensor | None = None):
-        """``(views, logits)`` batches over ``indices`` (default: all images), one random cached
-        view per image (view 0, the whole image, without a generator)."""
-        indices = torch.arange(len(self)) if indices is None else torch.as_tensor(indices)
-        n = len(indices)
-        order = indices[torch.randperm(n, generator=generator)] if shuffle else indices
-        view = (torch.randint(0, self.views, (n,), generator=generator) if generator is not None
-                else torch.zeros(n, dtype=torch.long))
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield self.get(order[start : start + batch_size], view[start : start + batch_size])
+    def read(self, indices, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cached view per image, drawn from ``generator`` (view 0 without one)."""
+        idx = torch.as_tensor(indices)
+        view = (torch.randint(0, self.views, (len(idx),), generator=generator) if generator is not None
+                else torch.zeros(len(idx), dtype=torch.long))
+        return self.get(idx, view)
+
+    def close(self) -> None:
+        self.images.close()
+        self.h5.close()
 
 
 @cli_main

@@ -137,54 +137,51 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
     with sh.open_h5(partial, "a") as f:
         for r in range(done, rounds):
             gen = torch.Generator().manual_seed(derived_seed(cfg["seed"], variant, shard, r))
-            prev = sh.read_group(f, np.arange((r - 1) * n, r * n)) if r > 0 else None
-            if r > 0 and spec.recursive:
-                targets = F.softmax(torch.from_numpy(prev["teacher_logits"]) / scfg["calibration"]["temperature"], dim=1)
-                labels = targets.argmax(1)
-            else:
+            if r == 0 or not spec.recursive:
                 labels = balanced_labels(offset, n, num_classes, gen)
-                targets = F.one_hot(labels, num_classes).float()
             warm = r > 0 and scfg["calibration"]["init"] == "warm" and spec.optimize
-            init_all = Normalize(mean, std)(sh.from_storage(prev["images"])) if warm else None
-            batches = []
+            agree = 0
             for b, start in enumerate(range(0, n, bs)):
-                tb = targets[start : start + bs]
+                stop = min(start + bs, n)
+                prev = (sh.read_group(f, slice((r - 1) * n + start, (r - 1) * n + stop))
+                        if r > 0 and (spec.recursive or warm) else None)
+                if r > 0 and spec.recursive:
+                    tb = F.softmax(torch.from_numpy(prev["teacher_logits"]) / scfg["calibration"]["temperature"], dim=1)
+                else:
+                    tb = F.one_hot(labels[start:stop], num_classes).float()
                 if spec.optimize:
-                    init = init_all[start : start + bs] if init_all is not None else None
-                    result = synthesize_batch(teacher.model, tb, shape, mean, std, objective, schedule, region, gen,
-                                              init=init)
-                    x = result.images
+                    init = Normalize(mean, std)(sh.from_storage(prev["images"])) if warm else None
+                    x = synthesize_batch(teacher.model, tb, shape, mean, std, objective, schedule, region, gen,
+                                         init=init).images
                 else:
                     x = noise_images(len(tb), shape, mean, std, gen)
-                batches.append(x.cpu())
-                steps_done = (r - done) * n + start + len(tb)
+                stored = sh.to_storage(x.cpu(), mean, std, scfg["storage"])
+                logits = teacher_logits(teacher.model, sh.from_storage(stored), mean, std, bs)
+                agree += int((logits.argmax(1) == tb.argmax(1)).sum())
+                sh.append(f, {"images": stored, "targets": tb.numpy().astype(np.float32),
+                              "labels": tb.argmax(1).numpy().astype(np.int64),
+                              "round": np.full(len(tb), r, np.int16),
+                              "teacher_logits": logits.numpy().astype(np.float32)})
+                steps_done = (r - done) * n + stop
                 log(f"{variant} shard {shard}: round {r + 1}/{rounds} batch {b + 1}/{-(-n // bs)} done"
                     f"  {progress(t0, steps_done, (rounds - done) * n)}")
-            stored = sh.to_storage(torch.cat(batches), mean, std, scfg["storage"])
-            logits = teacher_logits(teacher.model, sh.from_storage(stored), mean, std, bs)
-            agree = (logits.argmax(1) == labels).float().mean().item()
-            sh.append(f, {"images": stored, "targets": targets.numpy().astype(np.float32),
-                          "labels": labels.numpy().astype(np.int64), "round": np.full(n, r, np.int16),
-                          "teacher_logits": logits.numpy().astype(np.float32)})
             f.attrs["rounds_done"] = r + 1
             f.flush()
             log(f"{variant} shard {shard}: round {r + 1}/{rounds} written, teacher agrees with the targets' class "
-                f"on {agree:.1%} of {n} images")
+                f"on {agree / n:.1%} of {n} images")
     _finalize(partial, out)
     return out
 
 
 def _finalize(partial: Path, out: Path) -> None:
-    """Write the complete shard afresh, so that its bytes depend on its content only (a resumed
-    shard equals an uninterrupted one), then drop the partial file."""
-    with sh.open_h5(partial) as src:
+    """Write the complete shard afresh, a block at a time, so that its bytes depend on its content
+    only (a resumed shard equals an uninterrupted one), then drop the partial file."""
+    with sh.open_h5(partial) as src, atomic_path(out) as tmp, sh.open_h5(tmp, "w") as f:
         attrs = dict(src.attrs)
-        data = sh.read_group(src)
-    with atomic_path(out) as tmp, sh.open_h5(tmp, "w") as f:
         for k, v in attrs.items():
             f.attrs[k] = v
         sh.create_group_datasets(f, attrs["input_shape"], int(attrs["num_classes"]), attrs["storage"])
-        sh.append(f, data)
+        sh.copy_rows(src, f, path=partial)
     partial.unlink()
 
 

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas.checkpoint import Checkpoint, Resumed
-from dfnas.data import iterate_batches
+from dfnas.data import as_pixels
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.optim import cosine_lr, decay_groups, set_lr
 from dfnas.runtime import progress
+from dfnas.streaming import batch_plan, stream
 
 
 @dataclass
@@ -84,8 +85,9 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = recipe.drop_path * epoch / recipe.epochs
         loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in iterate_batches(train_set, recipe.batch_size, shuffle=True, generator=gen, num_workers=num_workers):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        plan = batch_plan(len(train_set), recipe.batch_size, gen, shuffle=True, random_views=True)
+        for x, y in stream(train_set, plan, num_workers):
+            x, y = as_pixels(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             x = augment_batch(x, recipe, gen)
             set_lr(opt, cosine_lr(step, total, recipe.lr, warmup))
             logits = model(norm(x))
@@ -118,8 +120,9 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
 
 
 def evaluate(model: nn.Module, dataset, device, mean, std, batch_size: int = 500, num_workers: int = 0) -> dict:
-    """Top-1 and top-5 accuracy (fractions) and the mean cross-entropy of ``model`` on ``dataset``."""
+    """Top-1 and top-5 accuracy (fractions) and the mean cross-entropy of ``model`` on ``dataset``
+    (its evaluation views, streamed)."""
     model.eval().to(device)
     norm = Normalize(mean, std).to(device)
-    return evaluate_batches(lambda x: model(norm(x)), iterate_batches(dataset, batch_size, num_workers=num_workers),
-                            F.cross_entropy, device=device)
+    batches = stream(dataset, batch_plan(len(dataset), batch_size), num_workers)
+    return evaluate_batches(lambda x: model(norm(as_pixels(x))), batches, F.cross_entropy, device=device)

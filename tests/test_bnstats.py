@@ -60,7 +60,8 @@ def test_accumulated_distance_over_two_batches_is_the_distance_of_their_concaten
     for inp, bn in zip(layer_inputs(net, torch.cat([x1, x2])), bns):
         mean, var = by_hand(inp)
         distances.append((mean - bn.running_mean.double()).norm() + (var - bn.running_var.double()).norm())
-    assert acc.mean_distance() == pytest.approx(sum(distances).item() / 3, rel=1e-9)
+    # Per-sample spatial sums are float32 (no float64 copy of an activation), the rest float64.
+    assert acc.mean_distance() == pytest.approx(sum(distances).item() / 3, rel=1e-6)
     assert not net[1]._forward_hooks  # the hooks are gone after the block
     # A single batch is not the same set: its distance differs.
     with MomentAccumulator(net) as single:
@@ -117,7 +118,7 @@ def test_layers_a_pass_does_not_run_are_left_out():
         mean, var = by_hand(net.main[0](torch.cat([x1, x2])))
     bn = net.main[1]
     expected = (mean - bn.running_mean.double()).norm() + (var - bn.running_var.double()).norm()
-    assert acc.mean_distance() == pytest.approx(expected.item(), rel=1e-9)
+    assert acc.mean_distance() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_a_network_without_batchnorm_has_no_distance():

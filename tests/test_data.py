@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import hashlib
+import shutil
 import tarfile
 
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 
 import dfnas.data as data_mod
 from conftest import make_idx_dataset, write_cifar, write_idx
-from dfnas.data import iterate_batches, load_dataset, locate, read_idx, stratified_subset
+from dfnas.data import as_pixels, load_dataset, locate, read_idx, stratified_subset
 from dfnas.errors import DfnasError
+from dfnas.example_data import write_image_folder
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +47,10 @@ def test_fashion_mnist_from_configured_root(tmp_path):
     assert (len(d.train), len(d.test)) == (60, 20)
     assert d.info.num_classes == 10 and d.info.class_names[0] == "T-shirt/top"
     assert d.info.input_shape == (1, 28, 28)
-    x, y = d.train[0]
-    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-    assert y == train_labels[0]
+    x, y = d.train.read(torch.tensor([0]))
+    x = as_pixels(x)
+    assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.tolist() == [train_labels[0]]
     assert d.test.labels.tolist() == test_labels.tolist()
 
 
@@ -128,7 +131,7 @@ def test_cifar_pickles(tmp_path, name, classes, folder):
 def test_cifar_row_layout_is_channel_major(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py", 10, n_train=10, n_test=10)
     raw = data_mod._unpickle(tmp_path / "cifar-10-batches-py" / "data_batch_1")["data"][0]
-    x, _ = load_dataset("cifar10", tmp_path).train[0]
+    x = as_pixels(load_dataset("cifar10", tmp_path).train.read(torch.tensor([0]))[0])[0]
     # CIFAR rows hold 1024 red, then 1024 green, then 1024 blue bytes, each row-major.
     assert x[1, 0, 5].item() == pytest.approx(raw[1024 + 5] / 255)
     assert x[2, 3, 0].item() == pytest.approx(raw[2048 + 3 * 32] / 255)
@@ -145,8 +148,10 @@ def test_imagenet_folder_layout(tmp_path):
     d = load_dataset("imagenet", tmp_path)
     assert d.info.class_names == ("n01", "n02", "n03")
     assert len(d.train) == 6 and len(d.test) == 6
-    x, y = d.test[0]
-    assert x.shape == (3, 224, 224) and y == 0
+    x, y = d.test.read(torch.tensor([0, 5]))
+    assert x.shape == (2, 3, 224, 224) and x.dtype == torch.uint8 and y.tolist() == [0, 2]
+    # The evaluation view of a flat colour is that colour.
+    assert x[1, :, 100, 100].tolist() == [80, 10, 200]
 
 
 def test_stratified_subset_is_balanced_and_seeded():
@@ -166,20 +171,11 @@ def test_subset_option_through_load_dataset(tmp_path):
     assert np.bincount(d.train.labels.numpy(), minlength=10).tolist() == [5] * 10
 
 
-def test_iterate_batches_covers_every_image_once(tmp_path):
-    make_idx_dataset(tmp_path / "fashion-mnist", 95, 10)
-    d = load_dataset("fashion_mnist", tmp_path)
-    gen = torch.Generator().manual_seed(0)
-    seen = torch.cat([y for _, y in iterate_batches(d.train, 20, shuffle=True, generator=gen)])
-    assert len(seen) == 95
-    assert sorted(seen.tolist()) == sorted(d.train.labels.tolist())
-    sizes = [len(y) for _, y in iterate_batches(d.train, 20, drop_last=True)]
-    assert sizes == [20, 20, 20, 20]
-
-
 def test_unknown_dataset_name():
     with pytest.raises(DfnasError, match="unknown dataset 'svhn'"):
         locate("svhn")
+    with pytest.raises(DfnasError, match="data.name folder needs the folder"):
+        load_dataset("folder", None)
 
 
 def test_gzip_and_raw_may_mix(tmp_path):
@@ -189,3 +185,110 @@ def test_gzip_and_raw_may_mix(tmp_path):
     (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw.read_bytes()))
     raw.unlink()
     assert len(load_dataset("fashion_mnist", tmp_path).train) == 20
+
+
+# --------------------------------------------------------------------------------------------
+# data.name: folder
+
+
+def folder_config(root, **keys):
+    return {"name": "folder", "root": str(root), "channels": 3, "input_size": None, "mean": None, "std": None,
+            "crop_scale": [0.08, 1.0], "center_crop": 0.875, **keys}
+
+
+def test_folder_dataset_classes_from_folder_names_and_keys(tmp_path):
+    root = write_image_folder(tmp_path / "tree", classes=3, train_per_class=4, test_per_class=2, size=40,
+                              test_name="test")
+    d = load_dataset("folder", root, data=folder_config(root, input_size=32, mean=[0.5] * 3, std=[0.25] * 3))
+    assert d.info.class_names == ("class_000", "class_001", "class_002")
+    assert d.info.input_shape == (3, 32, 32) and d.info.mean == (0.5,) * 3 and d.info.std == (0.25,) * 3
+    assert len(d.train) == 12 and len(d.test) == 6  # test/ serves when there is no val/
+    x, y = d.train.read(torch.tensor([11, 0]))
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [2, 0]
+
+
+def test_folder_measures_size_and_normalization(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    for split in ("train", "val"):
+        for k, (colour, side) in enumerate((((200, 100, 0), 20), ((0, 100, 200), 30))):
+            (root / split / f"c{k}").mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (side + 5, side), colour).save(root / split / f"c{k}" / f"{i}.png")
+    d = load_dataset("folder", root, data=folder_config(root))
+    # Shorter sides 20, 20, 20, 30, 30, 30: the median is 25. Half the pixels are each colour.
+    assert d.info.input_shape == (3, 25, 25)
+    assert d.info.mean == pytest.approx((100 / 255, 100 / 255, 100 / 255), abs=1e-4)
+    assert d.info.std == pytest.approx((100 / 255, 0.0, 100 / 255), abs=1e-4)
+
+
+def test_folder_views_by_hand(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    # Left half black, right half white, 40 x 20: the centre crop (7/8 of 20 = 17.5 px square) is
+    # split down the middle.
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, 20:] = 255
+    for split in ("train", "val"):
+        for k in range(2):
+            (root / split / f"c{k}").mkdir(parents=True)
+            Image.fromarray(img).save(root / split / f"c{k}" / "0.png")
+    d = load_dataset("folder", root, data=folder_config(root, input_size=16, mean=[0.5] * 3, std=[0.5] * 3))
+    x, _ = d.test.read(torch.tensor([0]))
+    assert x[0, 0, 8, :6].max().item() == 0 and x[0, 0, 8, -6:].min().item() == 255
+    # Training views: random, the same for the same seed, different for another.
+    a = d.train.read(torch.tensor([0, 1]), torch.Generator().manual_seed(1))[0]
+    b = d.train.read(torch.tensor([0, 1]), torch.Generator().manual_seed(1))[0]
+    c = d.train.read(torch.tensor([0, 1]), torch.Generator().manual_seed(2))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _empty_class(root):
+    for image in (root / "train" / "class_001").glob("*"):
+        image.unlink()
+
+
+def _renamed_val_class(root):
+    (root / "val" / "class_002").rename(root / "val" / "other")
+
+
+def _no_val(root):
+    shutil.rmtree(root / "val")
+
+
+def _one_class(root):
+    for split in ("train", "val"):
+        for name in ("class_001", "class_002"):
+            shutil.rmtree(root / split / name)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_empty_class, "train/class_001: empty class"),
+    (_renamed_val_class, "train/ and val/ hold different classes \\(only in train: class_002; only in val: other\\)"),
+    (_no_val, "needs train/ and val/ \\(or test/\\) sub-folders of class folders; found \\['train'\\]"),
+    (_one_class, "at least 2 classes, found 1"),
+])
+def test_folder_errors_name_the_folder_and_the_problem(tmp_path, damage, message):
+    root = write_image_folder(tmp_path / "tree", classes=3, train_per_class=2, test_per_class=1, size=16)
+    damage(root)
+    with pytest.raises(DfnasError, match=message):
+        load_dataset("folder", root, data=folder_config(root, input_size=16, mean=[0.5] * 3, std=[0.5] * 3))
+
+
+def test_folder_unreadable_image_is_named_when_read(tmp_path):
+    root = write_image_folder(tmp_path / "tree", classes=2, train_per_class=2, test_per_class=1, size=16)
+    bad = root / "train" / "class_001" / "00001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    d = load_dataset("folder", root, data=folder_config(root, input_size=16, mean=[0.5] * 3, std=[0.5] * 3))
+    with pytest.raises(DfnasError, match=f"{bad}: unreadable image"):
+        d.train.read(torch.arange(4))
+
+
+def test_folder_normalization_must_match_channels(tmp_path):
+    root = write_image_folder(tmp_path / "tree", classes=2, train_per_class=2, test_per_class=1, size=16)
+    with pytest.raises(DfnasError, match="'data.mean': 1 values for 3-channel images"):
+        load_dataset("folder", root, data=folder_config(root, input_size=16, mean=[0.5], std=[0.5] * 3))
+    grey = load_dataset("folder", root, data=folder_config(root, channels=1, input_size=16, mean=[0.5], std=[0.5]))
+    assert grey.train.read(torch.tensor([0]))[0].shape == (1, 1, 16, 16)

@@ -7,26 +7,47 @@ import pytest
 
 from conftest import quiet, syn_config
 from dfnas.errors import DfnasError
-from dfnas.merge import merge, sample_grid
+from dfnas.merge import grid_cells, merge, sample_grid
+from dfnas.sampling import stratified_split
 from dfnas.synthesize import run_shard
 
 
 def test_merge_writes_train_and_val(two_shards, teacher, tmp_path):
     cfg, paths = two_shards
     out = tmp_path / "dataset.h5"
-    result = merge(paths, teacher.checksum, 1, cfg["seed"], out, "full")
+    result = merge(paths, teacher.checksum, 1, cfg["seed"], out, "full", block=5)  # blocks of 5 rows
     assert result["train"] + result["val"] == 36
+    shards = [h5py.File(p) for p in sorted(paths)]
     with h5py.File(out) as f:
         assert f.attrs["format"] == "dfnas-synthetic-dataset" and f.attrs["variant"] == "full"
         val_labels = f["val/labels"][...]
         assert len(val_labels) == len(set(val_labels.tolist()))  # one per class present
         assert f["train/images"].shape[1:] == (1, 28, 28)
+        # Every shard row lands in the split stratified_split gives it, in shard order, unchanged.
+        train_idx, val_idx = stratified_split(np.concatenate([s["labels"][...] for s in shards]), 1, cfg["seed"])
+        for name in ("images", "targets", "labels", "round", "teacher_logits"):
+            whole = np.concatenate([s[name][...] for s in shards])
+            assert np.array_equal(f["train"][name][...], whole[train_idx])
+            assert np.array_equal(f["val"][name][...], whole[val_idx])
+    for s in shards:
+        s.close()
     grid = tmp_path / "grid.png"
-    sample_grid(result["data"], 10, grid)
+    sample_grid(out, grid)
     from PIL import Image
 
     width, height = Image.open(grid).size
-    assert (width, height) == (4 * 3 * 29 + 1, 10 * 29 + 1)  # 4 per round x 3 rounds, 10 classes
+    # 10 named classes as rows of 28-px images enlarged to 56 px (+2 px gaps), under an 18-px
+    # header; 4 images per round x 3 rounds, after a label column for "T-shirt/top" (11 characters).
+    assert (width, height) == (8 + 7 * 11 + 3 * 4 * 58 + 3 * 2, 18 + 10 * 58)
+
+
+def test_the_sample_grid_is_bounded():
+    labels = np.repeat(np.arange(1000), 3)
+    rounds = np.tile(np.arange(3), 1000)
+    classes, shown_rounds, cells = grid_cells(labels, rounds, 1000, 20, 4)
+    assert len(classes) == 20 and classes[0] == 0 and classes[-1] == 999
+    assert shown_rounds == [0, 1, 2]
+    assert all(len(rows) == 1 and labels[rows[0]] == k and rounds[rows[0]] == r for (k, r), rows in cells.items())
 
 
 def test_merge_rejects_a_corrupted_shard(two_shards, teacher, tmp_path):

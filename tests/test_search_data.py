@@ -34,19 +34,21 @@ def test_natural_source_splits_a_balanced_subset(base_config):
     train, held = data.halves
     assert (len(train), len(held)) == (30, 10)
     assert sorted(torch.cat([train, held]).tolist()) == list(range(40))
-    assert np.bincount(data.labels.numpy()).tolist() == [4] * 10  # 40 images of 10 classes
+    split = data.data.split
+    labels = torch.as_tensor(split.targets)
+    assert np.bincount(split.targets).tolist() == [4] * 10  # 40 images of 10 classes
     assert torch.equal(SearchData(cfg, "natural", 0, train_portion=0.75).halves[0], train)
     assert not torch.equal(SearchData(cfg, "natural", 1, train_portion=0.75).halves[0], train)
     # Training batches: whole batches only (30 images: 3 of 8), normalized, with their labels.
     batches = list(data.batches(0, 8, torch.Generator().manual_seed(0)))
     assert [len(y) for _, y in batches] == [8, 8, 8]
     assert all(x.shape == (8, 1, 28, 28) for x, _ in batches)
-    assert set(torch.cat([y for _, y in batches]).tolist()) <= set(data.labels[train].tolist())
+    assert set(torch.cat([y for _, y in batches]).tolist()) <= set(labels[train].tolist())
     # The held-out part: in order, whole and unaugmented, with the labels as classes.
     xs, ys = zip(*data.heldout_batches(4))
     assert [len(y) for y in ys] == [4, 4, 2]
-    torch.testing.assert_close(torch.cat(xs), data.norm(data.pixels[held]))
-    assert torch.equal(data.labels_of(torch.cat(ys)), data.labels[held])
+    torch.testing.assert_close(torch.cat(xs), data.norm(split.images[held].float() / 255))
+    assert torch.equal(data.labels_of(torch.cat(ys)), labels[held])
 
 
 class PathNet(nn.Module):

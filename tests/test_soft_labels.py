@@ -1,6 +1,7 @@
 """The soft-label cache (dfnas.soft_labels): cached logits equal a fresh teacher pass on the replayed
 views, the cache refuses a changed dataset, and views replay exactly."""
 
+import h5py
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ from conftest import quiet
 from dfnas.errors import DfnasError
 from dfnas.merge import merge
 from dfnas.soft_labels import SoftLabelData, make_soft_labels, render_views
+from dfnas.streaming import batch_plan, stream
 
 
 @pytest.mark.parametrize("topk", [None, 3])
@@ -37,19 +39,22 @@ def test_cached_soft_labels_equal_a_fresh_teacher_pass(two_shards, teacher, tmp_
         assert torch.allclose(logits.exp().sum(1), torch.ones(len(x)), atol=1e-3)
     # View 0 is the whole image.
     x0, _ = data.get(idx, torch.zeros_like(idx))
-    assert (x0 - data.pixels).abs().max().item() < 1e-5, (x0 - data.pixels).abs().max()
+    pixels = data.images.pixels(idx)
+    assert (x0 - pixels).abs().max().item() < 1e-5, (x0 - pixels).abs().max()
+    assert torch.equal(data.read(idx)[0], x0)  # no generator: view 0
     val = SoftLabelData(dataset, labels, "val")
     assert val.views == 1
-    batches = list(data.batches(5, torch.Generator().manual_seed(0)))
-    assert sum(len(b[0]) for b in batches) == len(data)
-    # As a torch Dataset: item i is its epoch's cached view, with that view's logits.
-    data.set_epoch(3)
-    xi, li = data[2]
-    k = data.epoch_views[2].item()
-    xe, le = data.get(torch.tensor([2]), torch.tensor([k]))
-    assert torch.equal(xi, xe[0]) and torch.equal(li, le[0])
-    loader = torch.utils.data.DataLoader(data, batch_size=7)
-    assert sum(len(y) for _, y in loader) == len(data)
+    # A generator draws one cached view per image: the same as asking for those views.
+    gen = torch.Generator().manual_seed(5)
+    drawn = torch.randint(0, data.views, (len(idx),), generator=torch.Generator().manual_seed(5))
+    xr, lr = data.read(idx, gen)
+    xe, le = data.get(idx, drawn)
+    assert torch.equal(xr, xe) and torch.equal(lr, le)
+    # Streamed through DataLoader workers (one HDF5 handle each): the same batches.
+    plan = batch_plan(len(data), 7, torch.Generator().manual_seed(0), shuffle=True, random_views=True)
+    alone, workers = list(stream(data, plan)), list(stream(data, plan, workers=2))
+    assert sum(len(y) for _, y in workers) == len(data)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(alone, workers))
 
 
 @pytest.fixture
@@ -75,7 +80,10 @@ def test_replayed_views_match_render_views(cached):
     idx = torch.tensor([0, 1])
     view = torch.tensor([2, 3])
     x, _ = data.get(idx, view)
-    expected = render_views(data.pixels[idx], data.boxes[idx, view], data.flips[idx, view])
+    with h5py.File(labels) as f:
+        boxes = torch.from_numpy(f["train/boxes"][...])
+        flips = torch.from_numpy(f["train/flips"][...])
+    expected = render_views(data.images.pixels(idx), boxes[idx, view], flips[idx, view])
     assert torch.equal(x, expected)
 
 
