@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
+import resource
 import sys
 
 from dfnas.config import load_config
 from dfnas.errors import DfnasError
-from dfnas.runtime import set_threads
+from dfnas.runtime import peak_rss_kib, set_threads
+
+
+# When set, every stage appends one JSON line to this file as it ends: its command line and its
+# peak resident memory (benchmarks/memory_scale.py reads them).
+PEAK_MEMORY_ENV = "DFNAS_PEAK_MEMORY_LOG"
 
 
 def cli_main(func):
@@ -26,8 +34,24 @@ def cli_main(func):
         except DfnasError as exc:
             print(f"dfnas: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        finally:
+            if os.environ.get(PEAK_MEMORY_ENV):
+                module = func.__module__
+                if module == "__main__":  # python -m dfnas.<stage>
+                    module = "dfnas." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
+                record_peak_memory(os.environ[PEAK_MEMORY_ENV], module, sys.argv[1:] if argv is None else argv)
 
     return wrapper
+
+
+def record_peak_memory(path, module: str, argv) -> None:
+    """Append ``{"module", "argv", "max_rss_kb", "workers_max_rss_kb"}`` to ``path``: the peak of this
+    process and of its largest finished child (a DataLoader worker, which starts with this
+    process's memory), in KiB."""
+    row = {"module": module, "argv": [str(a) for a in argv], "max_rss_kb": peak_rss_kib(),
+           "workers_max_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def stage_parser(module: str, doc: str, teacher: str | None = None, threads: bool = True,

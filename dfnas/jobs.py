@@ -16,6 +16,8 @@ from dfnas.strategies import get_strategy, strategy_names
 from dfnas.synthesis import shard_keys
 
 SHARED = ("seed", "device", "threads")
+# Keys of ``data`` that say how batches are read, not what the data is.
+READING_KEYS = ("workers", "eval_batch_size")
 # Keys of ``search`` that only list jobs.
 JOB_LISTS = ("algorithms", "sources", "seeds")
 
@@ -25,7 +27,8 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
     search, random_architecture and retrain)."""
     out = {k: cfg[k] for k in SHARED}
     if job == "data":
-        out["data"] = cfg["data"]
+        # How batches are read changes no file the data stage writes.
+        out["data"] = {k: v for k, v in cfg["data"].items() if k not in READING_KEYS}
     elif job in ("teacher", "teacher_eval"):
         out.update(data=cfg["data"], teacher=cfg["teacher"])
     elif job == "synthesize":
@@ -41,7 +44,7 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
     elif job == "random_architecture":
         keys = get_space(get_strategy(algorithm).space).config_keys
         out["search"] = {algorithm: {k: v for k, v in cfg["search"][algorithm].items() if k in keys}}
-        out["data"] = {"name": cfg["data"]["name"]}  # the input shape and the classes
+        # The input shape and the classes come from the data stage's dataset.json, an input.
     elif job == "ranking":
         out["data"] = cfg["data"]
         out["search"] = {"algorithms": ["spos"], "temperature": cfg["search"]["temperature"],

@@ -63,7 +63,7 @@ def check_shards(paths, teacher_sha256: str, variant: str | None = None) -> tupl
 
 
 def merge(paths, teacher_sha256: str, val_per_class: int, seed: int, out: Path, variant: str | None = None,
-          block: int = 1024) -> dict:
+          block: int | None = None) -> dict:
     """Check the shards, then copy them a block at a time into the train and val splits of ``out``
     (every block checked for shapes, NaN and labels on the way); nothing is written on an error."""
     paths, attrs, labels = check_shards(paths, teacher_sha256, variant)

@@ -65,7 +65,8 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
                                identity={k: arch.get(k) for k in ("space", "space_args", "choices")})
     seconds = time.time() - t0
-    scores = evaluate(model, data.test, device, data.info.mean, data.info.std, num_workers=cfg["data"]["workers"])
+    scores = evaluate(model, data.test, device, data.info.mean, data.info.std, cfg["data"]["eval_batch_size"],
+                      cfg["data"]["workers"])
     checkpoint.unlink(missing_ok=True)
     log(f"top-1 {scores['top1']:.4f} on {scores['n']} {data.info.name} test images after {seconds:.0f} s")
     return {

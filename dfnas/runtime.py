@@ -187,3 +187,18 @@ def versions() -> dict:
     import dfnas  # the package's own version; dfnas/__init__.py imports nothing
 
     return {"dfnas": dfnas.__version__, "torch": str(torch.__version__)}
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB: Linux's VmHWM, which starts afresh at exec
+    (``ru_maxrss`` keeps the value of the process that forked it), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from dfnas.checkpoint import CHECKPOINT_NAME
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.data import SPECS
-from dfnas.runtime import config_hash, resolve_device, versions, write_csv, write_json
+from dfnas.errors import DfnasError
+from dfnas.runtime import config_hash, read_json, resolve_device, versions, write_csv, write_json
 from dfnas.search_data import SearchData
 from dfnas.search_result import save_search_network
 from dfnas.spaces import get_space
@@ -39,11 +39,11 @@ from dfnas.strategies import get_strategy, strategy_names
 
 
 def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path, dataset=None, labels=None,
-               log=print) -> dict:
+               log=print, dataset_json=None) -> dict:
     strategy = get_strategy(algorithm)
     out_dir.mkdir(parents=True, exist_ok=True)
     if source == "random":
-        return random_architecture(cfg, algorithm, seed, out_dir, log)
+        return random_architecture(cfg, algorithm, seed, out_dir, dataset_json, log)
     device = resolve_device(cfg["device"])
     scfg = cfg["search"][algorithm]
     data = SearchData(cfg, source, seed, dataset, labels, **strategy.data_options(scfg))
@@ -73,12 +73,19 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     return arch
 
 
-def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, log=print) -> dict:
+def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, dataset_json, log=print) -> dict:
     """The random baseline: an architecture drawn from the algorithm's space with ``seed``, under the
-    space's FLOPs bound where it has one. It reads the space's keys and the dataset's shape only."""
+    space's FLOPs bound where it has one. It reads the space's keys and, from the data stage's
+    description (``dataset_json``), the input shape and the number of classes only."""
     strategy = get_strategy(algorithm)
-    spec = SPECS[cfg["data"]["name"]]
-    drawn = get_space(strategy.space).random(cfg["search"][algorithm], seed, spec.input_shape, spec.num_classes)
+    if not dataset_json:
+        raise DfnasError("the random baseline needs --dataset-json (the dataset description of python -m dfnas.data)")
+    info = read_json(dataset_json, "the random baseline", "make it with python -m dfnas.data --out")
+    try:
+        shape, classes = tuple(info["input_shape"]), int(info["num_classes"])
+    except (KeyError, TypeError, ValueError):
+        raise DfnasError(f"{dataset_json}: not a dataset description (no input_shape or num_classes)") from None
+    drawn = get_space(strategy.space).random(cfg["search"][algorithm], seed, shape, classes)
     arch = {"space": strategy.space, "space_args": drawn["space_args"], "choices": drawn["choices"],
             "found_by": {"algorithm": algorithm, "source": "random", "seed": seed, "data_images": 0,
                          "search_seconds": 0.0, "versions": versions(), **drawn["found_by"]}}
@@ -102,10 +109,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", help="synthetic dataset (HDF5) for a synthetic source")
     parser.add_argument("--labels", help="its soft-label cache (HDF5)")
+    parser.add_argument("--dataset-json", help="the data stage's dataset description (for the random baseline)")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
     cfg = stage_config(args)
-    run_search(cfg, args.algorithm, args.source, args.seed, Path(args.out_dir), args.dataset, args.labels)
+    run_search(cfg, args.algorithm, args.source, args.seed, Path(args.out_dir), args.dataset, args.labels,
+               dataset_json=args.dataset_json)
 
 
 if __name__ == "__main__":

@@ -158,10 +158,17 @@ def set_attrs(obj, attrs: dict) -> None:
             obj.attrs[k] = v
 
 
-def copy_rows(src: h5py.Group, dst: h5py.Group, index=None, path=None, block: int = 1024, check=None) -> int:
+BLOCK_BYTES = 16 << 20
+
+
+def copy_rows(src: h5py.Group, dst: h5py.Group, index=None, path=None, block: int | None = None, check=None) -> int:
     """Append rows ``index`` (sorted; default: all) of every field of ``src`` to ``dst``, a block at
-    a time (``check(arrays)`` sees each block first); return the number of rows copied."""
+    a time (``check(arrays)`` sees each block first; by default a block holds ~16 MB of images);
+    return the number of rows copied."""
     n = len(src["labels"])
+    if block is None:
+        images = src["images"]
+        block = max(1, BLOCK_BYTES // (int(np.prod(images.shape[1:])) * images.dtype.itemsize))
     index = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
     for start in range(0, len(index), block):
         rows = index[start : start + block]

@@ -135,7 +135,7 @@ class LazyH5:
     process id and opens its own.
     """
 
-    CACHE_BYTES = 32 << 20  # per dataset: bounded, whatever the file's size
+    CACHE_BYTES = 8 << 20  # per dataset: bounded, whatever the file's size
 
     def __init__(self, path):
         self.path = path

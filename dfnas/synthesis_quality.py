@@ -198,7 +198,7 @@ def natural_reference(cfg: dict, teacher, n_images: int, log=print) -> dict:
     images = natural.train.subset(stratified_subset(natural.train.targets, n_images, cfg["seed"]))
     log(f"distilling the reference student from {len(images)} natural training images")
     ref = distill_student(teacher, images, qcfg, device, cfg["seed"], teacher.input_shape[0], log, workers)
-    top1 = evaluate(ref, natural.test, device, teacher.mean, teacher.std, num_workers=workers)["top1"]
+    top1 = evaluate(ref, natural.test, device, teacher.mean, teacher.std, cfg["data"]["eval_batch_size"], workers)["top1"]
     log(f"reference student top-1 on the natural test split: {top1:.4f}")
     return {"images": int(len(images)), "top1": top1, "recipe": qcfg["student"], "seconds": time.time() - t0,
             "teacher_sha256": teacher.checksum}
@@ -224,7 +224,7 @@ def quality(cfg: dict, teacher, dataset_path: Path, log=print, reference: dict |
             first = arrays["round"] == 0
             agree += int((arrays["teacher_logits"][first].argmax(1) == arrays["labels"][first]).sum())
             round0 += int(first.sum())
-    batch = 250
+    batch = cfg["data"]["eval_batch_size"]
     bn_distance, diversity = teacher_pass(teacher, (b for split in splits for b in _labelled_batches(split, batch)),
                                           device)
 
@@ -248,7 +248,7 @@ def quality(cfg: dict, teacher, dataset_path: Path, log=print, reference: dict |
         t0 = time.time()
         log(f"distilling the student from {len(train)} synthetic images")
         student = distill_student(teacher, train, qcfg, device, cfg["seed"], c, log)
-        syn_acc = evaluate(student, nat_test, device, teacher.mean, teacher.std, num_workers=workers)["top1"]
+        syn_acc = evaluate(student, nat_test, device, teacher.mean, teacher.std, batch, workers)["top1"]
         seconds = time.time() - t0
         if reference is None:
             reference = natural_reference(cfg, teacher, len(train), log)

@@ -266,7 +266,7 @@ def _train_standin(cfg: dict, log, checkpoint: Path) -> tuple[nn.Module, dict, d
     history = train_classifier(model, data.train, recipe, device, cfg["seed"], info["mean"], info["std"], log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint)
     seconds = time.time() - t0
-    final = evaluate(model, data.test, device, info["mean"], info["std"], cfg["teacher"]["eval_batch_size"],
+    final = evaluate(model, data.test, device, info["mean"], info["std"], cfg["data"]["eval_batch_size"],
                      cfg["data"]["workers"])
     log(f"stand-in teacher: test top-1 {final['top1']:.4f} after {seconds:.0f} s")
     model.cpu()

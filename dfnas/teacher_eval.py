@@ -26,7 +26,7 @@ def evaluate_teacher(cfg: dict, teacher_path, log=print) -> dict:
         raise DfnasError(f"{teacher_path}: teacher was made for {teacher.meta.get('dataset')} but data.name is {data.info.name}")
     check_teacher(teacher.model, data.info.num_classes, data.info.input_shape, teacher.meta["normalization"], data.info.name)
     t0 = time.time()
-    scores = evaluate(teacher.model, data.test, device, teacher.mean, teacher.std, cfg["teacher"]["eval_batch_size"],
+    scores = evaluate(teacher.model, data.test, device, teacher.mean, teacher.std, cfg["data"]["eval_batch_size"],
                       cfg["data"]["workers"])
     seconds = time.time() - t0
     sidecar = Path(teacher_path).with_suffix(".json")

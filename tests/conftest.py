@@ -109,6 +109,16 @@ def base_config(fake_fmnist):
     })
 
 
+def dataset_json(cfg: dict, folder: Path) -> Path:
+    """The data stage's description of ``cfg``'s dataset, written to ``folder``/dataset.json."""
+    from dfnas.data import dataset_from_config
+    from dfnas.runtime import write_json
+
+    path = Path(folder) / "dataset.json"
+    write_json(path, dataset_from_config(cfg).summary())
+    return path
+
+
 def planned_jobs(output: str) -> dict:
     """rule -> number of jobs, from the job-count table Snakemake prints (with -n or before a run)."""
     jobs, table = {}, False

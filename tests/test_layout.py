@@ -51,9 +51,9 @@ def test_a_search_reads_its_algorithm_and_the_shared_keys_only(smoke):
         job_config(smoke, "search", algorithm="darts", source="random")
 
 
-def test_a_random_baseline_reads_its_space_keys_and_the_dataset_name(smoke):
+def test_a_random_baseline_reads_its_space_keys_only(smoke):
     cfg = job_config(smoke, "random_architecture", algorithm="spos")
-    assert cfg["data"] == {"name": "fashion_mnist"}
+    assert "data" not in cfg  # the input shape and classes: from the data stage's dataset.json
     assert set(cfg["search"]["spos"]) == set(get_space("spos").config_keys)
     assert "flops_bound" in cfg["search"]["spos"] and "epochs" not in cfg["search"]["spos"]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import assert_resumes_after_a_kill, quiet
+from conftest import assert_resumes_after_a_kill, dataset_json, quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
@@ -55,7 +55,8 @@ def retrain_config(base_config):
 
 
 def test_random_baseline_then_retrain(retrain_config, tmp_path):
-    arch = run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet)
+    arch = run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet,
+                     dataset_json=dataset_json(retrain_config, tmp_path))
     assert arch["found_by"]["source"] == "random" and arch["choices"] == random_choices(7)
     out = tmp_path / "metrics.json"
     metrics = retrain(retrain_config, tmp_path / "search" / "architecture.json", out, log=quiet)
@@ -73,7 +74,8 @@ def test_random_baseline_then_retrain(retrain_config, tmp_path):
 def test_same_recipe_seed_for_every_arm_of_a_search_seed(retrain_config, tmp_path):
     seeds = []
     for source in ("random", "random"):
-        arch = run_search(retrain_config, "darts", source, 3, tmp_path / source, log=quiet)
+        arch = run_search(retrain_config, "darts", source, 3, tmp_path / source, log=quiet,
+                         dataset_json=dataset_json(retrain_config, tmp_path))
         arch["found_by"]["source"] = "full"  # another arm, same search seed
         (tmp_path / "a.json").write_text(json.dumps(arch))
         seeds.append(retrain(validate_config({**copy.deepcopy(retrain_config),
@@ -109,7 +111,8 @@ def test_drop_path_grows_linearly_over_the_epochs(retrain_config, tmp_path):
 
 
 def test_killed_retraining_resumes_with_the_same_result(retrain_config, tmp_path):
-    run_search(retrain_config, "darts", "random", 2, tmp_path / "search", log=quiet)
+    run_search(retrain_config, "darts", "random", 2, tmp_path / "search", log=quiet,
+                     dataset_json=dataset_json(retrain_config, tmp_path))
 
     def run(out_dir, log):
         out = out_dir / "metrics.json"

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from conftest import quiet
+from conftest import dataset_json, quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.search import main, run_search
@@ -100,7 +100,8 @@ def test_spos_random_baseline_respects_the_bound_and_retrains(base_config, tmp_p
     cfg = spos_config(base_config, flops_bound=None)
     cfg["retrain"] = {"train_images": 50, "epochs": 1, "batch_size": 25}
     cfg = validate_config(cfg)
-    arch = run_search(cfg, "spos", "random", 4, tmp_path / "r", log=quiet)
+    arch = run_search(cfg, "spos", "random", 4, tmp_path / "r", log=quiet,
+                     dataset_json=dataset_json(cfg, tmp_path))
     assert len(arch["choices"]["path"]) == 3
     metrics = retrain(cfg, tmp_path / "r" / "architecture.json", tmp_path / "m.json", log=quiet)
     assert metrics["multiply_adds"] == arch["found_by"]["multiply_adds"]
@@ -134,7 +135,8 @@ def test_proxyless_on_a_synthetic_variant_then_retrained(synthetic_set, base_con
     cfg = validate_config(cfg)
     metrics = retrain(cfg, tmp_path / "s" / "architecture.json", tmp_path / "m.json", log=quiet)
     assert metrics["multiply_adds"] == arch["found_by"]["multiply_adds"]
-    random = run_search(cfg, "proxyless", "random", 1, tmp_path / "r", log=quiet)
+    random = run_search(cfg, "proxyless", "random", 1, tmp_path / "r", log=quiet,
+                     dataset_json=dataset_json(cfg, tmp_path))
     assert len(random["choices"]["ops"]) == 3 and random["choices"]["ops"][0] != OPS.index("zero")
     net_macs = retrain(cfg, tmp_path / "r" / "architecture.json", tmp_path / "r.json", log=quiet)["multiply_adds"]
     assert random["found_by"]["multiply_adds"] == net_macs
@@ -161,12 +163,17 @@ def cli_config(base_config):
     return json.dumps({"device": "cpu", "data": base_config["data"], "search": {"darts": TINY_DARTS}})
 
 
-def test_command_line_writes_the_random_baseline(base_config, tmp_path, monkeypatch):
+def test_command_line_writes_the_random_baseline(base_config, tmp_path, monkeypatch, capsys):
     from dfnas.spaces.darts import random_choices
 
     monkeypatch.setattr("dfnas.cli.set_threads", lambda n: None)  # keep this process's thread count
-    main(["--config-json", cli_config(base_config), "--algorithm", "darts", "--source", "random", "--seed", "5",
-          "--out-dir", str(tmp_path / "r")])
+    args = ["--config-json", cli_config(base_config), "--algorithm", "darts", "--source", "random", "--seed", "5",
+            "--out-dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "the random baseline needs --dataset-json" in capsys.readouterr().err
+    described = dataset_json(validate_config(base_config), tmp_path)
+    main(args + ["--dataset-json", str(described)])
     arch = json.loads((tmp_path / "r" / "architecture.json").read_text())
     assert arch["space"] == "darts" and arch["choices"] == random_choices(5)
     assert arch["found_by"]["source"] == "random" and arch["found_by"]["seed"] == 5

@@ -238,3 +238,44 @@ def test_search_source_must_be_a_synthesized_variant(tmp_path):
     result = snakemake("-n", "--configfile", str(cfg), cwd=tmp_path)
     assert result.returncode != 0
     assert "config key 'search.sources': 'no_regional' is not in synthesis.variants" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_smoke_folder_preset_end_to_end(tmp_path):
+    """paper-imagenet's code paths at CI size: a folder of real JPEG files (10 classes, 30 + 10 images
+    each, 64 to 83 px) streamed through a DataLoader worker, uint8 shards, top-k soft labels with
+    lighting, the ImageNet-stem SPOS and ProxylessNAS spaces, the ranking check, retrain, report."""
+    from PIL import Image
+
+    from dfnas.example_data import write_image_folder
+
+    write_image_folder(tmp_path / "resources" / "data" / "smoke-folder", classes=10, train_per_class=30,
+                       test_per_class=10, size=64)
+    result = snakemake("--cores", "2", "--configfile", str(REPO / "config/smoke-folder.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "results" / "smoke-folder"
+
+    dataset = json.loads((out / "data" / "dataset.json").read_text())
+    assert dataset["name"] == "folder" and dataset["class_names"][3] == "class_003"
+    assert dataset["input_shape"] == [3, 48, 48] and (dataset["train_size"], dataset["test_size"]) == (300, 100)
+    # Normalization measured on the images: every channel's mean and spread, not the defaults.
+    assert all(0.3 < m < 0.7 for m in dataset["mean"]) and all(0.15 < s < 0.4 for s in dataset["std"])
+    teacher_eval = json.loads((out / "teacher" / "eval.json").read_text())
+    assert teacher_eval["images"] == 100 and teacher_eval["top1"] > 0.5  # colour classes: chance is 0.1
+
+    with h5py.File(out / "synthesis" / "full" / "dataset.h5") as f:
+        assert f["train/images"].dtype == "uint8" and f["train/images"].shape[1:] == (3, 48, 48)
+    with h5py.File(out / "synthesis" / "full" / "soft_labels.h5") as f:
+        assert f["train/topk_probs"].shape[1:] == (3, 3) and f["train/lighting"].shape[1:] == (3, 3)
+    width, height = Image.open(out / "synthesis" / "full" / "samples.png").size
+    assert height == 18 + 10 * (48 * 2 + 2)  # 10 named class rows of 48-px images shown at 96 px
+
+    for algorithm in ("darts", "spos", "proxyless"):
+        for source in ("natural", "full", "random"):
+            metrics = json.loads((out / "retrain" / algorithm / source / "seed0" / "metrics.json").read_text())
+            assert metrics["test_images"] == 100 and 0 <= metrics["top1"] <= 1
+    spos = json.loads((out / "search" / "spos" / "natural" / "seed0" / "architecture.json").read_text())
+    assert spos["found_by"]["data_images"] == 100
+    ranking = json.loads((out / "search" / "spos" / "full" / "seed0" / "ranking.json").read_text())
+    assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40
+    assert (out / "report" / "summary.md").read_text().count("searched on synthetic data (full) reaches") == 3

@@ -37,6 +37,8 @@ rule search:
 # The random baseline: an architecture drawn from the space with the seed (under the space's FLOPs
 # bound). It reads no data; it is a job of its own so that it has no search network to write.
 rule random_architecture:
+    input:
+        natural=rules.data.output[0],
     output:
         arch=L.architecture("{algorithm}", "random", "{seed}"),
         history=L.history("{algorithm}", "random", "{seed}"),
@@ -56,7 +58,8 @@ rule random_architecture:
         ENV
     shell:
         "python -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
-        " --source random --seed {wildcards.seed} --out-dir {params.out_dir} --threads {threads} 2>&1 | tee {log}"
+        " --source random --seed {wildcards.seed} --dataset-json {input.natural} --out-dir {params.out_dir}"
+        " --threads {threads} 2>&1 | tee {log}"
 
 
 # How faithfully a synthetic variant ranks SPOS paths: the supernet searched on it scores fixed
