@@ -7,7 +7,7 @@ resident memory (``DFNAS_PEAK_MEMORY_LOG``, read by ``dfnas.cli``). Printed per 
 N and at 10N and their ratio. Goal: at most 1.15 for every stage (memory grows with the batch,
 never with the dataset); the last line is ``max ratio X.XX``.
 
-    python benchmarks/memory_scale.py --quick          # N = 50 and 500 images, about 6 minutes on 2 cores
+    python benchmarks/memory_scale.py --quick          # N = 50 and 500 images, about 9.5 minutes on 2 cores
     python benchmarks/memory_scale.py --images 200     # N = 200 and 2000
 
 The two sizes run in turn, one job at a time (``--cores 1``), so that the figures are per process.
@@ -51,9 +51,12 @@ def _source(argv) -> str | None:
     return argv[argv.index("--source") + 1] if "--source" in argv else None
 
 
-def config(images: int, classes: int, size: int, root: Path) -> dict:
+def config(images: int, classes: int, size: int, root: Path, steps: int, ranked: int) -> dict:
     """A run whose every data-reading stage touches all ``images`` natural (and as many synthetic)
-    images once or twice, with networks small enough for a CPU."""
+    images, with networks small enough for a CPU. The searches take ``steps`` weight updates and the
+    ranking scores ``ranked`` natural images at both sizes: work the config fixes stays fixed, so
+    that a ratio compares what a stage holds, not how far the allocator's heap has grown after more
+    steps (glibc's heap reaches a plateau a few hundred MB up after ~100 batches)."""
     per_class = images // classes
     return {
         "run": "memory", "seed": 0, "device": "cpu", "threads": 1,
@@ -71,23 +74,24 @@ def config(images: int, classes: int, size: int, root: Path) -> dict:
             "algorithms": ["spos", "proxyless"], "sources": ["natural", "full"], "natural_images": images,
             "temperature": 1.0, "t_squared": False, "crop_padding": 0, "flip": False,
             "spos": {"stem": 4, "stem_stride": 4, "stage_blocks": [1, 1], "widths": [8, 16], "last_conv": 32,
-                     "epochs": 1, "batch_size": 25, "train_flops": None, "bins": 2, "flops_bound": None,
+                     "iterations": steps, "batch_size": 25, "train_flops": None, "bins": 2, "flops_bound": None,
                      "population": 2, "generations": 1, "topk": 1, "mutations": 1, "crossovers": 0,
-                     "bn_batches": 1, "ranking": {"paths": 2, "natural_images": images}},
+                     "bn_batches": 1, "ranking": {"paths": 2, "natural_images": ranked}},
             "proxyless": {"stem": 4, "stem_stride": 4, "first": 4, "stage_blocks": [1, 1], "widths": [8, 16],
-                          "strides": [2, 2], "feature_mix": 32, "warmup_epochs": 0, "epochs": 1, "batch_size": 25,
-                          "arch_every": 1},
+                          "strides": [2, 2], "feature_mix": 32, "warmup_iterations": 0, "iterations": steps,
+                          "batch_size": 25, "arch_every": 1},
         },
         "retrain": {"train_images": images, "epochs": 1, "batch_size": 25, "crop_padding": 0, "flip": False,
                     "cutout": 0},
     }
 
 
-def run_size(images: int, work: Path, classes: int, size: int, cores: int) -> dict[str, float]:
+def run_size(images: int, work: Path, classes: int, size: int, cores: int, steps: int,
+             ranked: int) -> dict[str, float]:
     """Peak resident memory (MiB) of every stage of a run on ``images`` images."""
     root = write_image_folder(work / "data", classes, images // classes, images // classes, size, seed=1)
     cfg_path = work / "config.json"
-    cfg_path.write_text(json.dumps(config(images, classes, size, root)))
+    cfg_path.write_text(json.dumps(config(images, classes, size, root, steps, ranked)))
     log = work / "peaks.jsonl"
     env = {**os.environ, PEAK_MEMORY_ENV: str(log)}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
@@ -110,7 +114,7 @@ def run_size(images: int, work: Path, classes: int, size: int, cores: int) -> di
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N = 50 (about 6 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="N = 50 (about 9.5 minutes on 2 cores)")
     parser.add_argument("--images", type=int, default=200, help="N, the smaller size (default 200)")
     parser.add_argument("--factor", type=int, default=10, help="the larger size is N times this")
     parser.add_argument("--classes", type=int, default=5)
@@ -121,7 +125,10 @@ def main(argv=None):
     n = 50 if args.quick else args.images
     sizes = (n, n * args.factor)
     with tempfile.TemporaryDirectory(prefix="dfnas-memory-") as tmp:
-        peaks = {m: run_size(m, Path(tmp) / str(m), args.classes, args.size, args.cores) for m in sizes}
+        # As many search steps at both sizes: enough for a pass over the larger set.
+        steps = max(1, sizes[1] // 25)
+        peaks = {m: run_size(m, Path(tmp) / str(m), args.classes, args.size, args.cores, steps, sizes[0])
+                 for m in sizes}
     print(f"peak resident memory per stage, {args.size}-px JPEG folder of N = {sizes[0]} and {sizes[1]} images")
     print(f"{'stage':<22}{'N (MiB)':>10}{'10N (MiB)':>11}{'ratio':>8}")
     ratios = {}

@@ -27,7 +27,7 @@ import gzip
 import os
 import pickle
 import struct
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np

@@ -19,7 +19,7 @@ def evaluate_batches(forward: Callable, batches: Iterable, loss_fn: Callable | N
     n, top1, top5, loss = 0, 0, 0, 0.0
     for x, target in batches:
         if device is not None:
-            x, target = x.to(device), target.to(device)
+            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         logits = forward(x)
         labels = target if labels_of is None else labels_of(target)
         top1 += int((logits.argmax(1) == labels).sum())

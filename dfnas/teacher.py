@@ -160,6 +160,11 @@ def load_teacher(path, device="cpu") -> Teacher:
 # Checks against the dataset
 
 
+def dataset_label(info: dict) -> str:
+    """How errors name a dataset: its name, and for an image folder where it is."""
+    return f"the image folder {info['source']}" if info.get("name") == "folder" and info.get("source") else info["name"]
+
+
 def check_teacher(model: nn.Module, num_classes: int, input_shape, normalization: dict, dataset: str) -> None:
     """Raise a one-line error when the teacher cannot serve this dataset or this method."""
     channels = input_shape[0]
@@ -307,7 +312,7 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
                 source_sha = verify_sha256(path, tcfg["sha256"], str(path)) if tcfg.get("sha256") else sha256_file(path)
             model, meta = _from_checkpoint(path, cfg, info)
     input_shape = list(info["input_shape"])
-    check_teacher(model, info["num_classes"], input_shape, meta["normalization"], info["name"])
+    check_teacher(model, info["num_classes"], input_shape, meta["normalization"], dataset_label(info))
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     class_names = meta.pop("class_names", None) or list(info["class_names"])
     record = {

@@ -14,7 +14,7 @@ from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.runtime import resolve_device, versions, write_json
-from dfnas.teacher import check_teacher, load_teacher
+from dfnas.teacher import check_teacher, dataset_label, load_teacher
 from dfnas.train import evaluate
 
 
@@ -24,7 +24,8 @@ def evaluate_teacher(cfg: dict, teacher_path, log=print) -> dict:
     teacher = load_teacher(teacher_path)
     if teacher.meta.get("dataset") != data.info.name:
         raise DfnasError(f"{teacher_path}: teacher was made for {teacher.meta.get('dataset')} but data.name is {data.info.name}")
-    check_teacher(teacher.model, data.info.num_classes, data.info.input_shape, teacher.meta["normalization"], data.info.name)
+    check_teacher(teacher.model, data.info.num_classes, data.info.input_shape, teacher.meta["normalization"],
+                  dataset_label(data.summary()))
     t0 = time.time()
     scores = evaluate(teacher.model, data.test, device, teacher.mean, teacher.std, cfg["data"]["eval_batch_size"],
                       cfg["data"]["workers"])

@@ -3,7 +3,10 @@
 One recipe type (`Recipe`) serves the stand-in teacher and, with more keys set, the retraining of
 found architectures: SGD with momentum, linear warm-up then cosine decay per step, label smoothing,
 batch-wise augmentation (random crop with zero padding, horizontal flip, cutout) done on the
-training device so that a 2-core CPU is not spent in per-image Python transforms.
+training device so that a 2-core CPU is not spent in per-image Python transforms. Batches are
+streamed (`dfnas.streaming`): an image folder's random resized crops are decoded per batch, in
+``data.workers`` DataLoader workers, with a seed per batch, so the same seed gives the same run with
+any number of workers.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.models import build_model
@@ -241,3 +242,14 @@ def test_killed_training_resumes_from_its_last_epoch(trained, base_config, info,
     assert [m[:9] for m in messages if m.startswith("epoch")] == ["epoch 3/4", "epoch 4/4"]
     assert sha256_file(out) == sha256_file(trained)
     assert not checkpoint.exists()
+
+
+def test_a_teacher_for_another_class_count_than_the_image_folder_is_refused(teacher_file, tmp_path):
+    from dfnas.example_data import write_image_folder
+
+    root = write_image_folder(tmp_path / "tree", classes=3, train_per_class=2, test_per_class=1, size=28)
+    cfg = validate_config({"device": "cpu", "data": {"name": "folder", "root": str(root), "channels": 1,
+                                                     "input_size": 28, "mean": [0.5], "std": [0.25]},
+                           "teacher": {"source": f"file:{teacher_file}"}})
+    with pytest.raises(DfnasError, match=f"teacher outputs 10 classes but the image folder {root} has 3"):
+        make_teacher(cfg, dataset_info(cfg), tmp_path / "t.pt", log=quiet)
