@@ -72,7 +72,8 @@ def planned_commands(output: str) -> list[str]:
 
 # The embedded default, a preset with a relative data folder and a paper preset: every preset goes
 # through the same loading code (Snakefile), so three cover it at a third of the planning time.
-PLANNED_FROM_ELSEWHERE = [REPO / "config.yaml", REPO / "config" / "smoke-folder.yaml", REPO / "config" / "paper-imagenet.yaml"]
+PLANNED_FROM_ELSEWHERE = [REPO / "config.yaml", REPO / "config" / "smoke-folder.yaml",
+                          REPO / "config" / "paper-imagenet.yaml"]
 
 
 @pytest.mark.parametrize("preset", PLANNED_FROM_ELSEWHERE, ids=lambda p: p.name)
