@@ -160,9 +160,8 @@ class FolderImages:
 
     def subset(self, indices) -> "FolderImages":
         indices = np.asarray(indices, dtype=np.int64)
-        out = FolderImages(self.root, self.files[indices], self.labels[indices], self.size, self.channels,
-                           self.crop_scale, self.center_crop)
-        return out
+        return FolderImages(self.root, self.files[indices], self.labels[indices], self.size, self.channels,
+                            self.crop_scale, self.center_crop)
 
 
 def as_pixels(images: torch.Tensor) -> torch.Tensor:

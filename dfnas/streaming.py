@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dfnas.errors import DfnasError
@@ -157,8 +158,6 @@ class LazyH5:
 
     def rows(self, name: str, indices: torch.Tensor):
         """Rows ``indices`` (any order, repeats allowed) of dataset ``name`` as a NumPy array."""
-        import numpy as np
-
         idx = np.asarray(indices, dtype=np.int64)
         unique, inverse = np.unique(idx, return_inverse=True)
         try:
