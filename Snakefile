@@ -39,6 +39,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/synthesis.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/report.smk"
 
 

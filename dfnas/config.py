@@ -76,11 +76,19 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 
 
 def check_consistency(config: dict) -> None:
-    """What the schema cannot say: every synthetic search source is a synthesized variant."""
+    """What the schema cannot say: every synthetic search or fidelity source is a synthesized variant,
+    and a fidelity stage ranks at least 4 architectures."""
     variants = config["synthesis"]["variants"]
     for source in config["search"]["sources"]:
         if source not in ("natural", "random") and source not in variants:
             raise DfnasError(f"config key 'search.sources': {source!r} is not in synthesis.variants {variants}")
+    fidelity = config["fidelity"]
+    if 0 < fidelity["architectures"] < 4:
+        raise DfnasError(f"config key 'fidelity.architectures': {fidelity['architectures']} architectures cannot be "
+                         "ranked; use 0 (no fidelity stage) or at least 4")
+    for source in fidelity["sources"] or []:
+        if source != "natural" and source not in variants:
+            raise DfnasError(f"config key 'fidelity.sources': {source!r} is not in synthesis.variants {variants}")
 
 
 def read_config_file(path) -> dict:

@@ -24,7 +24,8 @@ JOB_LISTS = ("algorithms", "sources", "seeds")
 
 def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | None = None) -> dict:
     """The part of the validated config that job ``job`` reads (``algorithm`` and ``source`` for
-    search, random_architecture and retrain)."""
+    search, random_architecture and retrain; the fidelity jobs name their space as ``algorithm``:
+    every algorithm searches a space of its own name)."""
     out = {k: cfg[k] for k in SHARED}
     if job == "data":
         # How batches are read changes no file the data stage writes.
@@ -54,8 +55,21 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         others = set(space_names()) - {space}
         out["data"] = cfg["data"]
         out["retrain"] = {k: v for k, v in cfg["retrain"].items() if k not in others}
+    elif job == "fidelity_draw":
+        keys = get_space(algorithm).config_keys
+        out["search"] = {algorithm: {k: v for k, v in cfg["search"][algorithm].items() if k in keys}}
+        out["fidelity"] = {k: cfg["fidelity"][k] for k in ("architectures", "candidates")}
+        out["retrain"] = {algorithm: cfg["retrain"][algorithm]}
+    elif job == "fidelity_proxy":
+        out["fidelity"] = {k: v for k, v in cfg["fidelity"].items()
+                           if k not in ("architectures", "candidates", "sources", "algorithms")}
+        out["search"] = {k: v for k, v in cfg["search"].items() if k not in JOB_LISTS and k not in strategy_names()}
+        out["retrain"] = {algorithm: cfg["retrain"][algorithm]}
+        if source == NATURAL:
+            out["data"] = cfg["data"]
     elif job == "report":
-        out.update(run=cfg["run"], search=cfg["search"], synthesis=cfg["synthesis"])
+        out.update(run=cfg["run"], search=cfg["search"], synthesis=cfg["synthesis"], fidelity=cfg["fidelity"],
+                   report=cfg["report"])
     else:
         raise ValueError(f"unknown job {job!r}")
     return out

@@ -87,6 +87,22 @@ class Layout:
     def ranking(self, source, seed, ext: str = "json") -> str:
         return os.path.join(self.search_dir("spos", source, seed), f"ranking.{ext}")
 
+    # Fidelity: per search space, the drawn architectures, each source's proxy scores, the truth
+    def fidelity(self, space, *parts) -> str:
+        return self.path("fidelity", space, *parts)
+
+    def fidelity_architectures(self, space) -> str:
+        return self.fidelity(space, "architectures.json")
+
+    def fidelity_architecture(self, space, index) -> str:
+        return self.fidelity(space, f"arch{index}.json")
+
+    def fidelity_proxy(self, space, source) -> str:
+        return self.fidelity(space, f"proxy_{source}.json")
+
+    def fidelity_truth(self, space, index) -> str:
+        return self.fidelity(space, "retrain", f"arch{index}.json")
+
     # Retrain and report
     def metrics(self, algorithm, source, seed) -> str:
         return self.path("retrain", algorithm, source, f"seed{seed}", "metrics.json")
@@ -126,3 +142,19 @@ def ranked(cfg: dict) -> list[tuple[str, int]]:
     if "spos" not in s["algorithms"] or not s["spos"]["ranking"]["paths"]:
         return []
     return [(src, seed) for src in synthetic_sources(cfg) for seed in s["seeds"]]
+
+
+def fidelity_sources(cfg: dict) -> list[str]:
+    """The sources the fidelity stage ranks with (natural first, then the variants); none without it."""
+    if not cfg["fidelity"]["architectures"]:
+        return []
+    sources = cfg["fidelity"]["sources"] or [NATURAL, *cfg["synthesis"]["variants"]]
+    return ordered_sources(sources)
+
+
+def fidelity_spaces(cfg: dict) -> list[str]:
+    """The search spaces of the fidelity stage, named by their algorithm (each searches a space of its
+    own name): ``fidelity.algorithms``, else those of the run's searches."""
+    if not cfg["fidelity"]["architectures"]:
+        return []
+    return list(cfg["fidelity"]["algorithms"] or cfg["search"]["algorithms"])

@@ -43,27 +43,12 @@ from dfnas.runtime import (
     write_json,
 )
 from dfnas.sampling import stratified_subset
-from dfnas.search_data import SearchData
+from dfnas.search_data import SearchData, recalibrate_bn
+from dfnas.stats import kendall_tau_b
 from dfnas.search_result import load_search_network
 from dfnas.spaces.shufflenet import ShuffleNetOneShot, flops_table, sample_path
-from dfnas.strategies.spos import data_options, path_scorer, recalibrate_bn
+from dfnas.strategies.spos import data_options, path_scorer
 from dfnas.streaming import batch_plan, stream
-
-
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-b of two score vectors: (concordant - discordant) pairs over the geometric mean
-    of the pairs not tied in each vector; nan when either vector is constant."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"kendall_tau needs two vectors of one length, got {a.shape} and {b.shape}")
-    i, j = np.triu_indices(len(a), k=1)
-    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    s = da * db
-    concordant, discordant = int((s > 0).sum()), int((s < 0).sum())
-    untied_a, untied_b = int((da != 0).sum()), int((db != 0).sum())
-    if untied_a == 0 or untied_b == 0:
-        return math.nan
-    return (concordant - discordant) / math.sqrt(untied_a * untied_b)
 
 
 def ranking_paths(cfg: dict, table, seed: int) -> list[tuple[int, ...]]:
@@ -126,7 +111,7 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
         rows.append({"path": "".join(map(str, path)), "multiply_adds": table.cost(path), "synthetic_acc": syn,
                      "natural_acc": nat})
         log(f"path {k + 1}/{len(paths)} {rows[-1]['path']}: synthetic {syn:.3f}  natural {nat:.3f}")
-    tau = kendall_tau([r["synthetic_acc"] for r in rows], [r["natural_acc"] for r in rows])
+    tau = kendall_tau_b([r["synthetic_acc"] for r in rows], [r["natural_acc"] for r in rows])
     log(f"Kendall tau between the synthetic and the natural ranking: {tau:.3f}")
     result = {"source": source, "seed": seed, "kendall_tau": None if math.isnan(tau) else tau, "paths": rows,
               "synthetic_images": len(data.halves[1]), "natural_images": n_natural,

@@ -1,16 +1,23 @@
-"""The report stage: the paper's comparison tables and figures from every output of a run.
+"""The report stage: the paper's comparison tables, what their intervals say, and the figures.
 
 Per algorithm, one row per data source the search ran on (natural data, each synthetic variant,
-the random architecture) with top-1 on the natural test split as mean +- standard deviation over
-seeds, parameters, multiply-adds, search time and the data the search used; as CSV (numbers) and
-Markdown (formatted). ``summary.md`` says the main result in one sentence per algorithm: top-1 of
-the architecture searched on synthetic data minus that searched on natural data, in points, with
-the spread of the per-seed differences. Figures: the table as bars with error bars, the search
-curves, the soft-label entropy per synthesis round and, for SPOS, the ranking check.
+the random architecture): top-1 on the natural test split as mean +- the half-width of its 95%
+confidence interval over seeds (Student t), the paired difference to the search on natural data
+(per seed, then mean +- 95% interval), the search's final held-out accuracy (how well its supernet
+learned; a search whose supernet stayed near chance is flagged: its pick is a random pick),
+parameters, multiply-adds, search time, weight updates and data; as CSV (numbers) and Markdown.
+
+``summary.md`` says what the intervals say, in sentences computed from them ("better by", "worse
+by", "indistinguishable within"), checks the comparison's goals (synthetic on par with natural
+within ``report.margin`` points, above random; with a fidelity stage, `full` ranking architectures
+best and `noise` worst), and adds the fidelity table (Kendall tau-b and top-quartile overlap of each
+source's proxy ranking against the retrained accuracies, percentile-bootstrap intervals over the
+architectures), the synthetic data's quality and the SPOS ranking check. Figures: the tables as
+bars with 95% intervals, the search curves, the soft-label entropy per round and the fidelity.
 
 Everything is read from the file contracts under ``results/<run>/`` (retrain metrics, architecture
-JSONs, search histories, synthesis quality, SPOS ranking), for the algorithms, sources and seeds
-of the config, and aggregated with pandas.
+JSONs, search histories, synthesis quality, SPOS ranking, fidelity scores) for the algorithms,
+sources and seeds of the config.
 
     python -m dfnas.report --config config.yaml --run-dir results/default --out-dir results/default/report
 """
@@ -21,12 +28,17 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
+
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.layout import Layout, arms, ordered_sources, ranked
+from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ordered_sources, ranked
 from dfnas.plots import pyplot, save_figure
-from dfnas.runtime import read_json, write_csv, write_text
+from dfnas.errors import DfnasError
+from dfnas.runtime import derived_seed, read_json, write_csv, write_text
+from dfnas.stats import bootstrap_ci, compare, format_ci, kendall_tau_b, mean_ci, paired_difference, top_overlap
 
 NAMES = {"darts": "DARTS", "spos": "SPOS", "proxyless": "ProxylessNAS"}
+ABLATIONS = ("no_recursive", "no_regional", "deepinversion", "noise")
 
 
 def source_label(source: str) -> str:
@@ -53,58 +65,81 @@ def collect(layout: Layout, cfg: dict) -> list[dict]:
             "parameters": metrics["parameters"], "multiply_adds": metrics["multiply_adds"],
             "search_seconds": found.get("search_seconds", 0.0), "data_images": found.get("data_images", 0),
             "weight_updates": found.get("weight_updates", 0),
+            "heldout_acc": found.get("heldout_acc"), "chance": found.get("chance"),
             "retrain_seconds": metrics.get("train_seconds"),
         })
     return records
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (nan for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return mean, std
+def near_chance(record: dict, threshold: float) -> bool:
+    """Whether a search's supernet stayed near chance: held-out accuracy below
+    chance + threshold x (1 - chance)."""
+    acc, chance = record.get("heldout_acc"), record.get("chance")
+    return acc is not None and chance is not None and acc < chance + threshold * (1 - chance)
 
 
-def arm_rows(records: list[dict], algorithm: str) -> list[dict]:
-    """The table of one algorithm: one row per source (in the records' order), numbers over seeds."""
-    import pandas as pd
+def top1_by_seed(records: list[dict], algorithm: str, source: str) -> dict[int, float]:
+    """Top-1 in percent per seed of one arm."""
+    return {r["seed"]: 100 * r["top1"] for r in records if r["algorithm"] == algorithm and r["source"] == source}
 
-    df = pd.DataFrame([r for r in records if r["algorithm"] == algorithm])
-    df["top1"] = 100 * df["top1"]
-    grouped = df.groupby("source", sort=False).agg(
-        seeds=("seed", "count"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
-        parameters=("parameters", "mean"), multiply_adds=("multiply_adds", "mean"),
-        search_seconds=("search_seconds", "mean"), data_images=("data_images", "first"),
-        weight_updates=("weight_updates", "mean"))
+
+def _round(value: float, digits: int = 4):
+    return None if value is None or math.isnan(value) else round(float(value), digits)
+
+
+def arm_rows(records: list[dict], algorithm: str, threshold: float = 0.25) -> list[dict]:
+    """The table of one algorithm: one row per source (in the records' order), numbers over seeds:
+    top-1 and the paired difference to natural data as mean and 95% half-width, the search's
+    held-out accuracy (percent) likewise, and the seeds whose supernet stayed near chance."""
     rows = []
-    for source, g in grouped.iterrows():
-        images = int(g["data_images"])
+    for source in dict.fromkeys(r["source"] for r in records if r["algorithm"] == algorithm):
+        group = [r for r in records if r["algorithm"] == algorithm and r["source"] == source]
+        top1 = top1_by_seed(records, algorithm, source)
+        mean, half = mean_ci(top1.values())
+        diff = (paired_difference(top1, top1_by_seed(records, algorithm, "natural"))
+                if source != "natural" else None)
+        heldout = [100 * r["heldout_acc"] for r in group if r["heldout_acc"] is not None]
+        h_mean, h_half = mean_ci(heldout)
+        images = int(group[0]["data_images"])
         data = ("none" if source == "random" else
                 f"{images} natural images" if source == "natural" else f"{images} synthetic images")
         rows.append({
-            "searched_on": source_label(source), "source": source, "seeds": int(g["seeds"]),
-            "top1_mean": round(float(g["top1_mean"]), 4),
-            "top1_std": None if pd.isna(g["top1_std"]) else round(float(g["top1_std"]), 4),
-            "parameters": round(float(g["parameters"])), "multiply_adds": round(float(g["multiply_adds"])),
-            "search_seconds": round(float(g["search_seconds"]), 1), "weight_updates": round(float(g["weight_updates"])),
+            "searched_on": source_label(source), "source": source, "seeds": len(group),
+            "top1_mean": _round(mean), "top1_ci95": _round(half),
+            "minus_natural_mean": _round(diff["mean"]) if diff else None,
+            "minus_natural_ci95": _round(diff["half"]) if diff else None,
+            "heldout_acc_mean": _round(h_mean, 2) if heldout else None,
+            "heldout_acc_ci95": _round(h_half, 2) if heldout else None,
+            "near_chance_seeds": " ".join(str(r["seed"]) for r in group if near_chance(r, threshold)),
+            "parameters": round(sum(r["parameters"] for r in group) / len(group)),
+            "multiply_adds": round(sum(r["multiply_adds"] for r in group) / len(group)),
+            "search_seconds": round(sum(r["search_seconds"] for r in group) / len(group), 1),
+            "weight_updates": round(sum(r["weight_updates"] for r in group) / len(group)),
             "data": data,
         })
     return rows
 
 
+def _ci(mean, half, digits: int = 2) -> str:
+    return format_ci(mean, math.nan if half is None else half, digits)
+
+
 def format_top1(row: dict) -> str:
-    if row["top1_std"] is None:
-        return f"{row['top1_mean']:.2f}"
-    return f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}"
+    return _ci(row["top1_mean"], row["top1_ci95"])
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ["searched on", "top-1 (%)", "seeds", "parameters", "multiply-adds", "search time", "weight updates",
-              "data used for the search"]
+    header = ["searched on", "top-1 (%)", "minus natural (points)", "search held-out acc. (%)", "seeds",
+              "parameters", "multiply-adds", "search time", "weight updates", "data used for the search"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["searched_on"], format_top1(r), str(r["seeds"]), f"{r['parameters']:,}",
+        diff = "" if r["minus_natural_mean"] is None else (
+            f"{r['minus_natural_mean']:+.2f}" if r["minus_natural_ci95"] is None
+            else f"{r['minus_natural_mean']:+.2f} ± {r['minus_natural_ci95']:.2f}")
+        heldout = "" if r["heldout_acc_mean"] is None else _ci(r["heldout_acc_mean"], r["heldout_acc_ci95"], 1)
+        if r["near_chance_seeds"]:
+            heldout += f" (near chance: seed {r['near_chance_seeds']})"
+        cells = [r["searched_on"], format_top1(r), diff, heldout, str(r["seeds"]), f"{r['parameters']:,}",
                  f"{r['multiply_adds'] / 1e6:.2f}M", format_seconds_short(r["search_seconds"]),
                  f"{r['weight_updates']:,}" if r["weight_updates"] else "none", r["data"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -119,38 +154,135 @@ def format_seconds_short(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def difference(records: list[dict], algorithm: str, source: str, reference: str = "natural") -> dict | None:
-    """Top-1 of ``source`` minus ``reference`` in points: per-seed differences, their mean and spread."""
-    by_seed = {}
-    for r in records:
-        if r["algorithm"] == algorithm and r["source"] in (source, reference):
-            by_seed.setdefault(r["seed"], {})[r["source"]] = 100 * r["top1"]
-    diffs = [v[source] - v[reference] for v in by_seed.values() if source in v and reference in v]
-    if not diffs:
-        return None
-    mean, std = mean_std(diffs)
-    return {"points": mean, "std": None if math.isnan(std) else std, "seeds": len(diffs)}
-
-
-def summary_sentence(records: list[dict], algorithm: str, rankings: dict) -> str:
-    name = NAMES.get(algorithm, algorithm)
-    rows = {r["source"]: r for r in arm_rows(records, algorithm)}
+def main_variant(rows: dict) -> str | None:
     synthetic = [s for s in rows if s not in ("natural", "random")]
-    if "natural" not in rows or not synthetic:
+    return ("full" if "full" in synthetic else synthetic[0]) if synthetic else None
+
+
+def summary_sentence(records: list[dict], algorithm: str, rankings: dict, threshold: float = 0.25) -> str:
+    """What the table of one algorithm says, computed from its intervals."""
+    name = NAMES.get(algorithm, algorithm)
+    rows = {r["source"]: r for r in arm_rows(records, algorithm, threshold)}
+    main = main_variant(rows)
+    if "natural" not in rows or main is None:
         return f"{name}: the table has no natural-versus-synthetic comparison (sources {', '.join(rows)})."
-    main = "full" if "full" in synthetic else synthetic[0]
-    d = difference(records, algorithm, main)
-    spread = (f"± {d['std']:.2f} over {d['seeds']} seeds" if d["std"] is not None else "one seed, no spread")
-    text = (f"{name}: the architecture searched on synthetic data ({main}) reaches {format_top1(rows[main])}% top-1 "
-            f"against {format_top1(rows['natural'])}% when searched on natural data, {d['points']:+.2f} points "
-            f"({spread})")
+    seeds = rows[main]["seeds"]
+    synthetic = top1_by_seed(records, algorithm, main)
+    d = paired_difference(synthetic, top1_by_seed(records, algorithm, "natural"))
+    text = (f"{name} ({seeds} seed{'s' if seeds > 1 else ''}): searched on synthetic data ({main}) "
+            f"{format_top1(rows[main])}% top-1, on natural data {format_top1(rows['natural'])}%; synthetic minus "
+            f"natural is {compare(d['mean'], d['half'])}")
     if "random" in rows:
-        text += f"; a random architecture reaches {format_top1(rows['random'])}%"
+        r = paired_difference(synthetic, top1_by_seed(records, algorithm, "random"))
+        text += (f"; against a random architecture ({format_top1(rows['random'])}%) synthetic is "
+                 f"{compare(r['mean'], r['half'])}")
+    learned = [f"{source} {_ci(row['heldout_acc_mean'], row['heldout_acc_ci95'], 1)}%"
+               for source, row in rows.items() if row["heldout_acc_mean"] is not None]
+    if learned:
+        text += f". Search held-out accuracy: {', '.join(learned)}"
+    stuck = [f"{source} (seed {row['near_chance_seeds']})" for source, row in rows.items() if row["near_chance_seeds"]]
+    if stuck:
+        text += (f". Near chance, so their pick is a random pick: {', '.join(stuck)}")
     taus = [v["kendall_tau"] for (alg, src, _), v in rankings.items() if alg == algorithm and src == main]
     taus = [t for t in taus if t is not None]
     if taus:
-        text += f"; the {main} supernet ranks paths with Kendall tau {sum(taus) / len(taus):.2f} against natural data"
+        tau, half = mean_ci(taus)
+        text += f". The {main} supernet ranks paths with Kendall tau {_ci(tau, half)} against natural data"
     return text + "."
+
+
+def goal_lines(records: list[dict], cfg: dict, fidelity: list[dict], qualities: dict) -> list[str]:
+    """The comparison's goals, each checked from the intervals: met, missed, or not testable."""
+    margin = cfg["report"]["margin"]
+    lines = []
+    for algorithm in cfg["search"]["algorithms"]:
+        name = NAMES.get(algorithm, algorithm)
+        rows = {r["source"]: r for r in arm_rows(records, algorithm)}
+        main = main_variant(rows)
+        if main is None or "natural" not in rows:
+            continue
+        synthetic = top1_by_seed(records, algorithm, main)
+        for reference, goal, bound in (("natural", f"within {margin:g} points of natural data or better", -margin),
+                                       ("random", "above a random architecture", 0.0)):
+            if reference not in rows:
+                continue
+            d = paired_difference(synthetic, top1_by_seed(records, algorithm, reference))
+            if math.isnan(d["half"]):
+                verdict = "not testable with one seed"
+            else:
+                lo, hi = d["mean"] - d["half"], d["mean"] + d["half"]
+                verdict = (("met" if lo > bound else "missed") + f" (95% interval of {main} minus {reference}: "
+                           f"{lo:+.2f} to {hi:+.2f} points)")
+            lines.append(f"- {name}, search on {main} {goal}: {verdict}")
+    for space in dict.fromkeys(r["space"] for r in fidelity):
+        taus = {r["source"]: r for r in fidelity if r["space"] == space and r["source"] != "natural"}
+        if "full" in taus and len(taus) > 1:
+            others = {s: r for s, r in taus.items() if s != "full"}
+            best = all(taus["full"]["tau"] > r["tau"] for r in others.values() if not math.isnan(r["tau"]))
+            apart = all(taus["full"]["tau_low"] > r["tau_high"] for r in others.values())
+            lines.append(f"- {NAMES.get(space, space)} fidelity, `full` ranks architectures best of the synthetic "
+                         f"sets (Kendall tau-b): {'met' if best else 'missed'}"
+                         + (" (intervals apart)" if best and apart else " (intervals overlap)" if best else ""))
+        if "noise" in taus and len(taus) > 1:
+            others = [r for s, r in taus.items() if s != "noise"]
+            last = all(taus["noise"]["tau_high"] < r["tau"] for r in others)
+            lines.append(f"- {NAMES.get(space, space)} fidelity, `noise` clearly last (its interval below every "
+                         f"other source's tau-b): {'met' if last else 'missed'}")
+    eff = {v: q.get("student", {}).get("data_efficiency") for v, q in qualities.items()}
+    eff = {v: e for v, e in eff.items() if e is not None}
+    if "full" in eff:
+        others = [e for v, e in eff.items() if v != "full"]
+        ok = eff["full"] >= 0.9 and all(eff["full"] > e for e in others)
+        lines.append(f"- `full` data efficiency at least 0.9 and above every ablation: {'met' if ok else 'missed'} "
+                     f"({', '.join(f'{v} {e:.3f}' for v, e in eff.items())})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Fidelity
+
+
+def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
+    """Per space and source: Kendall tau-b and top-fraction overlap of the proxy scores against the
+    retrained top-1, with percentile-bootstrap 95% intervals over the architectures."""
+    k = cfg["fidelity"]["architectures"]
+    fraction, resamples = cfg["report"]["top_fraction"], cfg["report"]["bootstrap"]
+    rows = []
+    for space in fidelity_spaces(cfg):
+        truth = np.array([read_json(layout.fidelity_truth(space, i), *NEEDED)["top1"] for i in range(k)])
+        for source in fidelity_sources(cfg):
+            proxy = read_json(layout.fidelity_proxy(space, source), *NEEDED)
+            by_index = {r["index"]: r["val_acc"] for r in proxy["scores"]}
+            if sorted(by_index) != list(range(k)):
+                raise DfnasError(f"{layout.fidelity_proxy(space, source)}: scores for architectures "
+                                 f"{sorted(by_index)}, expected 0..{k - 1} (rerun the fidelity stage)")
+            scores = np.array([by_index[i] for i in range(k)])
+            seed = derived_seed(cfg["seed"], "fidelity", "bootstrap", space, source) % (2**32)
+            tau_lo, tau_hi = bootstrap_ci(lambda idx: kendall_tau_b(scores[idx], truth[idx]), k, resamples, seed)
+            ov_lo, ov_hi = bootstrap_ci(lambda idx: top_overlap(scores[idx], truth[idx], fraction), k, resamples, seed)
+            rows.append({"space": space, "source": source, "architectures": k,
+                         "tau": kendall_tau_b(scores, truth), "tau_low": tau_lo, "tau_high": tau_hi,
+                         "top_overlap": top_overlap(scores, truth, fraction), "overlap_low": ov_lo,
+                         "overlap_high": ov_hi, "proxy_mean_acc": float(scores.mean()),
+                         "heldout_images": proxy["heldout_images"], "steps": proxy["steps"],
+                         "scores": scores.tolist(), "truth": truth.tolist()})
+    return rows
+
+
+def fidelity_markdown(rows: list[dict], fraction: float) -> str:
+    lines = [f"| space | source | Kendall tau-b [95% interval] | top-{fraction:.0%} overlap [95% interval] "
+             "| proxy held-out acc. (mean) | held-out images |", "|---|---|---|---|---|---|"]
+    def interval(value, low, high):
+        if math.isnan(value):
+            return "n/a (constant scores)"
+        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+    for r in rows:
+        lines.append(f"| {NAMES.get(r['space'], r['space'])} | {r['source']} | "
+                     f"{interval(r['tau'], r['tau_low'], r['tau_high'])} | "
+                     f"{interval(r['top_overlap'], r['overlap_low'], r['overlap_high'])} | "
+                     f"{100 * r['proxy_mean_acc']:.1f}% | {r['heldout_images']} |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,13 +290,13 @@ def summary_sentence(records: list[dict], algorithm: str, rankings: dict) -> str
 
 
 def plot_accuracy(tables: dict[str, list[dict]], path: Path) -> None:
-    """The tables as bars: top-1 per source, error bars one standard deviation over seeds."""
+    """The tables as bars: top-1 per source, error bars the 95% confidence interval over seeds."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), squeeze=False)
     colors = {"natural": "tab:green", "random": "tab:gray"}
     for ax, (algorithm, rows) in zip(axes[0], tables.items()):
         means = [r["top1_mean"] for r in rows]
-        errs = [r["top1_std"] or 0.0 for r in rows]
+        errs = [r["top1_ci95"] or 0.0 for r in rows]
         ax.bar(range(len(rows)), means, yerr=errs, capsize=4,
                color=[colors.get(r["source"], "tab:blue") for r in rows])
         ax.set_xticks(range(len(rows)), [r["source"] for r in rows], rotation=20)
@@ -172,8 +304,36 @@ def plot_accuracy(tables: dict[str, list[dict]], path: Path) -> None:
         ax.set_ylim(max(0, low - 5), min(100, max(m + e for m, e in zip(means, errs)) + 2))
         for i, m in enumerate(means):
             ax.text(i, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.set_title(NAMES.get(algorithm, algorithm))
+        ax.set_title(f"{NAMES.get(algorithm, algorithm)} ({rows[0]['seeds']} seeds, 95% CI)")
         ax.set_ylabel("top-1 on the natural test split (%)")
+    save_figure(fig, path)
+
+
+def plot_fidelity(rows: list[dict], path: Path) -> None:
+    """Per space: Kendall tau-b of each source with its bootstrap interval (top), and each
+    architecture's proxy score against its retrained top-1 (bottom)."""
+    plt = pyplot()
+    spaces = list(dict.fromkeys(r["space"] for r in rows))
+    fig, axes = plt.subplots(2, len(spaces), figsize=(4.4 * len(spaces), 7), squeeze=False)
+    for col, space in enumerate(spaces):
+        group = [r for r in rows if r["space"] == space]
+        ax = axes[0][col]
+        taus = [r["tau"] for r in group]
+        err = [[t - r["tau_low"] for t, r in zip(taus, group)], [r["tau_high"] - t for t, r in zip(taus, group)]]
+        ax.bar(range(len(group)), taus, yerr=err, capsize=4,
+               color=["tab:green" if r["source"] == "natural" else "tab:blue" for r in group])
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set_xticks(range(len(group)), [r["source"] for r in group], rotation=20)
+        ax.set_ylim(-1, 1)
+        ax.set_ylabel("Kendall tau-b vs retrained top-1")
+        ax.set_title(f"{NAMES.get(space, space)}: {group[0]['architectures']} architectures")
+        ax = axes[1][col]
+        for r in group:
+            ax.plot([100 * t for t in r["truth"]], [100 * v for v in r["scores"]], "o", markersize=4,
+                    label=f"{r['source']} (tau {r['tau']:.2f})")
+        ax.set_xlabel("retrained top-1 on natural test (%)")
+        ax.set_ylabel("proxy held-out accuracy (%)")
+        ax.legend(fontsize=7)
     save_figure(fig, path)
 
 
@@ -232,28 +392,41 @@ def plot_entropy(qualities: dict[str, dict], path: Path) -> None:
 
 
 def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
-    search_cfg = cfg["search"]
+    search_cfg, rcfg = cfg["search"], cfg["report"]
     layout = Layout.of(run_dir)
     records = collect(layout, cfg)
     qualities = {v: read_json(layout.quality(v), *NEEDED) for v in cfg["synthesis"]["variants"]}
     rankings = {("spos", source, seed): read_json(layout.ranking(source, seed), *NEEDED)
                 for source, seed in ranked(cfg)}
+    fidelity = fidelity_rows(layout, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {}
     for algorithm in search_cfg["algorithms"]:
-        rows = arm_rows(records, algorithm)
+        rows = arm_rows(records, algorithm, rcfg["near_chance"])
         tables[algorithm] = rows
         write_csv(out_dir / f"{algorithm}.csv", rows)
         write_text(out_dir / f"{algorithm}.md", f"## {NAMES.get(algorithm, algorithm)}\n\n" + markdown_table(rows))
-    sentences = [summary_sentence(records, a, rankings) for a in search_cfg["algorithms"]]
+    sentences = [summary_sentence(records, a, rankings, rcfg["near_chance"]) for a in search_cfg["algorithms"]]
+    goals = goal_lines(records, cfg, fidelity, qualities)
     quality_lines = [
         f"| {v} | {100 * q['teacher_agreement_round0']:.1f}% | "
         + ", ".join(f"{r['target_entropy']:.2f}" for r in q["rounds"])
         + f" | {q.get('student', {}).get('data_efficiency', math.nan):.3f} |" for v, q in qualities.items()]
     text = (f"# dfnas report: run {cfg['run']}\n\n" + "\n\n".join(sentences) + "\n\n"
+            + "Intervals are 95% confidence intervals over seeds (Student t); differences are paired by seed.\n\n"
+            + ("## Against the goals\n\n" + "\n".join(goals) + "\n\n" if goals else "")
             + "".join(f"## {NAMES.get(a, a)}\n\n{markdown_table(rows)}\n" for a, rows in tables.items())
             + "## Synthetic data\n\n| variant | teacher agreement (round 0) | target entropy per round (nats) "
               "| student data efficiency |\n|---|---|---|---|\n" + "\n".join(quality_lines) + "\n")
+    if fidelity:
+        table = fidelity_markdown(fidelity, rcfg["top_fraction"])
+        write_text(out_dir / "fidelity.md", "## Fidelity\n\n" + table)
+        write_csv(out_dir / "fidelity.csv", [{k: v for k, v in r.items() if k not in ("scores", "truth")}
+                                             for r in fidelity])
+        text += (f"\n## Fidelity\n\n{cfg['fidelity']['architectures']} architectures per space, each trained "
+                 f"{fidelity[0]['steps']} steps on every source and ranked by held-out accuracy, against their "
+                 f"top-1 after the retrain recipe; intervals: percentile bootstrap over the architectures "
+                 f"({rcfg['bootstrap']} resamples).\n\n" + table)
     if rankings:
         text += ("\n## SPOS ranking check\n\n| source | seed | paths | Kendall tau |\n|---|---|---|---|\n"
                  + "\n".join(f"| {src} | {seed} | {len(r['paths'])} | "
@@ -265,9 +438,11 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
     plot_accuracy(tables, figures / "accuracy.png")
     plot_search_curves(layout, search_cfg, figures / "search_curves.png")
     plot_entropy(qualities, figures / "soft_label_entropy.png")
+    if fidelity:
+        plot_fidelity(fidelity, figures / "fidelity.png")
     for sentence in sentences:
         log(sentence)
-    return {"tables": tables, "summary": sentences}
+    return {"tables": tables, "summary": sentences, "goals": goals, "fidelity": fidelity}
 
 
 @cli_main

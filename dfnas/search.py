@@ -13,7 +13,8 @@ A checkpoint is written after every epoch: a killed search resumes from it and, 
 with the same architecture as an uninterrupted one.
 
 Outputs (in ``--out-dir``): ``architecture.json`` (space, its arguments, the choices, how they were
-found), ``history.csv`` (per-epoch losses, accuracies and architecture probabilities) and
+found: among others ``heldout_acc``, the search network's final accuracy on its held-out part, and
+``chance``), ``history.csv`` (per-epoch losses, accuracies and architecture probabilities) and
 ``architecture.png`` (the cells, path or blocks); for every source but random ``search_network.pt``,
 the trained search network or supernet, from which `dfnas.ranking` scores fixed SPOS paths.
 
@@ -57,6 +58,7 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
         "choices": result.choices,
         "found_by": {
             "algorithm": algorithm, "source": source, "seed": seed, "data_images": data.images,
+            "heldout_images": len(data.halves[1]), "chance": 1.0 / data.num_classes,
             "search_network": result.search_args, "config": scfg,
             "config_hash": config_hash({"search": scfg, "source": source, "seed": seed}),
             "search_seconds": time.time() - t0, "device": str(device), "versions": versions(),

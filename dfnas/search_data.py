@@ -30,6 +30,24 @@ from dfnas.streaming import batch_plan, stream
 from dfnas.train import Recipe
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, forward) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them as the plain average over
+    ``batches`` (cumulative moving average), as SPOS does before scoring a path; ``forward(model, x)``
+    runs one batch. The model is left in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for x in batches:
+        forward(model, x)
+    model.eval()
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+
+
 class AugmentedImages:
     """A natural split whose training views (read with a generator) also get the search's batch
     augmentation (crop with zero padding, flip); evaluation views (no generator) are left alone.
@@ -148,11 +166,21 @@ class SearchData:
         for x, target in stream(self.heldout, batch_plan(self.halves[1], batch_size), self.workers):
             yield self.norm(x), target
 
-    def evaluate(self, model: nn.Module, device, batch_size: int, path=None) -> dict:
+    def recalibration_batches(self, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+        """``count`` training batches (normalized images) drawn with ``seed + 1``: the fixed batches on
+        which BatchNorm is recalibrated before a held-out evaluation."""
+        gen = torch.Generator().manual_seed(seed + 1)
+        return [x for _, (x, _) in zip(range(count), self.batches(0, batch_size, gen))]
+
+    def evaluate(self, model: nn.Module, device, batch_size: int, path=None, recalibrate=None) -> dict:
         """``val_loss`` and ``val_acc`` of ``model`` (with ``path``, that path of a supernet) on the
-        held-out part."""
-        model.eval()
+        held-out part; with ``recalibrate`` (batches of `recalibration_batches`), BatchNorm statistics
+        are first re-estimated on them for this network or path: a supernet's running statistics mix
+        every path and, early in training, lag behind its weights."""
         forward = model if path is None else (lambda x: model(x, path))
+        if recalibrate is not None:
+            recalibrate_bn(model, recalibrate, lambda m, x: forward(x.to(device)))
+        model.eval()
         scores = evaluate_batches(forward, self.heldout_batches(batch_size), self.loss_from_logits, self.labels_of,
                                   device)
         model.train()

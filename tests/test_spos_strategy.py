@@ -9,7 +9,8 @@ from conftest import assert_resumes_after_a_kill
 from dfnas.config import validate_config
 from dfnas.search_data import SearchData
 from dfnas.strategies import get_strategy, spos
-from dfnas.strategies.spos import Evolution, evolve, recalibrate_bn
+from dfnas.search_data import recalibrate_bn
+from dfnas.strategies.spos import Evolution, evolve
 
 
 def test_evolution_finds_the_best_path_under_the_bound():

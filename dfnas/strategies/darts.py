@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
-from dfnas.optim import cosine_lr, set_lr
+from dfnas.optim import cosine_lr, set_lr, step_budget
 from dfnas.runtime import progress, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
@@ -104,8 +104,10 @@ class Architect:
 
 
 def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
-    """Alternate architecture and weight steps for ``epochs`` (cosine weight learning rate); the
-    architecture is the genotype derived from the final architecture parameters."""
+    """Alternate architecture and weight steps for ``epochs`` passes or ``iterations`` steps (weight
+    learning rate cosine-decayed per step); after every pass the search network is scored on the
+    held-out part (BatchNorm recalibrated on ``bn_batches`` training batches). The architecture is
+    the genotype derived from the final architecture parameters."""
     dcfg = cfg["search"]["darts"]
     seed_everything(seed)
     args = search_args(dcfg, data.input_shape, data.num_classes)
@@ -118,7 +120,10 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     architect = Architect(model, data.loss, lr=dcfg["arch_lr"], betas=dcfg["arch_betas"],
                           weight_decay=dcfg["arch_weight_decay"], order=dcfg["order"],
                           network_momentum=dcfg["momentum"], network_weight_decay=dcfg["weight_decay"])
-    epochs, bs = dcfg["epochs"], dcfg["batch_size"]
+    bs = dcfg["batch_size"]
+    steps_per_epoch = min(data.steps_per_epoch(0, bs), data.steps_per_epoch(1, bs))
+    total, epochs = step_budget(dcfg["epochs"], dcfg["iterations"], steps_per_epoch)
+    recal = data.recalibration_batches(dcfg["bn_batches"], bs, seed)
     gen = torch.Generator().manual_seed(seed)
     checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": dcfg, **data.fingerprint(seed)}, log)
     stateful = {"model": model, "w_opt": w_opt, "a_opt": architect.optimizer}
@@ -126,11 +131,14 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     history, start = resumed.history, resumed.epoch
     t0 = time.time()
     for epoch in range(start, epochs):
-        lr = cosine_lr(epoch, epochs, dcfg["lr"], minimum=dcfg["lr_min"])
-        set_lr(w_opt, lr)
         model.train()
         sums = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "steps": 0}
         for train_batch, val_batch in zip(data.batches(0, bs, gen), data.batches(1, bs, gen)):
+            step = epoch * steps_per_epoch + sums["steps"]
+            if step == total:  # an update budget ends inside a pass
+                break
+            lr = cosine_lr(step, total, dcfg["lr"], minimum=dcfg["lr_min"])
+            set_lr(w_opt, lr)
             train_batch = tuple(t.to(device) for t in train_batch)
             val_batch = tuple(t.to(device) for t in val_batch)
             if epoch >= dcfg["arch_warmup_epochs"]:
@@ -147,7 +155,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         steps = max(1, sums["steps"])
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["train_loss"] / steps,
                "train_acc": sums["train_acc"] / steps, "arch_loss": sums["arch_loss"] / steps,
-               **data.evaluate(model, device, bs)}
+               **data.evaluate(model, device, bs, recalibrate=recal)}
         for kind, alphas in (("normal", model.alphas_normal), ("reduce", model.alphas_reduce)):
             probs = F.softmax(alphas.detach().cpu(), dim=-1)
             for e in range(probs.shape[0]):
@@ -158,9 +166,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}"
             f"  {progress(t0, epoch + 1, epochs, start)}")
-    updates = epochs * min(data.steps_per_epoch(0, bs), data.steps_per_epoch(1, bs))
     return SearchResult(space_args={k: args[k] for k in ("steps", "multiplier")},
                         choices=genotype_to_dict(model.genotype()), history=history, network=model,
                         search_args={k: args[k] for k in ("in_channels", "resolution", "num_classes", "cells",
                                                           "channels")},
-                        found_by={"weight_updates": updates})
+                        found_by={"weight_updates": total, "heldout_acc": history[-1]["val_acc"]})

@@ -216,7 +216,9 @@ def data_options(scfg: dict) -> dict:
 
 def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
     """Warm up the supernet's weights (one sampled path per step), then alternate weight steps with an
-    architecture step every ``arch_every`` of them; the architecture is the argmax per block.
+    architecture step every ``arch_every`` of them; the architecture is the argmax per block. After
+    every epoch the argmax path is scored on the held-out part, BatchNorm recalibrated for it on
+    ``bn_batches`` training batches.
 
     A checkpoint after every epoch; a resumed search ends as an uninterrupted one on the CPU.
     """
@@ -245,6 +247,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     a_opt = torch.optim.Adam([arch.alpha], lr=s["arch_lr"], betas=betas, weight_decay=0)
     gen = torch.Generator().manual_seed(seed)
     bs = s["batch_size"]
+    recal = data.recalibration_batches(s["bn_batches"], bs, seed)
     steps_per_epoch = data.steps_per_epoch(0, bs)
     warmup_total, warmup = step_budget(s["warmup_epochs"], s["warmup_iterations"], steps_per_epoch)
     search_total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
@@ -280,7 +283,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                 sums["arch_steps"] += 1
         steps = max(1, sums["steps"])
         ops = arch.argmax()
-        val = data.evaluate(model, device, bs, ops)
+        val = data.evaluate(model, device, bs, ops, recalibrate=recal)
         probs = arch.probs().detach().cpu()
         row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
                "train_loss": sums["loss"] / steps, "train_acc": sums["acc"] / steps,
@@ -302,6 +305,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     ops = arch.argmax()
     fixed = ProxylessNet(ops, **args)
     return SearchResult(space_args=args, choices={"ops": ops}, history=history, network=model, search_args=args,
-                        found_by={"weight_updates": warmup_total + search_total, "multiply_adds": flops.cost(ops), "parameters": count_parameters(fixed),
+                        found_by={"weight_updates": warmup_total + search_total, "heldout_acc": history[-1]["val_acc"],
+                                  "multiply_adds": flops.cost(ops), "parameters": count_parameters(fixed),
                                   "latency_ms": None if latency is None else latency.cost(ops),
                                   "hardware_metric": hw["metric"], "hardware_target": target})

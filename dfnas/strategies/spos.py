@@ -6,7 +6,9 @@ within FLOPs bins (``train_flops``, ``bins``), SGD with linear decay, for ``epoc
 ``iterations`` updates; then an evolution searches
 paths under the FLOPs bound, each scored (`path_scorer`) by its accuracy on the held-out part after
 BatchNorm recalibration on training batches. On a synthetic source the held-out part is the merged
-set's validation split; on natural data ``train_portion`` of the subset trains.
+set's validation split; on natural data ``train_portion`` of the subset trains. How well the
+supernet learned (``heldout_acc`` of the architecture's ``found_by``) is the mean score of the first
+generation: paths drawn at random under the bound, each recalibrated and scored.
 
 Evolution (Guo et al. 2020): a population of paths within the bound, scored; every generation
 keeps the ``topk`` best ever seen, and the next population is made of mutations (each block
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
@@ -95,6 +96,7 @@ def evolve(score: Callable[[tuple], float], macs: Callable[[tuple], float], n_bl
         top = sorted(seen, key=lambda p: -seen[p])[: cfg.topk]
         best = top[0]
         row = {"generation": gen + 1, "scored": len(seen), "best_score": seen[best],
+               "mean_score": sum(seen[p] for p in candidates) / len(candidates),
                "best_macs": float(macs(best)), "top_mean_score": sum(seen[p] for p in top) / len(top),
                "best_path": "".join(map(str, best))}
         history.append(row)
@@ -109,23 +111,6 @@ def evolve(score: Callable[[tuple], float], macs: Callable[[tuple], float], n_bl
     return top[0], history
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches, forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
-    """Reset every BatchNorm's running statistics and re-estimate them as the plain average over
-    ``batches`` (cumulative moving average), as SPOS does before scoring a path."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    for x in batches:
-        forward(model, x)
-    model.eval()
-    for m, (momentum, _) in zip(bns, saved):
-        m.momentum = momentum
-
-
 def data_options(scfg: dict) -> dict:
     return {"train_portion": scfg["train_portion"], "label_smoothing": scfg["label_smoothing"],
             "synthetic_holdout": "val"}
@@ -134,12 +119,10 @@ def data_options(scfg: dict) -> dict:
 def path_scorer(model, data: SearchData, scfg: dict, seed: int, device) -> Callable[[tuple], float]:
     """How SPOS scores a path: BatchNorm recalibrated on the same ``bn_batches`` training batches
     (drawn with ``seed + 1``), then accuracy on the held-out part."""
-    recal_gen = torch.Generator().manual_seed(seed + 1)
-    recal = [x for _, (x, _) in zip(range(scfg["bn_batches"]), data.batches(0, scfg["batch_size"], recal_gen))]
+    recal = data.recalibration_batches(scfg["bn_batches"], scfg["batch_size"], seed)
 
     def score(path) -> float:
-        recalibrate_bn(model, recal, lambda m, x: m(x.to(device), path))
-        return data.evaluate(model, device, scfg["batch_size"], path)["val_acc"]
+        return data.evaluate(model, device, scfg["batch_size"], path, recalibrate=recal)["val_acc"]
 
     return score
 
@@ -194,5 +177,6 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     best, evolution = evolve(score, table.cost, table.n_blocks, len(CHOICES), bound, ecfg, gen, log)
     return SearchResult(space_args=args, choices={"path": list(best)},
                         history=history + [{"epoch": "", **row} for row in evolution], network=model, search_args=args,
-                        found_by={"weight_updates": total, "multiply_adds": table.cost(best),
+                        found_by={"weight_updates": total, "heldout_acc": evolution[0]["mean_score"],
+                                  "multiply_adds": table.cost(best),
                                   "parameters": count_parameters(ShuffleNetOneShot(best, **args)), "flops_bound": bound})

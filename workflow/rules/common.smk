@@ -5,7 +5,7 @@ import os
 import sys
 
 from dfnas.jobs import job_json
-from dfnas.layout import Layout, arms, ranked
+from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ranked
 
 L = Layout(config["run"])
 RESULTS = L.path()
@@ -16,6 +16,10 @@ SOURCES = config["search"]["sources"]
 SEEDS = config["search"]["seeds"]
 ARMS = arms(config)
 RANKED = ranked(config)
+FIDELITY_SPACES = fidelity_spaces(config)
+FIDELITY_SOURCES = fidelity_sources(config)
+FIDELITY = [(space, source) for space in FIDELITY_SPACES for source in FIDELITY_SOURCES]
+FIDELITY_TRUTH = [(space, k) for space in FIDELITY_SPACES for k in range(config["fidelity"]["architectures"])]
 SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
 # sbatch --gpus): none when the config pins the CPU.

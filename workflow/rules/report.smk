@@ -1,5 +1,6 @@
-# The report: the paper's tables (per algorithm: natural vs each synthetic variant vs random), the
-# one-sentence summary and the figures, from every retrain, search, quality and ranking output.
+# The report: the paper's tables (per algorithm: natural vs each synthetic variant vs random, 95%
+# intervals over seeds), the summary computed from them, the goals, the fidelity table and the
+# figures, from every retrain, search, quality, ranking and fidelity output.
 # `snakemake --report report.html` gathers what is flagged report() below into a browsable page.
 
 
@@ -10,6 +11,8 @@ rule report:
         histories=[L.history(*arm) for arm in ARMS],
         quality=[L.quality(v) for v in VARIANTS],
         rankings=[L.ranking(source, seed) for source, seed in RANKED],
+        fidelity=[L.fidelity_proxy(space, source) for space, source in FIDELITY],
+        truth=[L.fidelity_truth(space, k) for space, k in FIDELITY_TRUTH],
     output:
         summary=report(L.report("summary.md"), caption="../report/summary.rst", category="1. Results"),
         tables=report([L.report(f"{a}.md") for a in ALGORITHMS], caption="../report/table.rst", category="1. Results"),
@@ -19,6 +22,9 @@ rule report:
                       category="3. Search"),
         entropy=report(L.report("figures", "soft_label_entropy.png"), caption="../report/entropy.rst",
                        category="2. Synthetic data"),
+        fidelity=[L.report("fidelity.md"), L.report("fidelity.csv"),
+                  report(L.report("figures", "fidelity.png"), caption="../report/fidelity.rst",
+                         category="3. Search")] if FIDELITY else [],
     params:
         cfg=job_params("report"),
         run_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.summary)),

@@ -1,0 +1,77 @@
+# Fidelity: is each source a faithful proxy for NAS, apart from any single search's luck? Per search
+# space (named like its algorithm), K architectures drawn with the run's seed are trained briefly on
+# every source (natural data, each synthetic variant by distillation) and, once, with the retrain
+# recipe on natural data (their true accuracy); the report ranks one against the other.
+
+
+rule fidelity_draw:
+    input:
+        natural=rules.data.output[0],
+    output:
+        archs=L.fidelity_architectures("{algorithm}"),
+        each=[L.fidelity_architecture("{algorithm}", k) for k in range(config["fidelity"]["architectures"])],
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+    params:
+        cfg=job_params("fidelity_draw"),
+        out_dir=lambda wc, output: os.path.dirname(output.archs),
+    log:
+        L.log("fidelity/{algorithm}_draw"),
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.fidelity --config-json {params.cfg:q} --threads {threads} draw --space {wildcards.algorithm}"
+        " --dataset-json {input.natural} --out-dir {params.out_dir} 2>&1 | tee {log}"
+
+
+rule fidelity_proxy:
+    input:
+        unpack(search_inputs),
+        archs=L.fidelity_architectures("{algorithm}"),
+    output:
+        L.fidelity_proxy("{algorithm}", "{source}"),
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        source="|".join(FIDELITY_SOURCES),
+    params:
+        cfg=job_params("fidelity_proxy"),
+        data=search_data_args,
+    log:
+        L.log("fidelity/{algorithm}_{source}"),
+    benchmark:
+        L.benchmark("fidelity/{algorithm}_{source}")
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.fidelity --config-json {params.cfg:q} --threads {threads} proxy --space {wildcards.algorithm}"
+        " --source {wildcards.source} --architectures {input.archs} {params.data} --out {output} 2>&1 | tee {log}"
+
+
+# The truth: each architecture retrained with the recipe of every found architecture.
+rule fidelity_truth:
+    input:
+        arch=L.fidelity_architecture("{algorithm}", "{index}"),
+        natural=rules.data.output[0],
+    output:
+        L.fidelity_truth("{algorithm}", "{index}"),
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        index=r"\d+",
+    params:
+        cfg=job_params("retrain"),
+    log:
+        L.log("fidelity/{algorithm}_retrain{index}"),
+    benchmark:
+        L.benchmark("fidelity/{algorithm}_retrain{index}")
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "python -m dfnas.retrain --config-json {params.cfg:q} --arch {input.arch} --out {output}"
+        " --threads {threads} 2>&1 | tee {log}"
