@@ -15,6 +15,8 @@ TOP1 = {  # (source, seed) -> top-1
     ("random", 0): 0.75, ("random", 1): 0.77,
 }
 
+HELDOUT = {("natural", 0): 0.70, ("natural", 1): 0.80, ("full", 0): 0.60, ("full", 1): 0.12}
+
 
 def fake_run(run_dir, algorithms=("darts",), seeds=(0, 1)):
     for algorithm in algorithms:
@@ -31,7 +33,8 @@ def fake_run(run_dir, algorithms=("darts",), seeds=(0, 1)):
                 "space": algorithm, "choices": {}, "found_by": {
                     "search_seconds": 0.0 if source == "random" else 60.0 + seed,
                     "data_images": 0 if source == "random" else 520,
-                    "weight_updates": 0 if source == "random" else 1000 * (seed + 1)}}))
+                    "weight_updates": 0 if source == "random" else 1000 * (seed + 1),
+                    **({} if source == "random" else {"heldout_acc": HELDOUT[source, seed], "chance": 0.1})}}))
             epochs = [] if source == "random" else [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]
             with open(run_dir / "search" / arm / "history.csv", "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=["epoch", "val_acc"])
@@ -55,33 +58,101 @@ def test_tables_and_summary_by_hand(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "report" / "darts.csv")))
     assert [r["source"] for r in rows] == ["natural", "full", "random"]
     natural, full, random = rows
-    # natural: mean of 80 and 82 = 81, sample std = sqrt(2) = 1.4142
+    # natural: 80 and 82 -> mean 81, sd sqrt(2), 95% half-width t(0.975, 1) * sd / sqrt(2) = 12.706
     assert float(natural["top1_mean"]) == pytest.approx(81.0)
-    assert float(natural["top1_std"]) == pytest.approx(2**0.5, abs=1e-4)
+    assert float(natural["top1_ci95"]) == pytest.approx(12.706, abs=1e-3)
+    # full: 79 and 81.5 -> mean 80.25, sd 1.7678, half-width 12.706 * 1.7678 / 1.4142 = 15.883
     assert float(full["top1_mean"]) == pytest.approx(80.25)
-    assert float(full["top1_std"]) == pytest.approx(1.7678, abs=1e-4)  # |81.5 - 79| / sqrt(2)
+    assert float(full["top1_ci95"]) == pytest.approx(15.883, abs=1e-3)
+    # paired full - natural per seed: -1.0 and -0.5 -> mean -0.75, half-width 12.706 * 0.35355 / 1.4142 = 3.1765
+    assert float(full["minus_natural_mean"]) == pytest.approx(-0.75)
+    assert float(full["minus_natural_ci95"]) == pytest.approx(3.1765, abs=1e-3)
+    assert natural["minus_natural_mean"] == ""
+    # held-out accuracy in percent; full seed 1 (12% with chance 10%) stayed near chance
+    assert float(natural["heldout_acc_mean"]) == pytest.approx(75.0) and natural["near_chance_seeds"] == ""
+    assert full["near_chance_seeds"] == "1" and random["heldout_acc_mean"] == ""
     assert int(natural["parameters"]) == 1050 and int(natural["multiply_adds"]) == 3_000_000
     assert float(natural["search_seconds"]) == pytest.approx(60.5) and natural["data"] == "520 natural images"
     assert full["data"] == "520 synthetic images" and random["data"] == "none"
     md = (tmp_path / "report" / "darts.md").read_text()
-    assert "| natural data | 81.00 ± 1.41 | 2 | 1,050 | 3.00M | 60 s | 1,500 | 520 natural images |" in md
+    assert ("| natural data | 81.00 ± 12.71 |  | 75.0 ± 63.5 | 2 | 1,050 | 3.00M | 60 s | 1,500 | "
+            "520 natural images |") in md
+    assert "| synthetic data (full) | 80.25 ± 15.88 | -0.75 ± 3.18 | 36.0 ± 304.9 (near chance: seed 1) |" in md
     assert int(natural["weight_updates"]) == 1500 and int(random["weight_updates"]) == 0
-    # per-seed differences full - natural: -1.0 and -0.5 -> mean -0.75, std 0.3536
     sentence = result["summary"][0]
-    assert sentence.startswith("DARTS: the architecture searched on synthetic data (full) reaches 80.25 ± 1.77% top-1")
-    assert "-0.75 points (± 0.35 over 2 seeds)" in sentence and "a random architecture reaches 76.00 ± 1.41%" in sentence
+    # full - natural: [-3.93, 2.43]; full - random: 4.0 and 4.5 -> [1.07, 7.43]
+    assert sentence.startswith("DARTS (2 seeds): searched on synthetic data (full) 80.25 ± 15.88% top-1, on natural "
+                               "data 81.00 ± 12.71%; synthetic minus natural is indistinguishable within 3.93 points")
+    assert "against a random architecture (76.00 ± 12.71%) synthetic is better by 1.07 to 7.43 points" in sentence
+    assert "Near chance, so their pick is a random pick: full (seed 1)" in sentence
+    assert result["goals"] == [
+        "- DARTS, search on full within 0.5 points of natural data or better: missed (95% interval of full minus "
+        "natural: -3.93 to +2.43 points)",
+        "- DARTS, search on full above a random architecture: met (95% interval of full minus random: +1.07 to "
+        "+7.43 points)",
+        "- `full` data efficiency at least 0.9 and above every ablation: missed (full 0.850)"]
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert sentence in summary and "| full | 99.5% | 0.50, 1.50 | 0.850 |" in summary
     for figure in ("accuracy", "search_curves", "soft_label_entropy"):
         assert (tmp_path / "report" / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_one_seed_has_no_spread(tmp_path):
+def test_one_seed_has_no_interval(tmp_path):
     fake_run(tmp_path, seeds=(0,))
     result = make_report(report_config(seeds=[0]), tmp_path, tmp_path / "report", log=lambda *_: None)
-    assert "reaches 79.00% top-1 against 80.00% when searched on natural data, -1.00 points (one seed, no spread)" \
-        in result["summary"][0]
-    assert list(csv.DictReader(open(tmp_path / "report" / "darts.csv")))[0]["top1_std"] == ""
+    assert ("searched on synthetic data (full) 79.00% top-1, on natural data 80.00%; synthetic minus natural is "
+            "-1.00 points from one seed (no interval)") in result["summary"][0]
+    assert list(csv.DictReader(open(tmp_path / "report" / "darts.csv")))[0]["top1_ci95"] == ""
+    assert all(g.endswith("not testable with one seed") for g in result["goals"][:2])
+
+
+def fake_fidelity(run_dir, truth, proxies):
+    for i, top1 in enumerate(truth):
+        path = run_dir / "fidelity" / "darts" / "retrain" / f"arch{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"top1": top1}))
+    for source, scores in proxies.items():
+        (run_dir / "fidelity" / "darts" / f"proxy_{source}.json").write_text(json.dumps({
+            "scores": [{"index": i, "val_acc": v} for i, v in enumerate(scores)], "heldout_images": 100,
+            "steps": 50}))
+
+
+def test_fidelity_table_by_hand(tmp_path):
+    fake_run(tmp_path)
+    truth = [0.70, 0.72, 0.74, 0.76, 0.78, 0.80, 0.82, 0.84]
+    proxies = {"natural": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],      # the same order: tau 1
+               "full": [0.2, 0.1, 0.3, 0.4, 0.5, 0.6, 0.8, 0.7],         # two swapped pairs
+               "noise": [0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]}        # reversed: tau -1
+    fake_fidelity(tmp_path, truth, proxies)
+    cfg = report_config()
+    cfg["synthesis"]["variants"] = ["full", "noise"]
+    (tmp_path / "synthesis" / "noise").mkdir()
+    (tmp_path / "synthesis" / "noise" / "quality.json").write_text(json.dumps({
+        "teacher_agreement_round0": 0.1, "rounds": [{"round": 0, "target_entropy": 0.0}],
+        "student": {"data_efficiency": 0.2}}))
+    cfg["fidelity"] = {**cfg["fidelity"], "architectures": 8}
+    result = make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)
+    rows = {r["source"]: r for r in result["fidelity"]}
+    assert list(rows) == ["natural", "full", "noise"]
+    assert rows["natural"]["tau"] == 1.0 and rows["noise"]["tau"] == -1.0
+    # full: 28 pairs, 2 discordant -> (26 - 2) / 28
+    assert rows["full"]["tau"] == pytest.approx(24 / 28)
+    # top quarter (2 of 8) by truth: items 6, 7; full's top two are 6 and 7 as well; noise's are 0, 1
+    assert rows["full"]["top_overlap"] == 1.0 and rows["noise"]["top_overlap"] == 0.0
+    assert rows["natural"]["tau_low"] == rows["natural"]["tau_high"] == 1.0  # every resample agrees
+    assert rows["full"]["tau_low"] <= rows["full"]["tau"] <= rows["full"]["tau_high"] <= 1.0
+    assert ("- DARTS fidelity, `noise` clearly last (its interval below every other source's tau-b): met"
+            in result["goals"])
+    assert "- DARTS fidelity, `full` ranks architectures best of the synthetic sets (Kendall tau-b): met" \
+        in " ".join(result["goals"])
+    table = (tmp_path / "report" / "fidelity.md").read_text()
+    assert "| DARTS | natural | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 45.0% | 100 |" in table
+    assert (tmp_path / "report" / "figures" / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
+    assert [r["source"] for r in csv.DictReader(open(tmp_path / "report" / "fidelity.csv"))] == list(rows)
+    # A proxy file that misses an architecture is named.
+    fake_fidelity(tmp_path, truth, {"full": proxies["full"][:7]})
+    with pytest.raises(DfnasError, match=r"proxy_full.json: scores for architectures .* expected 0..7"):
+        make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)
 
 
 def test_a_missing_arm_is_named(tmp_path):

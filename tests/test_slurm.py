@@ -30,6 +30,7 @@ SLURM_COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
 OVERRIDES = {
     "synthesis": {"variants": ["full"], "shards": 1},
     "search": {"algorithms": ["spos"], "sources": ["full", "random"]},
+    "fidelity": {"sources": ["full"]},
 }
 
 

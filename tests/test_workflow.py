@@ -42,10 +42,15 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     randoms = len(s["algorithms"]) * len(s["seeds"]) if "random" in s["sources"] else 0
     synthetic = len(set(s["sources"]) - {"natural", "random"})
     ranked = synthetic * len(s["seeds"]) if "spos" in s["algorithms"] and s["spos"]["ranking"]["paths"] else 0
+    f = cfg["fidelity"]
+    spaces = len(f["algorithms"] or s["algorithms"]) if f["architectures"] else 0
+    fidelity_sources = len(f["sources"] or ["natural", *cfg["synthesis"]["variants"]])
     expected = {
         "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
         "soft_labels": variants, "synthesis_quality": variants, "natural_reference": 1, "search": arms - randoms,
         "random_architecture": randoms, "retrain": arms, "ranking": ranked, "report": 1, "all": 1,
+        "fidelity_draw": spaces, "fidelity_proxy": spaces * fidelity_sources,
+        "fidelity_truth": spaces * f["architectures"],
     }
     assert planned_jobs(result.stdout) == {k: v for k, v in expected.items() if v}
     # The synthetic branch takes no natural-data input: only the teacher and its own files.
@@ -100,9 +105,10 @@ PRESET_JOBS = {
     # 4 variants x 20 shards; (SPOS, ProxylessNAS) x 5 sources x 1 seed; SPOS ranking per synthetic source
     "paper-imagenet.yaml": {"synthesize": 80, "merge": 4, "search": 10, "random_architecture": 2, "retrain": 12,
                             "ranking": 4},
-    # 5 variants x 4 shards; 3 algorithms x 5 sources x 3 seeds; 3 x 3 random; 4 synthetic sources x 3 seeds ranked
-    "fmnist-study.yaml": {"synthesize": 20, "merge": 5, "search": 45, "random_architecture": 9, "retrain": 54,
-                          "ranking": 12},
+    # 5 variants x 2 shards; 3 algorithms x 2 sources x 3 seeds; 3 x 3 random; full x 3 seeds ranked;
+    # fidelity: 3 spaces x (natural + 5 variants), 3 x 8 architectures retrained
+    "fmnist-study.yaml": {"synthesize": 10, "merge": 5, "search": 18, "random_architecture": 9, "retrain": 27,
+                          "ranking": 3, "fidelity_draw": 3, "fidelity_proxy": 18, "fidelity_truth": 24},
 }
 
 
@@ -196,7 +202,22 @@ def test_smoke_preset_end_to_end(tmp_path):
         retrained = json.loads((out / "retrain" / algorithm / "full" / "seed0" / "metrics.json").read_text())
         assert float(rows[1]["top1_mean"]) == pytest.approx(100 * retrained["top1"], abs=1e-4)
     summary = (out / "report" / "summary.md").read_text()
-    assert summary.count("searched on synthetic data (full) reaches") == 3 and "Kendall tau" in summary
+    assert summary.count("searched on synthetic data (full) ") == 3 and "Kendall tau" in summary
+    assert "## Against the goals" in summary and "not testable with one seed" in summary
+    for algorithm in ("darts", "spos", "proxyless"):
+        arch = json.loads((out / "search" / algorithm / "full" / "seed0" / "architecture.json").read_text())
+        assert 0 <= arch["found_by"]["heldout_acc"] <= 1 and arch["found_by"]["chance"] == 0.1
+    # The fidelity stage: 4 SPOS architectures, scored on natural data and on `full`, and retrained.
+    archs = json.loads((out / "fidelity" / "spos" / "architectures.json").read_text())
+    assert len(archs) == 4
+    for source in ("natural", "full"):
+        proxy = json.loads((out / "fidelity" / "spos" / f"proxy_{source}.json").read_text())
+        assert [r["index"] for r in proxy["scores"]] == [0, 1, 2, 3] and proxy["steps"] == 6
+    truth = [json.loads((out / "fidelity" / "spos" / "retrain" / f"arch{k}.json").read_text()) for k in range(4)]
+    assert [t["choices"] for t in truth] == [a["choices"] for a in archs]
+    fidelity = list(csv.DictReader(open(out / "report" / "fidelity.csv")))
+    assert [(r["space"], r["source"]) for r in fidelity] == [("spos", "natural"), ("spos", "full")]
+    assert (out / "report" / "figures" / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
     html = snakemake("--configfile", str(REPO / "config/smoke.yaml"), "--report", "report.html", cwd=tmp_path)
     assert html.returncode == 0, html.stderr[-2000:]
     page = (tmp_path / "report.html").read_text()
@@ -284,4 +305,4 @@ def test_smoke_folder_preset_end_to_end(tmp_path):
     assert spos["found_by"]["data_images"] == 60
     ranking = json.loads((out / "search" / "spos" / "full" / "seed0" / "ranking.json").read_text())
     assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40
-    assert (out / "report" / "summary.md").read_text().count("searched on synthetic data (full) reaches") == 3
+    assert (out / "report" / "summary.md").read_text().count("searched on synthetic data (full) ") == 3
