@@ -159,10 +159,10 @@ def main_variant(rows: dict) -> str | None:
     return ("full" if "full" in synthetic else synthetic[0]) if synthetic else None
 
 
-def summary_sentence(records: list[dict], algorithm: str, rankings: dict, threshold: float = 0.25) -> str:
-    """What the table of one algorithm says, computed from its intervals."""
+def summary_sentence(records: list[dict], algorithm: str, table: list[dict], rankings: dict) -> str:
+    """What the table of one algorithm (`arm_rows`) says, computed from its intervals."""
     name = NAMES.get(algorithm, algorithm)
-    rows = {r["source"]: r for r in arm_rows(records, algorithm, threshold)}
+    rows = {r["source"]: r for r in table}
     main = main_variant(rows)
     if "natural" not in rows or main is None:
         return f"{name}: the table has no natural-versus-synthetic comparison (sources {', '.join(rows)})."
@@ -191,13 +191,14 @@ def summary_sentence(records: list[dict], algorithm: str, rankings: dict, thresh
     return text + "."
 
 
-def goal_lines(records: list[dict], cfg: dict, fidelity: list[dict], qualities: dict) -> list[str]:
+def goal_lines(records: list[dict], cfg: dict, tables: dict[str, list[dict]], fidelity: list[dict],
+               qualities: dict) -> list[str]:
     """The comparison's goals, each checked from the intervals: met, missed, or not testable."""
     margin = cfg["report"]["margin"]
     lines = []
-    for algorithm in cfg["search"]["algorithms"]:
+    for algorithm, table in tables.items():
         name = NAMES.get(algorithm, algorithm)
-        rows = {r["source"]: r for r in arm_rows(records, algorithm)}
+        rows = {r["source"]: r for r in table}
         main = main_variant(rows)
         if main is None or "natural" not in rows:
             continue
@@ -406,8 +407,8 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
         tables[algorithm] = rows
         write_csv(out_dir / f"{algorithm}.csv", rows)
         write_text(out_dir / f"{algorithm}.md", f"## {NAMES.get(algorithm, algorithm)}\n\n" + markdown_table(rows))
-    sentences = [summary_sentence(records, a, rankings, rcfg["near_chance"]) for a in search_cfg["algorithms"]]
-    goals = goal_lines(records, cfg, fidelity, qualities)
+    sentences = [summary_sentence(records, a, rows, rankings) for a, rows in tables.items()]
+    goals = goal_lines(records, cfg, tables, fidelity, qualities)
     quality_lines = [
         f"| {v} | {100 * q['teacher_agreement_round0']:.1f}% | "
         + ", ".join(f"{r['target_entropy']:.2f}" for r in q["rounds"])

@@ -1,6 +1,9 @@
 """The DARTS strategy: second-order architecture gradient against an exact computation, genotypes,
 and a search that resumes after a kill."""
 
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,3 +108,18 @@ def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_pat
         return result.choices, result.history
 
     assert_resumes_after_a_kill(run, tmp_path)
+
+
+def test_an_update_budget_ends_inside_a_pass(synthetic_set, tmp_path):
+    # 30 training images in halves of 15: 3 steps of 4 per pass; 7 updates = passes of 3, 3 and 1.
+    cfg = validate_config({"device": "cpu", "search": {"darts": {"cells": 3, "channels": 4, "iterations": 7,
+                                                                 "batch_size": 4, "lr": 0.1, "lr_min": 0.0}}})
+    data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy("darts").data_options(cfg["search"]["darts"]))
+    result = darts.search(cfg, data, 0, tmp_path, "cpu", lambda *_: None)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    # Per-step cosine: the last update is step 6 of 7.
+    assert result.history[-1]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 6 / 7)))
+    assert result.history[0]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 2 / 7)))
+    found = result.found_by
+    assert found["weight_updates"] == 7 and found["heldout_acc"] == result.history[-1]["val_acc"]
+    assert round(found["heldout_acc"] * 15, 6).is_integer()  # scored on the 15 held-out images

@@ -32,6 +32,9 @@ def test_evolution_finds_the_best_path_under_the_bound():
     assert len(set(calls[:-1])) == len(calls) - 1  # no path scored twice
     assert len(history) == 15 and history[-1]["best_score"] == 6
     assert [h["best_score"] for h in history] == sorted(h["best_score"] for h in history)
+    # The first generation is the random population: its mean score is the supernet's held-out accuracy.
+    first = calls[:20]
+    assert history[0]["mean_score"] == pytest.approx(sum(sum(c == 2 for c in p) for p in first) / 20)
     again, _ = evolve(lambda p: sum(c == 2 for c in p), macs, 8, 4, 20, cfg, torch.Generator().manual_seed(0))
     assert again == best
 
