@@ -46,8 +46,10 @@ slurm:
 run: setup data
 	$(BIN)/snakemake --cores $(CORES)
 
+# One test process per core; worksteal keeps the long whole-workflow tests from ending up queued
+# behind each other on one process.
 test: setup data slurm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 clean:
 	rm -rf results .snakemake

@@ -13,10 +13,11 @@ from snakemake.utils import min_version
 
 min_version("8.0")
 
-sys.path.insert(0, workflow.basedir)  # the dfnas package of this checkout, installed or not
+sys.path.insert(
+    0, workflow.basedir
+)  # the dfnas package of this checkout, installed or not
 from dfnas.config import validate_config  # noqa: E402
 from dfnas.errors import DfnasError  # noqa: E402
-
 
 # The embedded default (config.yaml beside this file) is the config only when no --configfile is
 # given: a preset stands alone (schema defaults below it), and means the same from any directory.
@@ -44,6 +45,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         L.teacher_eval(),
         [L.soft_labels(v) for v in VARIANTS],
@@ -51,4 +53,3 @@ rule all:
         [L.metrics(*arm) for arm in ARMS],
         [L.ranking(source, seed) for source, seed in RANKED],
         rules.report.output.summary,
-    default_target: True

@@ -26,18 +26,40 @@ def load_schema(path=SCHEMA_PATH) -> dict:
         raise DfnasError(f"config schema not found at {path}; run dfnas from its source tree") from None
 
 
+def _coerce(value, schema: dict):
+    """A string where the schema wants no string, read as YAML: Snakemake keeps the values nested in
+    ``--config 'synthesis={shards: 1}'`` as text ('1'), while top-level ``--config seed=1`` is a number."""
+    types = schema.get("type") if isinstance(schema, dict) else None
+    if not isinstance(value, str) or types is None or "string" in ([types] if isinstance(types, str) else types):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return value if isinstance(parsed, str) else parsed
+
+
 def _with_defaults(validator_class):
-    """A validator that also writes each property's ``default`` into the instance, recursively."""
+    """A validator that also writes each property's ``default`` into the instance, recursively, and
+    reads text values given for numbers, booleans, lists and mappings (`_coerce`)."""
     validate_properties = validator_class.VALIDATORS["properties"]
+    validate_items = validator_class.VALIDATORS["items"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for key, sub in properties.items():
                 if "default" in sub and key not in instance:
                     instance[key] = copy.deepcopy(sub["default"])
+                elif key in instance:
+                    instance[key] = _coerce(instance[key], sub)
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    def coerce_items(validator, items, instance, schema):
+        if isinstance(instance, list) and isinstance(items, dict):
+            instance[:] = [_coerce(item, items) for item in instance]
+        yield from validate_items(validator, items, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults, "items": coerce_items})
 
 
 def _key_path(error) -> str:
@@ -76,8 +98,12 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 
 
 def check_consistency(config: dict) -> None:
-    """What the schema cannot say: every synthetic search or fidelity source is a synthesized variant,
-    and a fidelity stage ranks at least 4 architectures."""
+    """What the schema cannot say: a url: teacher has its checksum, every synthetic search or fidelity
+    source is a synthesized variant, and a fidelity stage ranks at least 4 architectures."""
+    teacher = config["teacher"]
+    if teacher["source"].startswith("url:") and not teacher["sha256"]:
+        raise DfnasError(f"config key 'teacher.sha256': required for a url: teacher ({teacher['source']}), so that "
+                         "the download is checked before anything is written; give the file's SHA-256")
     variants = config["synthesis"]["variants"]
     for source in config["search"]["sources"]:
         if source not in ("natural", "random") and source not in variants:

@@ -296,9 +296,7 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
         elif kind == "torchvision":
             model, meta = _from_torchvision(value, info)
         else:
-            if kind == "url":
-                if not tcfg.get("sha256"):
-                    raise DfnasError("config key 'teacher.sha256' is required with a url: source")
+            if kind == "url":  # the config check has made sure of teacher.sha256
                 out.parent.mkdir(parents=True, exist_ok=True)
                 tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".teacher-download-", dir=out.parent))
                 path = Path(tmpdir) / "download"

@@ -65,3 +65,17 @@ def test_json_string_overrides_sections(tmp_path):
     cfg = load_config(path, '{"data": {"name": "cifar10"}}')
     assert cfg["seed"] == 3 and cfg["data"]["name"] == "cifar10"
 
+
+
+def test_text_values_from_snakemake_config_are_read_as_yaml():
+    """`--config 'synthesis={shards: 1}'` reaches the Snakefile as {'shards': '1'} (Snakemake keeps
+    nested values as text): numbers, booleans, nulls and lists of numbers are read, strings stay."""
+    cfg = validate_config({"synthesis": {"shards": "3", "lr": "0.05", "variants": ["full"]},
+                           "search": {"seeds": ["0", "2"], "sources": ["natural"]},
+                           "data": {"download": "false", "subset": {"train": "null"}}, "run": "42"})
+    assert cfg["synthesis"]["shards"] == 3 and cfg["synthesis"]["lr"] == 0.05
+    assert cfg["search"]["seeds"] == [0, 2] and cfg["data"]["download"] is False
+    assert cfg["data"]["subset"]["train"] is None
+    assert cfg["run"] == "42"  # a string key keeps its text
+    with pytest.raises(DfnasError, match="config key 'synthesis.shards': 'two' is not of type 'integer'"):
+        validate_config({"synthesis": {"shards": "two"}})

@@ -129,6 +129,23 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_workflow_is_lint_clean_and_snakefmt_formatted(tmp_path):
+    lint = snakemake("--lint", cwd=tmp_path)
+    assert lint.returncode == 0 and "your workflow is in a good condition" in lint.stdout + lint.stderr, \
+        lint.stdout[-3000:] + lint.stderr[-3000:]
+    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_nested_config_values_on_the_command_line_are_numbers(tmp_path):
+    """Snakemake passes `synthesis={shards: 1}` on as text; dfnas reads it as the integer it is."""
+    result = snakemake("-n", "--configfile", str(REPO / "config/smoke.yaml"), "--config", "synthesis={shards: 1}",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result.stdout)["synthesize"] == 2  # smoke's 2 variants x 1 shard
+
+
 @pytest.mark.slow
 def test_smoke_preset_end_to_end(tmp_path):
     result = snakemake("--cores", "2", "--configfile", str(REPO / "config/smoke.yaml"), cwd=tmp_path)

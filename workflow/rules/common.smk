@@ -2,7 +2,10 @@
 # package (dfnas.layout, dfnas.jobs), which the report and the stages use too.
 
 import os
+import shlex
 import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 from dfnas.jobs import job_json
 from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ranked
@@ -19,38 +22,56 @@ RANKED = ranked(config)
 FIDELITY_SPACES = fidelity_spaces(config)
 FIDELITY_SOURCES = fidelity_sources(config)
 FIDELITY = [(space, source) for space in FIDELITY_SPACES for source in FIDELITY_SOURCES]
-FIDELITY_TRUTH = [(space, k) for space in FIDELITY_SPACES for k in range(config["fidelity"]["architectures"])]
+FIDELITY_TRUTH = [
+    (space, k)
+    for space in FIDELITY_SPACES
+    for k in range(config["fidelity"]["architectures"])
+]
 SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
 # sbatch --gpus): none when the config pins the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
 
-# Jobs import dfnas from this checkout, in a plain virtualenv and under --use-conda alike. Without
-# conda, `python` in a rule is the interpreter that runs Snakemake (a virtualenv need not be active);
-# with --use-conda, the activated environment comes first on PATH.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# Every job runs `python -m dfnas.<stage>`. Without conda, the interpreter that runs Snakemake comes
+# first on PATH, so that `.venv/bin/snakemake` works without an activated virtualenv (`make setup`
+# installs dfnas there). Under --use-conda, envs/dfnas.yaml holds the dependencies and the jobs
+# import dfnas from this checkout, the code this Snakefile plans with.
 # Two malloc arenas per job: glibc's default (8 per core) lets a PyTorch process that reads batches
 # from DataLoader workers fragment its heap by a few hundred MB over its first epochs.
-os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+JOB_PREFIX = "set -euo pipefail; export MALLOC_ARENA_MAX=${{MALLOC_ARENA_MAX:-2}}; "
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    JOB_PREFIX += "export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(
+        workflow.basedir
+    )
+else:
+    JOB_PREFIX += 'export PATH=%s:"$PATH"; ' % shlex.quote(
+        os.path.dirname(sys.executable)
+    )
+shell.prefix(JOB_PREFIX)
 
 
 def job_params(job):
     """The rule's --config-json: only the keys its job reads (dfnas.jobs), per wildcards."""
-    return lambda wc: job_json(config, job, **{k: getattr(wc, k) for k in ("algorithm", "source") if hasattr(wc, k)})
+    return lambda wc: job_json(
+        config,
+        job,
+        **{k: getattr(wc, k) for k in ("algorithm", "source") if hasattr(wc, k)},
+    )
 
 
 def search_inputs(wildcards):
     if wildcards.source == "natural":
         return {"natural": rules.data.output[0]}
-    return {"dataset": L.dataset(wildcards.source), "labels": L.soft_labels(wildcards.source)}
+    return {
+        "dataset": L.dataset(wildcards.source),
+        "labels": L.soft_labels(wildcards.source),
+    }
 
 
 def search_data_args(wildcards, input):
     if wildcards.source == "natural":
         return ""
     return f"--dataset {input.dataset} --labels {input.labels}"
-
 
 # Priorities (higher first among ready jobs): the synthetic branch is the long chain of a run, so
 # the teacher and synthesis jump the queue, and the natural-data and random arms fill free cores.

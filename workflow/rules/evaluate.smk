@@ -8,21 +8,21 @@ rule retrain:
         natural=rules.data.output[0],
     output:
         L.metrics("{algorithm}", "{source}", "{seed}"),
-    wildcard_constraints:
-        algorithm="|".join(ALGORITHMS),
-        source="|".join(SOURCES),
-        seed=r"\d+",
-    params:
-        cfg=job_params("retrain"),
     log:
         L.log("retrain/{algorithm}_{source}_seed{seed}"),
     benchmark:
         L.benchmark("retrain/{algorithm}_{source}_seed{seed}")
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        source="|".join(SOURCES),
+        seed=r"\d+",
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("retrain"),
     shell:
         "python -m dfnas.retrain --config-json {params.cfg:q} --arch {input.arch} --out {output}"
         " --threads {threads} 2>&1 | tee {log}"

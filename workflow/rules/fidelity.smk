@@ -9,17 +9,20 @@ rule fidelity_draw:
         natural=rules.data.output[0],
     output:
         archs=L.fidelity_architectures("{algorithm}"),
-        each=[L.fidelity_architecture("{algorithm}", k) for k in range(config["fidelity"]["architectures"])],
+        each=[
+            L.fidelity_architecture("{algorithm}", k)
+            for k in range(config["fidelity"]["architectures"])
+        ],
+    log:
+        L.log("fidelity/{algorithm}_draw"),
     wildcard_constraints:
         algorithm="|".join(ALGORITHMS),
+    conda:
+        ENV
+    threads: 1
     params:
         cfg=job_params("fidelity_draw"),
         out_dir=lambda wc, output: os.path.dirname(output.archs),
-    log:
-        L.log("fidelity/{algorithm}_draw"),
-    threads: 1
-    conda:
-        ENV
     shell:
         "python -m dfnas.fidelity --config-json {params.cfg:q} --threads {threads} draw --space {wildcards.algorithm}"
         " --dataset-json {input.natural} --out-dir {params.out_dir} 2>&1 | tee {log}"
@@ -31,21 +34,21 @@ rule fidelity_proxy:
         archs=L.fidelity_architectures("{algorithm}"),
     output:
         L.fidelity_proxy("{algorithm}", "{source}"),
-    wildcard_constraints:
-        algorithm="|".join(ALGORITHMS),
-        source="|".join(FIDELITY_SOURCES),
-    params:
-        cfg=job_params("fidelity_proxy"),
-        data=search_data_args,
     log:
         L.log("fidelity/{algorithm}_{source}"),
     benchmark:
         L.benchmark("fidelity/{algorithm}_{source}")
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        source="|".join(FIDELITY_SOURCES),
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("fidelity_proxy"),
+        data=search_data_args,
     shell:
         "python -m dfnas.fidelity --config-json {params.cfg:q} --threads {threads} proxy --space {wildcards.algorithm}"
         " --source {wildcards.source} --architectures {input.archs} {params.data} --out {output} 2>&1 | tee {log}"
@@ -58,20 +61,20 @@ rule fidelity_truth:
         natural=rules.data.output[0],
     output:
         L.fidelity_truth("{algorithm}", "{index}"),
-    wildcard_constraints:
-        algorithm="|".join(ALGORITHMS),
-        index=r"\d+",
-    params:
-        cfg=job_params("retrain"),
     log:
         L.log("fidelity/{algorithm}_retrain{index}"),
     benchmark:
         L.benchmark("fidelity/{algorithm}_retrain{index}")
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        index=r"\d+",
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("retrain"),
     shell:
         "python -m dfnas.retrain --config-json {params.cfg:q} --arch {input.arch} --out {output}"
         " --threads {threads} 2>&1 | tee {log}"

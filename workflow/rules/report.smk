@@ -14,28 +14,56 @@ rule report:
         fidelity=[L.fidelity_proxy(space, source) for space, source in FIDELITY],
         truth=[L.fidelity_truth(space, k) for space, k in FIDELITY_TRUTH],
     output:
-        summary=report(L.report("summary.md"), caption="../report/summary.rst", category="1. Results"),
-        tables=report([L.report(f"{a}.md") for a in ALGORITHMS], caption="../report/table.rst", category="1. Results"),
+        summary=report(
+            L.report("summary.md"),
+            caption="../report/summary.rst",
+            category="1. Results",
+        ),
+        tables=report(
+            [L.report(f"{a}.md") for a in ALGORITHMS],
+            caption="../report/table.rst",
+            category="1. Results",
+        ),
         csv=[L.report(f"{a}.csv") for a in ALGORITHMS],
-        accuracy=report(L.report("figures", "accuracy.png"), caption="../report/accuracy.rst", category="1. Results"),
-        curves=report(L.report("figures", "search_curves.png"), caption="../report/search_curves.rst",
-                      category="3. Search"),
-        entropy=report(L.report("figures", "soft_label_entropy.png"), caption="../report/entropy.rst",
-                       category="2. Synthetic data"),
-        fidelity=[L.report("fidelity.md"), L.report("fidelity.csv"),
-                  report(L.report("figures", "fidelity.png"), caption="../report/fidelity.rst",
-                         category="3. Search")] if FIDELITY else [],
-    params:
-        cfg=job_params("report"),
-        run_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.summary)),
-        out_dir=lambda wc, output: os.path.dirname(output.summary),
+        accuracy=report(
+            L.report("figures", "accuracy.png"),
+            caption="../report/accuracy.rst",
+            category="1. Results",
+        ),
+        curves=report(
+            L.report("figures", "search_curves.png"),
+            caption="../report/search_curves.rst",
+            category="3. Search",
+        ),
+        entropy=report(
+            L.report("figures", "soft_label_entropy.png"),
+            caption="../report/entropy.rst",
+            category="2. Synthetic data",
+        ),
+        fidelity=(
+            [
+                L.report("fidelity.md"),
+                L.report("fidelity.csv"),
+                report(
+                    L.report("figures", "fidelity.png"),
+                    caption="../report/fidelity.rst",
+                    category="3. Search",
+                ),
+            ]
+            if FIDELITY
+            else []
+        ),
     log:
         L.log("report"),
     benchmark:
         L.benchmark("report")
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        cfg=job_params("report"),
+        run_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.summary)),
+        out_dir=lambda wc, output: os.path.dirname(output.summary),
     shell:
         "python -m dfnas.report --config-json {params.cfg:q} --run-dir {params.run_dir} --out-dir {params.out_dir}"
         " 2>&1 | tee {log}"

@@ -10,24 +10,24 @@ rule search:
         history=L.history("{algorithm}", "{source}", "{seed}"),
         figure=L.architecture_figure("{algorithm}", "{source}", "{seed}"),
         network=L.search_network("{algorithm}", "{source}", "{seed}"),
-    wildcard_constraints:
-        algorithm="|".join(ALGORITHMS),
-        source="|".join(s for s in SOURCES if s != "random"),
-        seed=r"\d+",
-    params:
-        cfg=job_params("search"),
-        data=search_data_args,
-        out_dir=lambda wc, output: os.path.dirname(output.arch),
     log:
         L.log("search/{algorithm}_{source}_seed{seed}"),
     benchmark:
         L.benchmark("search/{algorithm}_{source}_seed{seed}")
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        source="|".join(s for s in SOURCES if s != "random"),
+        seed=r"\d+",
     priority: 20
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("search"),
+        data=search_data_args,
+        out_dir=lambda wc, output: os.path.dirname(output.arch),
     shell:
         "python -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
         " --source {wildcards.source} --seed {wildcards.seed} {params.data} --out-dir {params.out_dir}"
@@ -43,19 +43,19 @@ rule random_architecture:
         arch=L.architecture("{algorithm}", "random", "{seed}"),
         history=L.history("{algorithm}", "random", "{seed}"),
         figure=L.architecture_figure("{algorithm}", "random", "{seed}"),
-    wildcard_constraints:
-        algorithm="|".join(ALGORITHMS),
-        seed=r"\d+",
-    params:
-        cfg=job_params("random_architecture"),
-        out_dir=lambda wc, output: os.path.dirname(output.arch),
     log:
         L.log("search/{algorithm}_random_seed{seed}"),
     benchmark:
         L.benchmark("random_architecture/{algorithm}_seed{seed}")
-    threads: 1
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        seed=r"\d+",
     conda:
         ENV
+    threads: 1
+    params:
+        cfg=job_params("random_architecture"),
+        out_dir=lambda wc, output: os.path.dirname(output.arch),
     shell:
         "python -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
         " --source random --seed {wildcards.seed} --dataset-json {input.natural} --out-dir {params.out_dir}"
@@ -74,23 +74,27 @@ rule ranking:
     output:
         json=L.ranking("{source}", "{seed}"),
         csv=L.ranking("{source}", "{seed}", "csv"),
-        figure=report(L.ranking("{source}", "{seed}", "png"), caption="../report/ranking.rst",
-                      category="3. Search", labels=lambda wc: {"source": wc.source, "seed": wc.seed}),
-    wildcard_constraints:
-        source="|".join(VARIANTS),
-        seed=r"\d+",
-    params:
-        cfg=job_params("ranking"),
-        out_dir=lambda wc, output: os.path.dirname(output.json),
+        figure=report(
+            L.ranking("{source}", "{seed}", "png"),
+            caption="../report/ranking.rst",
+            category="3. Search",
+            labels=lambda wc: {"source": wc.source, "seed": wc.seed},
+        ),
     log:
         L.log("search/spos_{source}_seed{seed}_ranking"),
     benchmark:
         L.benchmark("ranking/spos_{source}_seed{seed}")
+    wildcard_constraints:
+        source="|".join(VARIANTS),
+        seed=r"\d+",
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("ranking"),
+        out_dir=lambda wc, output: os.path.dirname(output.json),
     shell:
         "python -m dfnas.ranking --config-json {params.cfg:q} --network {input.network} --dataset {input.dataset}"
         " --labels {input.labels} --out-dir {params.out_dir} --threads {threads} 2>&1 | tee {log}"

@@ -13,18 +13,18 @@ rule synthesize:
         teacher=rules.teacher.output.teacher,
     output:
         L.shard("{variant}", "{shard}"),
-    params:
-        cfg=job_params("synthesize"),
     log:
         L.log("synthesize/{variant}_{shard}"),
     benchmark:
         L.benchmark("synthesize/{variant}_{shard}")
     priority: 80
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("synthesize"),
     shell:
         "python -m dfnas.synthesize --config-json {params.cfg:q} --teacher {input.teacher}"
         " --variant {wildcards.variant} --shard {wildcards.shard} --out {output} --threads {threads} 2>&1 | tee {log}"
@@ -36,18 +36,22 @@ rule merge:
         shards=[L.shard("{variant}", s) for s in SHARD_IDS],
     output:
         dataset=L.dataset("{variant}"),
-        grid=report(L.samples("{variant}"), caption="../report/samples.rst", category="2. Synthetic data",
-                    labels=lambda wc: {"variant": wc.variant}),
-    params:
-        cfg=job_params("merge"),
+        grid=report(
+            L.samples("{variant}"),
+            caption="../report/samples.rst",
+            category="2. Synthetic data",
+            labels=lambda wc: {"variant": wc.variant},
+        ),
     log:
         L.log("merge/{variant}"),
     benchmark:
         L.benchmark("merge/{variant}")
     priority: 80
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        cfg=job_params("merge"),
     shell:
         "python -m dfnas.merge --config-json {params.cfg:q} --teacher {input.teacher} --variant {wildcards.variant}"
         " --shards {input.shards} --out {output.dataset} --grid {output.grid} 2>&1 | tee {log}"
@@ -59,18 +63,18 @@ rule soft_labels:
         dataset=rules.merge.output.dataset,
     output:
         L.soft_labels("{variant}"),
-    params:
-        cfg=job_params("soft_labels"),
     log:
         L.log("soft_labels/{variant}"),
     benchmark:
         L.benchmark("soft_labels/{variant}")
     priority: 80
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("soft_labels"),
     shell:
         "python -m dfnas.soft_labels --config-json {params.cfg:q} --teacher {input.teacher}"
         " --dataset {input.dataset} --out {output} --threads {threads} 2>&1 | tee {log}"
@@ -86,17 +90,17 @@ rule natural_reference:
         natural=rules.data.output[0],
     output:
         L.natural_reference(),
-    params:
-        cfg=job_params("natural_reference"),
     log:
         L.log("synthesis_quality/natural_reference"),
     benchmark:
         L.benchmark("natural_reference")
+    conda:
+        ENV
     threads: config["threads"]
     resources:
         gpu=GPU,
-    conda:
-        ENV
+    params:
+        cfg=job_params("natural_reference"),
     shell:
         "python -m dfnas.synthesis_quality --config-json {params.cfg:q} --teacher {input.teacher}"
         " --dataset {input.dataset} --write-reference {output} --threads {threads} 2>&1 | tee {log}"
@@ -110,15 +114,15 @@ rule synthesis_quality:
         reference=rules.natural_reference.output[0],
     output:
         L.quality("{variant}"),
-    params:
-        cfg=job_params("synthesis_quality"),
     log:
         L.log("synthesis_quality/{variant}"),
     benchmark:
         L.benchmark("synthesis_quality/{variant}")
-    threads: config["threads"]
     conda:
         ENV
+    threads: config["threads"]
+    params:
+        cfg=job_params("synthesis_quality"),
     shell:
         "python -m dfnas.synthesis_quality --config-json {params.cfg:q} --teacher {input.teacher}"
         " --dataset {input.dataset} --reference {input.reference} --out {output} --threads {threads} 2>&1 | tee {log}"

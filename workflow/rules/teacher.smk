@@ -7,18 +7,18 @@ rule teacher:
     output:
         teacher=L.teacher(),
         meta=L.teacher_meta(),
-    params:
-        cfg=job_params("teacher"),
     log:
         L.log("teacher"),
     benchmark:
         L.benchmark("teacher")
     priority: 100
+    conda:
+        ENV
     threads: config["teacher"]["threads"] or config["threads"]
     resources:
         gpu=GPU if config["teacher"]["source"] == "train" else 0,  # only a stand-in trains
-    conda:
-        ENV
+    params:
+        cfg=job_params("teacher"),
     shell:
         "python -m dfnas.teacher --config-json {params.cfg:q} --dataset-json {input.dataset}"
         " --out {output.teacher} --threads {threads} 2>&1 | tee {log}"
@@ -30,15 +30,15 @@ rule teacher_eval:
         dataset=rules.data.output[0],
     output:
         L.teacher_eval(),
-    params:
-        cfg=job_params("teacher_eval"),
     log:
         L.log("teacher_eval"),
     benchmark:
         L.benchmark("teacher_eval")
-    threads: config["threads"]
     conda:
         ENV
+    threads: config["threads"]
+    params:
+        cfg=job_params("teacher_eval"),
     shell:
         "python -m dfnas.teacher_eval --config-json {params.cfg:q} --teacher {input.teacher}"
         " --out {output} --threads {threads} 2>&1 | tee {log}"
