@@ -1,4 +1,4 @@
-"""Configuration: load, validate against workflow/schemas/config.schema.yaml, fill defaults.
+"""Configuration: load, validate against the schema (workflow/schemas/config.schema.yaml), fill defaults.
 
 The Snakefile and every ``python -m dfnas.<stage>`` share this code, so a wrong key or value is
 reported the same way everywhere: one line that names the key.
@@ -16,14 +16,24 @@ import yaml
 from dfnas.errors import DfnasError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _packaged(name: str, in_repository: str) -> Path:
+    """A file the wheel carries in dfnas/defaults/ (setup.py copies it there); in a checkout, and in
+    an editable install, the repository's one copy."""
+    packaged = Path(__file__).resolve().parent / "defaults" / name
+    return packaged if packaged.is_file() else REPO_ROOT / in_repository
+
+
+SCHEMA_PATH = _packaged("config.schema.yaml", "workflow/schemas/config.schema.yaml")
+DEFAULT_CONFIG = _packaged("config.yaml", "config.yaml")
 
 
 def load_schema(path=SCHEMA_PATH) -> dict:
     try:
         return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise DfnasError(f"config schema not found at {path}; run dfnas from its source tree") from None
+        raise DfnasError(f"config schema not found at {path}: reinstall dfnas (pip install <checkout or wheel>)") from None
 
 
 def _coerce(value, schema: dict):
@@ -139,7 +149,7 @@ def load_config(path=None, json_text: str | None = None, overrides: dict | None 
     """
     config: dict = {}
     if path is None and json_text is None:
-        path = REPO_ROOT / "config.yaml"
+        path = DEFAULT_CONFIG
     if path is not None:
         config.update(read_config_file(path))
     if json_text is not None:
