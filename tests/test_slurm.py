@@ -91,10 +91,13 @@ def test_smoke_workflow_on_slurm(slurm_env, fake_fmnist, tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
 
-    # Every job but the local target rule went to SLURM, once, with a job id of its own.
+    # Every job but the local rules (the target, and the data stage, which may download) went to
+    # SLURM, once, with a job id of its own.
     stats = planned_jobs(out)
-    remote = {rule: n for rule, n in stats.items() if rule != "all"}
-    assert set(remote) == smoke_rules, f"extend OVERRIDES so that every rule of the smoke preset runs: {smoke_rules - set(remote)}"
+    assert stats["data"] == 1
+    remote = {rule: n for rule, n in stats.items() if rule not in ("all", "data")}
+    assert set(remote) | {"data"} == smoke_rules, \
+        f"extend OVERRIDES so that every rule of the smoke preset runs: {smoke_rules - set(remote) - {'data'}}"
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", out)
     assert len(submitted) == sum(remote.values()), out[-5000:]
     ids = {jobid for jobid, _ in submitted}
@@ -123,3 +126,4 @@ def test_smoke_workflow_on_slurm(slurm_env, fake_fmnist, tmp_path):
     for path in targets.group(1).split(", "):
         assert (work / path).is_file(), path
     assert (work / "results" / "smoke" / "teacher" / "eval.json").is_file()
+    assert not (logs / "rule_data").exists()  # ran where Snakemake runs

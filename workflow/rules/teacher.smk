@@ -1,6 +1,8 @@
 # The teacher: trained stand-in, local file, URL or torchvision weights; then its test accuracy.
 
 
+# A teacher that is downloaded (url:, torchvision:) or copied (file:) is fetched where Snakemake
+# runs, as a local rule: compute nodes are often offline. Only a stand-in trains on a cluster node.
 rule teacher:
     input:
         dataset=rules.data.output[0],
@@ -12,6 +14,7 @@ rule teacher:
     benchmark:
         L.benchmark("teacher")
     priority: 100
+    localrule: config["teacher"]["source"] != "train"
     conda:
         ENV
     threads: config["teacher"]["threads"] or config["threads"]
