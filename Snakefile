@@ -51,5 +51,6 @@ rule all:
         [L.soft_labels(v) for v in VARIANTS],
         [L.quality(v) for v in VARIANTS],
         [L.metrics(*arm) for arm in ARMS],
+        [L.student(*student) for student in STUDENTS],
         [L.ranking(source, seed) for source, seed in RANKED],
         rules.report.output.summary,

@@ -109,7 +109,8 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 
 def check_consistency(config: dict) -> None:
     """What the schema cannot say: a url: teacher has its checksum, every synthetic search or fidelity
-    source is a synthesized variant, and a fidelity stage ranks at least 4 architectures."""
+    source is a synthesized variant, a fidelity stage ranks at least 4 architectures, and the
+    student's variant is searched on."""
     teacher = config["teacher"]
     if teacher["source"].startswith("url:") and not teacher["sha256"]:
         raise DfnasError(f"config key 'teacher.sha256': required for a url: teacher ({teacher['source']}), so that "
@@ -125,6 +126,10 @@ def check_consistency(config: dict) -> None:
     for source in fidelity["sources"] or []:
         if source != "natural" and source not in variants:
             raise DfnasError(f"config key 'fidelity.sources': {source!r} is not in synthesis.variants {variants}")
+    student = config["student"]["variant"]
+    if student is not None and student not in config["search"]["sources"]:
+        raise DfnasError(f"config key 'student.variant': {student!r} is not in search.sources "
+                         f"{config['search']['sources']}; the student trains the architectures searched on it")
 
 
 def read_config_file(path) -> dict:

@@ -46,7 +46,7 @@ from dfnas.search_data import SearchData
 from dfnas.spaces import build_architecture, get_space, space_names
 
 
-def proxy_sizes(cfg: dict, space: str) -> dict:
+def network_sizes(cfg: dict, space: str) -> dict:
     """The network sizes of a space's architectures: the retrain sizes, without an auxiliary head."""
     return {**cfg["retrain"].get(space, {}), "auxiliary": False}
 
@@ -65,7 +65,7 @@ def draw_architectures(cfg: dict, space: str, input_shape, num_classes: int, log
     """The K architectures of a space (see the module's doc), smallest first."""
     fcfg = cfg["fidelity"]
     k, seed = fcfg["architectures"], cfg["seed"]
-    sizes = proxy_sizes(cfg, space)
+    sizes = network_sizes(cfg, space)
     c, h = input_shape[0], input_shape[1]
     drawn, seen = [], set()
     for i in range(k * fcfg["candidates"] * 4):  # distinct draws; a small space may repeat itself
@@ -123,7 +123,7 @@ def proxy_scores(cfg: dict, architectures: list[dict], source: str, dataset=None
     data = SearchData(cfg, source, cfg["seed"], dataset, labels, train_portion=fcfg["train_portion"],
                       synthetic_holdout="val")
     space = architectures[0]["space"]
-    sizes = proxy_sizes(cfg, space)
+    sizes = network_sizes(cfg, space)
     c, h = data.input_shape[0], data.input_shape[1]
     fingerprint = config_hash({"fidelity": fcfg, "sizes": sizes, "data": data.fingerprint(cfg["seed"]),
                                "architectures": [a["choices"] for a in architectures]})

@@ -67,6 +67,14 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         out["retrain"] = {algorithm: cfg["retrain"][algorithm]}
         if source == NATURAL:
             out["data"] = cfg["data"]
+    elif job == "student":
+        space = get_strategy(algorithm).space
+        out["student"] = {k: v for k, v in cfg["student"].items() if k != "variant"}
+        out["student"]["variant"] = source
+        out["search"] = {k: cfg["search"][k] for k in ("temperature", "t_squared")}
+        out["retrain"] = {space: cfg["retrain"][space]}
+        if cfg["student"]["natural_test"]:
+            out["data"] = cfg["data"]
     elif job == "report":
         out.update(run=cfg["run"], search=cfg["search"], synthesis=cfg["synthesis"], fidelity=cfg["fidelity"],
                    report=cfg["report"])

@@ -107,6 +107,10 @@ class Layout:
     def metrics(self, algorithm, source, seed) -> str:
         return self.path("retrain", algorithm, source, f"seed{seed}", "metrics.json")
 
+    # The data-free student
+    def student(self, algorithm, variant, seed, name: str = "metrics.json") -> str:
+        return self.path("student", algorithm, variant, f"seed{seed}", name)
+
     def report(self, *parts) -> str:
         return self.path("report", *parts)
 
@@ -142,6 +146,14 @@ def ranked(cfg: dict) -> list[tuple[str, int]]:
     if "spos" not in s["algorithms"] or not s["spos"]["ranking"]["paths"]:
         return []
     return [(src, seed) for src in synthetic_sources(cfg) for seed in s["seeds"]]
+
+
+def students(cfg: dict) -> list[tuple[str, str, int]]:
+    """The (algorithm, variant, seed) of every data-free student: each search on ``student.variant``."""
+    variant = cfg["student"]["variant"]
+    if variant is None:
+        return []
+    return [(a, variant, seed) for a in cfg["search"]["algorithms"] for seed in cfg["search"]["seeds"]]
 
 
 def fidelity_sources(cfg: dict) -> list[str]:

@@ -18,29 +18,20 @@ from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import dataset_from_config
-from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
 from dfnas.runtime import (
     derived_seed,
-    read_json,
     resolve_device,
     seed_everything,
     versions,
     write_json,
 )
-from dfnas.spaces import build_architecture, get_space
+from dfnas.spaces import build_architecture, get_space, read_architecture
 from dfnas.train import Recipe, evaluate, train_classifier
 
 
-def read_architecture(path) -> dict:
-    arch = read_json(path, "retrain", "write one with python -m dfnas.search")
-    if not isinstance(arch, dict) or "space" not in arch or "choices" not in arch:
-        raise DfnasError(f"{path}: not an architecture JSON (needs 'space' and 'choices')")
-    return arch
-
-
 def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
-    arch = read_architecture(arch_path)
+    arch = read_architecture(arch_path, "retrain")
     rcfg = cfg["retrain"]
     space = get_space(arch["space"])
     sizes = dict(rcfg.get(arch["space"], {}))

@@ -16,7 +16,8 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "dfnas"
-LEAVES = ("teacher_eval", "synthesize", "merge", "synthesis_quality", "search", "retrain", "ranking", "report")
+LEAVES = ("teacher_eval", "synthesize", "merge", "synthesis_quality", "search", "retrain", "student", "ranking",
+          "report")
 REGISTRIES = ("dfnas.spaces", "dfnas.strategies", "dfnas.models")
 MAX_FUNCTION_IMPORTS = 5
 

@@ -51,6 +51,7 @@ def test_dry_run_of_every_preset(preset, tmp_path):
         "random_architecture": randoms, "retrain": arms, "ranking": ranked, "report": 1, "all": 1,
         "fidelity_draw": spaces, "fidelity_proxy": spaces * fidelity_sources,
         "fidelity_truth": spaces * f["architectures"],
+        "student": len(s["algorithms"]) * len(s["seeds"]) if cfg["student"]["variant"] else 0,
     }
     assert planned_jobs(result.stdout) == {k: v for k, v in expected.items() if v}
     # The synthetic branch takes no natural-data input: only the teacher and its own files.
@@ -224,6 +225,14 @@ def test_smoke_preset_end_to_end(tmp_path):
     for algorithm in ("darts", "spos", "proxyless"):
         arch = json.loads((out / "search" / algorithm / "full" / "seed0" / "architecture.json").read_text())
         assert 0 <= arch["found_by"]["heldout_acc"] <= 1 and arch["found_by"]["chance"] == 0.1
+    # The data-free student of each search on `full`: no natural training image, a program that loads.
+    for algorithm in ("darts", "spos", "proxyless"):
+        folder = out / "student" / algorithm / "full" / "seed0"
+        student = json.loads((folder / "metrics.json").read_text())
+        assert student["natural_training_images"] == 0 and student["synthetic_training_images"] == 30
+        assert len(student["history"]) == 2 and 0 <= student["top1"] <= 1 and student["test_images"] == 500
+        program = torch.export.load(folder / "student.pt2").module()
+        assert program(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     # The fidelity stage: 4 SPOS architectures, scored on natural data and on `full`, and retrained.
     archs = json.loads((out / "fidelity" / "spos" / "architectures.json").read_text())
     assert len(archs) == 4
@@ -245,14 +254,14 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
     # One search key changed: only the searches of that algorithm (not its random baseline, which
-    # reads no training keys), their retrains and the report are planned again.
+    # reads no training keys), their retrains, its student and the report are planned again.
     changed = tmp_path / "changed.yaml"
     text = (REPO / "config/smoke.yaml").read_text()
     assert "darts: {cells: 3, channels: 4, epochs: 2, batch_size: 10}" in text
     changed.write_text(text.replace("darts: {cells: 3, channels: 4, epochs: 2, batch_size: 10}",
                                     "darts: {cells: 3, channels: 4, epochs: 3, batch_size: 10}"))
     plan = snakemake("-n", "--configfile", str(changed), cwd=tmp_path)
-    assert planned_jobs(plan.stdout) == {"search": 2, "retrain": 2, "report": 1, "all": 1}
+    assert planned_jobs(plan.stdout) == {"search": 2, "retrain": 2, "student": 1, "report": 1, "all": 1}
     assert "search/darts/natural/seed0" in plan.stdout and "search/darts/full/seed0" in plan.stdout
 
     # Growing a finished run plans only the new jobs (and the report, which aggregates them all):
@@ -264,7 +273,7 @@ def test_smoke_preset_end_to_end(tmp_path):
         "a source": (("sources: [natural, full, random]", "sources: [natural, full, noise, random]"),
                      {"search": 3, "retrain": 3, "ranking": 1}),
         "a seed": (("algorithms: [darts, spos, proxyless]", "algorithms: [darts, spos, proxyless]\n  seeds: [0, 1]"),
-                   {"search": 6, "random_architecture": 3, "retrain": 9, "ranking": 1}),
+                   {"search": 6, "random_architecture": 3, "retrain": 9, "ranking": 1, "student": 3}),
         "an algorithm less": (("algorithms: [darts, spos, proxyless]", "algorithms: [darts, spos]"), {}),
     }
     for what, ((old, new), jobs) in grown.items():

@@ -22,6 +22,7 @@ from typing import Callable
 
 from dfnas.errors import DfnasError
 from dfnas.registry import Registry
+from dfnas.runtime import read_json
 from dfnas.spaces import darts as _darts
 from dfnas.spaces import proxyless as _proxyless
 from dfnas.spaces import shufflenet as _shufflenet
@@ -50,6 +51,14 @@ def get_space(name: str) -> Space:
 
 def space_names() -> list[str]:
     return SPACES.names()
+
+
+def read_architecture(path, needed_by: str = "this stage") -> dict:
+    """An architecture JSON (a search's, a random baseline's, a fidelity draw's), or one line naming the file."""
+    arch = read_json(path, needed_by, "write one with python -m dfnas.search")
+    if not isinstance(arch, dict) or "space" not in arch or "choices" not in arch:
+        raise DfnasError(f"{path}: not an architecture JSON (needs 'space' and 'choices')")
+    return arch
 
 
 def build_architecture(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict):

@@ -8,7 +8,14 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 from dfnas.jobs import job_json
-from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ranked
+from dfnas.layout import (
+    Layout,
+    arms,
+    fidelity_sources,
+    fidelity_spaces,
+    ranked,
+    students,
+)
 
 L = Layout(config["run"])
 RESULTS = L.path()
@@ -19,6 +26,7 @@ SOURCES = config["search"]["sources"]
 SEEDS = config["search"]["seeds"]
 ARMS = arms(config)
 RANKED = ranked(config)
+STUDENTS = students(config)
 FIDELITY_SPACES = fidelity_spaces(config)
 FIDELITY_SOURCES = fidelity_sources(config)
 FIDELITY = [(space, source) for space in FIDELITY_SPACES for source in FIDELITY_SOURCES]
