@@ -31,12 +31,36 @@ def set_threads(n: int) -> None:
         torch.set_num_interop_threads(1)
 
 
+# Set for a job that was given GPUs: lists of device ids (SLURM, or by hand), and SLURM's count.
+GPU_ID_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
+GPU_COUNT_VARIABLE = "SLURM_GPUS_ON_NODE"
+
+
+def allocated_gpus() -> str | None:
+    """``VARIABLE=value`` of the first variable that says this job was given GPUs, or None."""
+    for var in GPU_ID_VARIABLES:
+        value = os.environ.get(var, "").strip()
+        if value and value not in ("-1", "NoDevFiles"):
+            return f"{var}={value}"
+    count = os.environ.get(GPU_COUNT_VARIABLE, "").strip()
+    return f"{GPU_COUNT_VARIABLE}={count}" if count.isdigit() and int(count) > 0 else None
+
+
 def resolve_device(name: str = "auto"):
-    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are taken as given."""
+    """``auto`` picks CUDA when present, else CPU, and fails when the job was given GPUs that torch
+    cannot see (a CPU-only build of torch, say); ``cpu``, ``cuda`` and ``cuda:N`` are taken as given."""
     import torch
 
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        given = allocated_gpus()
+        if given:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise DfnasError(f"this job was given GPUs ({given}) but torch {torch.__version__} ({build}) "
+                             "sees none; install a CUDA build of torch (README: Running on a SLURM cluster), or set "
+                             "device: cpu")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:

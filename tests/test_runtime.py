@@ -95,3 +95,37 @@ def test_config_hash_ignores_key_order_only():
     assert config_hash({"a": 1}) == "015abd7f5cc57a2d"  # stable across runs and machines
     assert config_hash({**a, "seed": 1}) != config_hash(a)
     assert config_hash({"search": {**a["search"], "widths": [16, 8]}, "seed": 0}) != config_hash(a)  # list order counts
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine where torch sees no CUDA device, and no GPU-allocation variable is set."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for var in (*runtime.GPU_ID_VARIABLES, runtime.GPU_COUNT_VARIABLE):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_auto_device_is_the_cpu_without_gpus(no_gpu):
+    assert str(runtime.resolve_device("auto")) == "cpu"
+    no_gpu.setenv("CUDA_VISIBLE_DEVICES", "")  # hidden: no GPU given
+    no_gpu.setenv(runtime.GPU_COUNT_VARIABLE, "0")
+    assert str(runtime.resolve_device("auto")) == "cpu"
+
+
+@pytest.mark.parametrize("var, value", [("SLURM_JOB_GPUS", "0"), ("CUDA_VISIBLE_DEVICES", "1,2"),
+                                        ("SLURM_GPUS_ON_NODE", "1")])
+def test_gpus_given_but_invisible_fail_loudly(no_gpu, var, value):
+    """A GPU job under a CPU-only torch build must not quietly train on the CPU."""
+    no_gpu.setenv(var, value)
+    with pytest.raises(DfnasError, match=rf"^this job was given GPUs \({var}={value}\) but torch .* sees none; "
+                                         "install a CUDA build of torch"):
+        runtime.resolve_device("auto")
+    assert str(runtime.resolve_device("cpu")) == "cpu"  # asked for the CPU: fine
+
+
+def test_cuda_asked_for_without_one_fails(no_gpu):
+    with pytest.raises(DfnasError, match="config key 'device': 'cuda' was asked for but this machine has no CUDA"):
+        runtime.resolve_device("cuda")
