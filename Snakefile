@@ -13,16 +13,18 @@ from snakemake.utils import min_version
 
 min_version("8.0")
 
-sys.path.insert(
-    0, workflow.basedir
-)  # the dfnas package of this checkout, installed or not
+# This checkout: the folder of this file, also when another workflow uses dfnas as a module (where
+# workflow.basedir is the host's).
+DFNAS_DIR = str(workflow.current_basedir)
+sys.path.insert(0, DFNAS_DIR)  # the dfnas package of this checkout, installed or not
 from dfnas.config import validate_config  # noqa: E402
 from dfnas.errors import DfnasError  # noqa: E402
 
 # The embedded default (config.yaml beside this file) is the config only when no --configfile is
 # given: a preset stands alone (schema defaults below it), and means the same from any directory.
+# As a module, the host's `config:` is the config (Snakemake skips this file then).
 if not workflow.overwrite_configfiles:
-    workflow.configfile(os.path.join(workflow.basedir, "config.yaml"))
+    workflow.configfile(os.path.join(DFNAS_DIR, "config.yaml"))
 
 
 report: "workflow/report/workflow.rst"

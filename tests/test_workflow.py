@@ -122,6 +122,36 @@ def test_paper_presets_plan_the_expected_jobs(name, tmp_path):
     assert jobs["teacher"] == jobs["report"] == jobs["natural_reference"] == 1
 
 
+def test_dfnas_as_a_module_of_another_workflow(tmp_path):
+    """`module dfnas: snakefile: ...` + `use rule * from dfnas`: the host plans the smoke DAG with the
+    same commands as dfnas run directly."""
+    host, direct = tmp_path / "host", tmp_path / "direct"
+    host.mkdir()
+    direct.mkdir()
+    (host / "Snakefile").write_text(f"""\
+configfile: "{REPO / 'config' / 'smoke.yaml'}"
+
+module dfnas:
+    snakefile: "{REPO / 'Snakefile'}"
+    config: config
+
+use rule * from dfnas as dfnas_*
+
+rule host_all:
+    default_target: True
+    input: rules.dfnas_all.input
+""")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(host / "Snakefile"), "--directory", str(host)]
+    hosted = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert hosted.returncode == 0, hosted.stderr[-3000:]
+    plain = snakemake("-n", "-p", "--configfile", str(REPO / "config/smoke.yaml"), cwd=direct)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    jobs = planned_jobs(plain.stdout)
+    assert planned_jobs(hosted.stdout) == {**{f"dfnas_{rule}": n for rule, n in jobs.items() if rule != "all"},
+                                           "host_all": 1}
+    assert planned_commands(hosted.stdout) == planned_commands(plain.stdout) != []
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     result = snakemake("--cores", "1", "--configfile", str(REPO / "config/smoke.yaml"),
                        "--config", "seed=-3", cwd=tmp_path)

@@ -19,7 +19,9 @@ from dfnas.layout import (
 
 L = Layout(config["run"])
 RESULTS = L.path()
-ENV = os.path.join(workflow.basedir, "envs", "dfnas.yaml")
+# Relative to the rule files (Snakemake resolves a rule's conda file from the file that defines it),
+# so that it is this checkout's environment also when dfnas is a module of another workflow.
+ENV = "../../envs/dfnas.yaml"
 VARIANTS = config["synthesis"]["variants"]
 ALGORITHMS = config["search"]["algorithms"]
 SOURCES = config["search"]["sources"]
@@ -49,7 +51,7 @@ GPU = 0 if config["device"] == "cpu" else 1
 JOB_PREFIX = "set -euo pipefail; export MALLOC_ARENA_MAX=${{MALLOC_ARENA_MAX:-2}}; "
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     JOB_PREFIX += "export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(
-        workflow.basedir
+        DFNAS_DIR
     )
 else:
     JOB_PREFIX += 'export PATH=%s:"$PATH"; ' % shlex.quote(
