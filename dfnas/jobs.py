@@ -77,6 +77,7 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
             out["data"] = cfg["data"]
     elif job == "report":
         out.update(run=cfg["run"], search=cfg["search"], synthesis=cfg["synthesis"], fidelity=cfg["fidelity"],
+                   student={"variant": cfg["student"]["variant"]},
                    report=cfg["report"])
     else:
         raise ValueError(f"unknown job {job!r}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ordered_sources, ranked
+from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ordered_sources, ranked, students
 from dfnas.plots import pyplot, save_figure
 from dfnas.errors import DfnasError
 from dfnas.runtime import derived_seed, read_json, write_csv, write_text
@@ -243,6 +243,30 @@ def goal_lines(records: list[dict], cfg: dict, tables: dict[str, list[dict]], fi
 # Fidelity
 
 
+def student_rows(layout: Layout, cfg: dict) -> list[dict]:
+    """One row per data-free student (`students`), from its metrics."""
+    rows = []
+    for algorithm, variant, seed in students(cfg):
+        m = read_json(layout.student(algorithm, variant, seed), *NEEDED)
+        rows.append({"algorithm": algorithm, "variant": variant, "seed": seed,
+                     "teacher_agreement": _round(100 * m["teacher_agreement"], 2),
+                     "top1": _round(100 * m["top1"], 2) if "top1" in m else None,
+                     "synthetic_training_images": m["synthetic_training_images"],
+                     "parameters": m["parameters"], "multiply_adds": m["multiply_adds"],
+                     "train_seconds": round(m["train_seconds"], 1)})
+    return rows
+
+
+def student_markdown(rows: list[dict]) -> str:
+    lines = ["| algorithm | seed | teacher agreement (%) | top-1 on natural test (%) | parameters | multiply-adds "
+             "| synthetic training images |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {NAMES.get(r['algorithm'], r['algorithm'])} | {r['seed']} | {r['teacher_agreement']:.2f} | "
+              + ("not scored" if r["top1"] is None else f"{r['top1']:.2f}")
+              + f" | {r['parameters']:,} | {r['multiply_adds'] / 1e6:.2f}M | {r['synthetic_training_images']} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
     """Per space and source: Kendall tau-b and top-fraction overlap of the proxy scores against the
     retrained top-1, with percentile-bootstrap 95% intervals over the architectures."""
@@ -428,6 +452,13 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
                  f"{fidelity[0]['steps']} steps on every source and ranked by held-out accuracy, against their "
                  f"top-1 after the retrain recipe; intervals: percentile bootstrap over the architectures "
                  f"({rcfg['bootstrap']} resamples).\n\n" + table)
+    students = student_rows(layout, cfg)
+    if students:
+        write_csv(out_dir / "students.csv", students)
+        text += ("\n## Data-free students\n\nEach architecture searched on "
+                 f"`{cfg['student']['variant']}`, trained by distillation on that variant alone (no natural "
+                 "training image); teacher agreement on its held-out synthetic images, top-1 on the natural "
+                 "test split where it was scored.\n\n" + student_markdown(students))
     if rankings:
         text += ("\n## SPOS ranking check\n\n| source | seed | paths | Kendall tau |\n|---|---|---|---|\n"
                  + "\n".join(f"| {src} | {seed} | {len(r['paths'])} | "
@@ -443,7 +474,7 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
         plot_fidelity(fidelity, figures / "fidelity.png")
     for sentence in sentences:
         log(sentence)
-    return {"tables": tables, "summary": sentences, "goals": goals, "fidelity": fidelity}
+    return {"tables": tables, "summary": sentences, "goals": goals, "fidelity": fidelity, "students": students}
 
 
 @cli_main

@@ -159,3 +159,24 @@ def test_a_missing_arm_is_named(tmp_path):
     fake_run(tmp_path, seeds=(0,))
     with pytest.raises(DfnasError, match=r"the report needs .*retrain/darts/natural/seed1/metrics.json"):
         make_report(report_config(), tmp_path, tmp_path / "report", log=lambda *_: None)
+
+
+def test_student_table(tmp_path):
+    fake_run(tmp_path)
+    for seed, (agreement, top1) in enumerate([(0.9, 0.71), (0.8, None)]):
+        folder = tmp_path / "student" / "darts" / "full" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "teacher_agreement": agreement, **({"top1": top1} if top1 is not None else {}),
+            "synthetic_training_images": 540, "parameters": 5000 + seed, "multiply_adds": 3_500_000,
+            "train_seconds": 12.34}))
+    cfg = validate_config({**report_config(), "student": {"variant": "full"}})
+    result = make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)
+    assert [(r["seed"], r["teacher_agreement"], r["top1"]) for r in result["students"]] == [(0, 90.0, 71.0),
+                                                                                           (1, 80.0, None)]
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Data-free students" in summary
+    assert "| DARTS | 0 | 90.00 | 71.00 | 5,000 | 3.50M | 540 |" in summary
+    assert "| DARTS | 1 | 80.00 | not scored | 5,001 | 3.50M | 540 |" in summary
+    rows = list(csv.DictReader(open(tmp_path / "report" / "students.csv")))
+    assert [r["top1"] for r in rows] == ["71.0", ""]

@@ -263,6 +263,7 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert len(student["history"]) == 2 and 0 <= student["top1"] <= 1 and student["test_images"] == 500
         program = torch.export.load(folder / "student.pt2").module()
         assert program(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert len(list(csv.DictReader(open(out / "report" / "students.csv")))) == 3
     # The fidelity stage: 4 SPOS architectures, scored on natural data and on `full`, and retrained.
     archs = json.loads((out / "fidelity" / "spos" / "architectures.json").read_text())
     assert len(archs) == 4

@@ -13,6 +13,7 @@ rule report:
         rankings=[L.ranking(source, seed) for source, seed in RANKED],
         fidelity=[L.fidelity_proxy(space, source) for space, source in FIDELITY],
         truth=[L.fidelity_truth(space, k) for space, k in FIDELITY_TRUTH],
+        students=[L.student(*student) for student in STUDENTS],
     output:
         summary=report(
             L.report("summary.md"),
@@ -53,6 +54,7 @@ rule report:
             if FIDELITY
             else []
         ),
+        students=[L.report("students.csv")] if STUDENTS else [],
     log:
         L.log("report"),
     benchmark:
