@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -92,6 +93,18 @@ def _describe(error) -> str:
     return f"config key '{path or '(top level)'}': {error.message}"
 
 
+def non_finite(obj, path: str = "") -> str | None:
+    """The key path of the first NaN or infinite number in ``obj`` (YAML reads .nan and .inf), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = non_finite(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate ``config`` in place (defaults filled in) and return it; raise `DfnasError` on the first problem."""
     schema = schema or load_schema()
@@ -99,6 +112,9 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
         config = {}
     if not isinstance(config, dict):
         raise DfnasError(f"config must be a mapping of keys to values, got {type(config).__name__}")
+    bad = non_finite(config)
+    if bad:
+        raise DfnasError(f"config key '{bad}': not a finite number (NaN or infinity)")
     validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
     if errors:
@@ -108,13 +124,18 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 
 
 def check_consistency(config: dict) -> None:
-    """What the schema cannot say: a url: teacher has its checksum, every synthetic search or fidelity
-    source is a synthesized variant, a fidelity stage ranks at least 4 architectures, and the
-    student's variant is searched on."""
+    """What the schema cannot say: a url: teacher has its checksum, every shard gets images, every
+    synthetic search or fidelity source is a synthesized variant, a fidelity stage ranks at least 4
+    architectures, and the student's variant is searched on."""
     teacher = config["teacher"]
     if teacher["source"].startswith("url:") and not teacher["sha256"]:
         raise DfnasError(f"config key 'teacher.sha256': required for a url: teacher ({teacher['source']}), so that "
                          "the download is checked before anything is written; give the file's SHA-256")
+    synthesis = config["synthesis"]
+    if synthesis["images_per_round"] < synthesis["shards"]:
+        raise DfnasError(f"config key 'synthesis.images_per_round': {synthesis['images_per_round']} images a round "
+                         f"cannot fill {synthesis['shards']} shards (each needs at least one); raise it or lower "
+                         "synthesis.shards")
     variants = config["synthesis"]["variants"]
     for source in config["search"]["sources"]:
         if source not in ("natural", "random") and source not in variants:
@@ -135,9 +156,12 @@ def check_consistency(config: dict) -> None:
 def read_config_file(path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DfnasError(f"config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DfnasError(f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                         f"{exc.start}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)  # JSON is YAML too
     except yaml.YAMLError as exc:

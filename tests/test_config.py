@@ -79,3 +79,28 @@ def test_text_values_from_snakemake_config_are_read_as_yaml():
     assert cfg["run"] == "42"  # a string key keeps its text
     with pytest.raises(DfnasError, match="config key 'synthesis.shards': 'two' is not of type 'integer'"):
         validate_config({"synthesis": {"shards": "two"}})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"synthesis": {"shards": 5, "images_per_round": 2}},
+     "config key 'synthesis.images_per_round': 2 images a round cannot fill 5 shards"),
+    ({"search": {"temperature": float("nan")}}, "config key 'search.temperature': not a finite number"),
+    ({"retrain": {"lr": float("inf")}}, "config key 'retrain.lr': not a finite number"),
+    ({"search": {"algorithms": []}}, "config key 'search.algorithms': [] should be non-empty"),
+    ({"fidelity": {"sources": []}}, "config key 'fidelity.sources': [] should be non-empty"),
+])
+def test_configs_that_would_break_later_are_refused(config, message):
+    with pytest.raises(DfnasError) as err:
+        validate_config(config)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_nan_from_yaml_and_non_utf8_files_are_one_line(tmp_path):
+    nan = tmp_path / "nan.yaml"
+    nan.write_text("search:\n  temperature: .nan\n")
+    with pytest.raises(DfnasError, match=r"^config key 'search.temperature': not a finite number"):
+        load_config(nan)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("run: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DfnasError, match=r"latin.yaml: not UTF-8 text \(byte 0xe9 at position 8\)"):
+        load_config(latin)
