@@ -69,6 +69,39 @@ def test_second_order_gradient_matches_the_exact_unrolled_gradient():
     assert torch.equal(model.w1.detach(), w[0]) and torch.equal(model.w2.detach(), w[1])
 
 
+def exact_unrolled_gradient(model, train, val, xi, wd, buffers):
+    """d/d alpha of L_val(w - xi * (buffer + dL_train/dw + wd * w), alpha), through the inner step."""
+    alpha = model.alpha.detach().clone().requires_grad_(True)
+    w_req = [model.w1.detach().clone().requires_grad_(True), model.w2.detach().clone().requires_grad_(True)]
+    grads = torch.autograd.grad(F.cross_entropy(tiny_forward(train[0], *w_req, alpha), train[1]), w_req,
+                                create_graph=True)
+    unrolled = [wi - xi * (b + gi + wd * wi) for wi, gi, b in zip(w_req, grads, buffers)]
+    return torch.autograd.grad(F.cross_entropy(tiny_forward(val[0], *unrolled, alpha), val[1]), alpha)[0]
+
+
+def test_the_virtual_step_carries_the_optimizers_momentum_and_weight_decay():
+    """With a large weight decay and a momentum buffer in the weight optimizer, the virtual step is
+    w - xi * (momentum * buffer + grad + wd * w); leaving out either term moves the gradient by far
+    more than the tolerance."""
+    g = torch.Generator().manual_seed(2)
+    train = (torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g))
+    val = (torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g))
+    model = Tiny()
+    xi, wd, momentum = 0.5, 0.5, 0.9
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=xi, momentum=momentum, weight_decay=wd)
+    for w in model.weight_parameters():
+        w_opt.state[w]["momentum_buffer"] = torch.randn(w.shape, generator=g, dtype=torch.float64)
+    architect = Architect(model, loss_fn, order=2, network_momentum=momentum, network_weight_decay=wd)
+    _, approx = architect.unrolled_gradient(train, val, xi, w_opt)
+    buffers = [momentum * w_opt.state[w]["momentum_buffer"] for w in model.weight_parameters()]
+    exact = exact_unrolled_gradient(model, train, val, xi, wd, buffers)
+    torch.testing.assert_close(approx[0], exact, rtol=1e-4, atol=1e-6)
+    zero = [torch.zeros_like(b) for b in buffers]
+    for without in (exact_unrolled_gradient(model, train, val, xi, 0.0, buffers),  # no weight decay
+                    exact_unrolled_gradient(model, train, val, xi, wd, zero)):  # no momentum
+        assert (without - exact).abs().max() > 1e-2
+
+
 def test_architect_step_moves_alphas_only():
     torch.manual_seed(0)
     net = SearchNetwork(in_channels=1, resolution=8, num_classes=3, cells=3, channels=4)

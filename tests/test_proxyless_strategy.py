@@ -23,6 +23,7 @@ from dfnas.strategies.proxyless import (
     arch_step,
     binary_gate_grad,
     gated_forward,
+    hardware_loss,
     weight_step,
 )
 from dfnas.strategies.proxyless import search as search_proxyless
@@ -185,6 +186,37 @@ def test_expected_flops_and_its_gradient():
     p = probs.detach()
     torch.testing.assert_close(grad, p * (c - (p * c).sum(1, keepdim=True)), rtol=1e-4, atol=1e-2)
     assert (grad[~arch.mask] == 0).all()
+
+
+def test_hardware_loss_by_hand_and_its_pull_toward_cheaper_operations():
+    ce = torch.tensor(2.0)
+    # CE * (E[cost] / target) ** weight: above the target the loss grows, below it shrinks.
+    assert hardware_loss(ce, torch.tensor(600.0), 300.0, 0.5).item() == pytest.approx(2 * 2**0.5)
+    assert hardware_loss(ce, torch.tensor(150.0), 300.0, 0.5).item() == pytest.approx(2 * 0.5**0.5)
+    assert hardware_loss(ce, None, 300.0, 0.5) is ce and hardware_loss(ce, torch.tensor(600.0), 300.0, 0.0) is ce
+    # With a constant cross-entropy only the cost moves the alphas: every drawn pair of operations
+    # of different cost moves toward its cheaper one.
+    net, arch = tiny_net()
+    table = flops_table(TINY, (1, 16, 16))
+    pairs, _ = arch.sample_pairs(torch.Generator().manual_seed(5))  # the pairs the step will draw
+    before = arch.alpha.detach().clone()
+    opt = torch.optim.Adam([arch.alpha], lr=0.1, betas=(0.0, 0.999))
+    arch_step(net, arch, opt, *batch(), lambda logits, y: logits.sum() * 0 + 1.0, torch.Generator().manual_seed(5),
+              cost_table=table, target=float(table.base), weight=1.0)
+    base_path = [allowed[0] for allowed in arch.allowed]
+    moved = 0
+    for b, (a, i) in enumerate(pairs):
+        if i is None:
+            continue
+        cost_a = table.cost(base_path[:b] + [a] + base_path[b + 1:])
+        cost_i = table.cost(base_path[:b] + [i] + base_path[b + 1:])
+        if cost_a == cost_i:
+            continue
+        cheap, dear = (a, i) if cost_a < cost_i else (i, a)
+        gap_before = before[b, cheap] - before[b, dear]
+        assert arch.alpha[b, cheap] - arch.alpha[b, dear] > gap_before + 1e-3, (b, cheap, dear)
+        moved += 1
+    assert moved >= 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,25 @@ def test_evolution_finds_the_best_path_under_the_bound():
     assert again == best
 
 
+@pytest.mark.parametrize("prob", [0.1, 0.5])
+def test_a_mutant_redraws_each_block_with_the_mutation_probability(prob):
+    """40 blocks of 10 choices: a mutant differs from its parent in prob x 40 x 9/10 blocks on average
+    (a re-drawn block may draw its old choice); its parent is the nearest path of the first generation."""
+    blocks, choices, population, mutants = 40, 10, 20, 40
+    calls = []
+
+    def score(path):
+        calls.append(path)
+        return sum(path)
+
+    cfg = Evolution(population=population, generations=2, topk=5, mutations=mutants, crossovers=0, mutation_prob=prob)
+    evolve(score, lambda p: 0.0, blocks, choices, 1.0, cfg, torch.Generator().manual_seed(0))
+    first, second = calls[:population], calls[population:population + mutants]
+    distance = [min(sum(a != b for a, b in zip(m, p)) for p in first) for m in second]
+    expected = prob * blocks * (choices - 1) / choices  # 3.6 and 18
+    assert sum(distance) / len(distance) == pytest.approx(expected, abs=0.25 * expected)
+
+
 def test_bn_recalibration_is_the_average_over_batches():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
