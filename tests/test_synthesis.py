@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from dfnas.bnstats import BatchNormInputs
-from dfnas.imaging import crop_resize
-from dfnas.synthesis import Region, bn_loss, l2_prior, tv_losses
+from dfnas.imaging import Normalize, crop_resize
+from dfnas.synthesis import Objective, Region, Schedule, bn_loss, l2_prior, synthesize_batch, tv_losses
 
 # ---------------------------------------------------------------------------------------------
 # Objective terms
@@ -93,3 +93,39 @@ def test_jitter_is_halved_at_half_resolution_when_asked():
     halving = Region(mode="jitter", jitter=4, flip=False, halve_jitter=True)
     assert shifts(halving, half=True) == 2 and shifts(halving, half=False) == 4
     assert shifts(Region(mode="jitter", jitter=4, flip=False), half=True) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch: the two resolution stages and the pixel range
+
+
+def run_batch(teacher, schedule, seen=None):
+    """`synthesize_batch` of 4 images on the test teacher; ``seen`` collects the teacher's input shapes."""
+    hook = teacher.model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:]))) \
+        if seen is not None else None
+    targets = torch.eye(10)[[0, 1, 2, 3]]
+    try:
+        return synthesize_batch(teacher.model, targets, (1, 28, 28), teacher.mean, teacher.std, Objective(), schedule,
+                                Region(mode="none", flip=False), torch.Generator().manual_seed(0))
+    finally:
+        if hook:
+            hook.remove()
+
+
+def test_the_half_resolution_stage_comes_first_at_half_size(teacher):
+    seen = []
+    run_batch(teacher, Schedule(iterations_half=2, iterations_full=3, warmup=0), seen)
+    assert seen == [(14, 14)] * 2 + [(28, 28)] * 3
+    seen.clear()
+    run_batch(teacher, Schedule(iterations_half=0, iterations_full=2, warmup=0), seen)
+    assert seen == [(28, 28)] * 2
+
+
+def test_pixels_stay_in_the_valid_range_after_every_step(teacher):
+    """A large learning rate pushes pixels past the range of [0, 1] images; every step clips them back,
+    so the result sits inside it and some pixels sit on its edges."""
+    lo, hi = Normalize(teacher.mean, teacher.std).bounds()
+    x = run_batch(teacher, Schedule(iterations_half=0, iterations_full=3, lr=5.0, warmup=0)).images
+    assert x.min() >= lo - 1e-6 and x.max() <= hi + 1e-6
+    on_edge = ((x - lo).abs() < 1e-6) | ((x - hi).abs() < 1e-6)
+    assert on_edge.float().mean() > 0.1

@@ -51,6 +51,22 @@ def test_recursive_targets_are_the_teachers_softmax_on_the_previous_round(teache
     np.testing.assert_allclose(data["teacher_logits"], logits.numpy(), atol=1e-4)
 
 
+def test_warm_calibration_starts_each_round_from_the_previous_images(teacher, tmp_path):
+    """With a learning rate too small to move a pixel by one level, a warm round reproduces the
+    previous round's images; a round from noise does not."""
+    n = 6
+    for init in ("warm", "noise"):
+        path = run_shard(syn_config(calibration={"init": init}, lr=1e-4), teacher, "full", 0, tmp_path / f"{init}.h5",
+                         log=quiet)
+        with h5py.File(path) as f:
+            images = f["images"][...].astype(np.int16)
+        change = [np.abs(images[r * n:(r + 1) * n] - images[(r - 1) * n:r * n]).mean() for r in (1, 2)]
+        if init == "warm":
+            assert max(change) < 1.0, change
+        else:
+            assert min(change) > 20.0, change
+
+
 def test_no_recursive_keeps_hard_targets(teacher, tmp_path):
     path = run_shard(syn_config(), teacher, "no_recursive", 1, tmp_path / "s.h5", log=quiet)
     with h5py.File(path) as f:
