@@ -2,13 +2,17 @@
 
 A checkpoint holds the state of every module and optimizer of the loop, the loop's random
 generator and torch's global one, the history so far and the number of finished epochs, under a
-fingerprint of what the loop was started from (config, data, seed). A job that finds a checkpoint
-with its own fingerprint resumes from it and, on the CPU, ends with the same result as an
-uninterrupted job; one from another run, or an unreadable one, is ignored with a log line.
+fingerprint of what the loop was started from: its config and seed, and checksums of its inputs
+(dataset, soft labels, teacher, the exact architecture). A job that finds a checkpoint with its own
+fingerprint resumes from it and, on the CPU, ends with the same result as an uninterrupted job. One
+made from other inputs is ignored with a log line that names the inputs that differ; an unreadable
+one (a truncated file from a killed job) with a log line too. The job then starts afresh and its
+first save replaces the file.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +36,7 @@ class Checkpoint:
     def __init__(self, path, fingerprint, log=print):
         self.path = Path(path)
         self.fingerprint = config_hash(fingerprint)
+        self.inputs = json.dumps(fingerprint, sort_keys=True, default=str)
         self.log = log
 
     def resume(self, stateful: dict, generator: torch.Generator) -> Resumed:
@@ -42,10 +47,11 @@ class Checkpoint:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a truncated file from a killed job: start afresh
-            self.log(f"ignoring unreadable {self.path} ({type(exc).__name__})")
+            self.log(f"ignoring unreadable {self.path} ({type(exc).__name__}): starting afresh")
             return Resumed()
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            self.log(f"ignoring {self.path}: it belongs to another run (config, data or seed)")
+            changed = changed_inputs(self.inputs, state.get("inputs") if isinstance(state, dict) else None)
+            self.log(f"ignoring {self.path}: it was made from other inputs ({changed}); starting afresh")
             return Resumed()
         missing = [k for k in (*stateful, "generator", "torch_rng", "history", "epoch") if k not in state]
         if missing:
@@ -59,9 +65,30 @@ class Checkpoint:
         return Resumed(state["history"], state["epoch"], state.get("extra", {}))
 
     def save(self, stateful: dict, generator: torch.Generator, history: list, epoch: int, **extra) -> None:
-        save_torch({"fingerprint": self.fingerprint, **{name: obj.state_dict() for name, obj in stateful.items()},
+        save_torch({"fingerprint": self.fingerprint, "inputs": self.inputs, **{name: obj.state_dict() for name, obj in stateful.items()},
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                     "epoch": epoch, "extra": extra}, self.path)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the leaves of a JSON object by dotted name."""
+    if not isinstance(obj, dict) or not obj:
+        return {prefix: obj}
+    out = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changed_inputs(ours: str, theirs) -> str:
+    """The dotted names of the inputs in which two fingerprints (JSON text) differ, for a log line."""
+    try:
+        a, b = flatten(json.loads(ours)), flatten(json.loads(theirs))
+    except (TypeError, ValueError):  # a checkpoint saved without its inputs
+        return "config, data or seed"
+    names = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return shown or "config, data or seed"

@@ -21,7 +21,7 @@ import torch
 
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.errors import DfnasError
+from dfnas.errors import DfnasError, reading
 from dfnas.runtime import atomic_path
 from dfnas.sampling import stratified_split
 from dfnas.teacher import load_teacher
@@ -50,11 +50,9 @@ def check_shards(paths, teacher_sha256: str, variant: str | None = None) -> tupl
             for key in ("config_hash", "input_shape", "num_classes", "storage", "shards", "mean", "std"):
                 if attrs.get(key) != common.get(key):
                     raise DfnasError(f"{path}: {key} {attrs.get(key)!r} differs from the other shards' {common.get(key)!r}")
-            try:
+            with reading(path, "cannot read its arrays"):
                 lengths = {name: f[name].shape[0] for name in sh.FIELDS}
                 labels.append(f["labels"][...])
-            except (KeyError, OSError) as exc:
-                raise DfnasError(f"{path}: cannot read its arrays ({str(exc).splitlines()[0]})") from None
         if len(set(lengths.values())) != 1:
             raise DfnasError(f"{path}: its fields have different lengths {lengths} (corrupted?)")
     if len(set(shard_ids)) != len(shard_ids):

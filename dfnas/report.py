@@ -50,13 +50,15 @@ def source_label(source: str) -> str:
 
 
 NEEDED = ("the report", "run the workflow first")
+METRICS = ("top1", "parameters", "multiply_adds")  # what every table reads from a metrics.json
+STUDENT_METRICS = ("teacher_agreement", "synthetic_training_images", "parameters", "multiply_adds", "train_seconds")
 
 
 def collect(layout: Layout, cfg: dict) -> list[dict]:
     """One record per (algorithm, source, seed): the retrain metrics and how the search found it."""
     records = []
     for algorithm, source, seed in arms(cfg):
-        metrics = read_json(layout.metrics(algorithm, source, seed), *NEEDED)
+        metrics = read_json(layout.metrics(algorithm, source, seed), *NEEDED, numbers=METRICS)
         arch = read_json(layout.architecture(algorithm, source, seed), *NEEDED)
         found = arch.get("found_by", {})
         records.append({
@@ -247,7 +249,7 @@ def student_rows(layout: Layout, cfg: dict) -> list[dict]:
     """One row per data-free student (`students`), from its metrics."""
     rows = []
     for algorithm, variant, seed in students(cfg):
-        m = read_json(layout.student(algorithm, variant, seed), *NEEDED)
+        m = read_json(layout.student(algorithm, variant, seed), *NEEDED, numbers=STUDENT_METRICS)
         rows.append({"algorithm": algorithm, "variant": variant, "seed": seed,
                      "teacher_agreement": _round(100 * m["teacher_agreement"], 2),
                      "top1": _round(100 * m["top1"], 2) if "top1" in m else None,
@@ -274,7 +276,7 @@ def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
     fraction, resamples = cfg["report"]["top_fraction"], cfg["report"]["bootstrap"]
     rows = []
     for space in fidelity_spaces(cfg):
-        truth = np.array([read_json(layout.fidelity_truth(space, i), *NEEDED)["top1"] for i in range(k)])
+        truth = np.array([read_json(layout.fidelity_truth(space, i), *NEEDED, numbers=("top1",))["top1"] for i in range(k)])
         for source in fidelity_sources(cfg):
             proxy = read_json(layout.fidelity_proxy(space, source), *NEEDED)
             by_index = {r["index"]: r["val_acc"] for r in proxy["scores"]}

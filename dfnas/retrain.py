@@ -54,7 +54,8 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     checkpoint = out.with_name(out.name + ".ckpt")
     history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
-                               identity={k: arch.get(k) for k in ("space", "space_args", "choices")})
+                               identity={"architecture": {k: arch.get(k) for k in ("space", "space_args", "choices")},
+                                         "data": data.summary()})
     seconds = time.time() - t0
     scores = evaluate(model, data.test, device, data.info.mean, data.info.std, cfg["data"]["eval_batch_size"],
                       cfg["data"]["workers"])

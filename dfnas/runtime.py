@@ -6,13 +6,14 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
 
-from dfnas.errors import DfnasError
+from dfnas.errors import DfnasError, damaged
 
 
 def set_threads(n: int) -> None:
@@ -180,15 +181,21 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def read_json(path, needed_by: str = "this stage", hint: str = "") -> dict:
-    """A JSON file, or a one-line error naming it (missing, with ``hint`` on how to make it, or damaged)."""
+def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tuple = ()) -> dict:
+    """A JSON file, or a one-line error naming it (missing, with ``hint`` on how to make it, or
+    damaged). The keys ``numbers`` must hold finite numbers (a metrics file's top-1, say)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise DfnasError(f"{needed_by} needs {path}, which does not exist" + (f" ({hint})" if hint else "")) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DfnasError(f"{path}: not valid JSON ({exc})") from None
+        raise damaged(path, "not valid JSON", exc) from None
+    for key in numbers:
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise damaged(path, f"{key} is {value!r}", ValueError("not a finite number"))
+    return data
 
 
 def format_seconds(s: float) -> str:

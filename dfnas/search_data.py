@@ -92,6 +92,7 @@ class SearchData:
             self.input_shape = natural.info.input_shape
             self.num_classes = natural.info.num_classes
             self.workers = cfg["data"].get("workers", 0)
+            self.natural = natural.summary()
         n = self.images = len(self.data)
         if self.synthetic and synthetic_holdout == "val":
             # The whole training split trains; the merged set's validation split scores.
@@ -118,11 +119,14 @@ class SearchData:
         self.memory_format = torch.contiguous_format
 
     def fingerprint(self, seed: int) -> dict:
-        """What a search's checkpoint on this data must match: the source, its size and, for a
-        synthetic source, the identity of its dataset, soft labels and teacher."""
+        """What a search's checkpoint on this data must match: the source and its size; for a synthetic
+        source the checksums of its dataset and teacher and the soft labels' config, for natural data
+        the dataset's description (name, location, sizes, normalization, subset)."""
         out = {"source": self.source, "seed": seed, "images": self.images, "temperature": self.temperature}
         if self.synthetic:
             out.update({k: self.data.label_attrs.get(k) for k in ("dataset_sha256", "teacher_sha256", "config_hash")})
+        else:
+            out["data"] = self.natural
         return out
 
     def steps_per_epoch(self, half: int, batch_size: int) -> int:

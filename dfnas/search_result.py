@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dfnas.errors import DfnasError
+from dfnas.errors import DfnasError, damaged
 from dfnas.runtime import save_torch
 
 
@@ -36,7 +36,7 @@ def load_search_network(path) -> dict:
     except FileNotFoundError:
         raise DfnasError(f"search network {path} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files
-        raise DfnasError(f"{path}: not a readable search network ({type(exc).__name__}: {exc})") from None
+        raise damaged(path, "not a readable search network", exc) from None
     if not isinstance(state, dict) or not {"space", "search_args", "state_dict"} <= set(state):
         raise DfnasError(f"{path}: not a dfnas search network (write one with python -m dfnas.search)")
     return state

@@ -13,18 +13,21 @@ storage, input_shape, num_classes, class_names. Shards are appended batch by bat
 ``<name>.partial`` (attribute ``rounds_done`` set when a round is complete) and renamed when
 complete, so a killed job resumes from its last finished round and a reader never sees half a file.
 Every reader goes a block or a batch at a time (`copy_rows`, `SyntheticSplit`): no stage holds a
-whole set in memory.
+whole set in memory. Every array is chunked with a Fletcher-32 checksum per chunk, so damaged bytes
+fail the read that meets them (one line naming the file, `dfnas.errors.damaged`) instead of
+feeding a search wrong pixels or labels.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from dfnas.errors import DfnasError
+from dfnas.errors import DfnasError, FileInUse, damaged, first_line, reading
 from dfnas.imaging import Normalize
 from dfnas.streaming import LazyH5
 
@@ -59,13 +62,14 @@ def create_group_datasets(group: h5py.Group, shape, num_classes: int, storage: s
     c, h, w = shape
     chunk = max(1, min(64, CHUNK_BYTES // (c * h * w * np.dtype(dtype).itemsize)))
     group.create_dataset("images", (n, c, h, w), dtype=dtype, maxshape=(None, c, h, w), chunks=(chunk, c, h, w),
-                         compression="gzip", compression_opts=4, shuffle=True)
+                         compression="gzip", compression_opts=4, shuffle=True, fletcher32=True)
     group.create_dataset("targets", (n, num_classes), dtype=np.float32, maxshape=(None, num_classes),
-                         chunks=(max(1, min(1024, n or 1024)), num_classes), compression="gzip")
-    group.create_dataset("labels", (n,), dtype=np.int64, maxshape=(None,), chunks=(4096,), compression="gzip")
-    group.create_dataset("round", (n,), dtype=np.int16, maxshape=(None,), chunks=(4096,), compression="gzip")
+                         chunks=(max(1, min(1024, n or 1024)), num_classes), compression="gzip", fletcher32=True)
+    for name, dtype in (("labels", np.int64), ("round", np.int16)):
+        group.create_dataset(name, (n,), dtype=dtype, maxshape=(None,), chunks=(4096,), compression="gzip",
+                             fletcher32=True)
     group.create_dataset("teacher_logits", (n, num_classes), dtype=np.float32, maxshape=(None, num_classes),
-                         chunks=(max(1, min(1024, n or 1024)), num_classes), compression="gzip")
+                         chunks=(max(1, min(1024, n or 1024)), num_classes), compression="gzip", fletcher32=True)
 
 
 def append(group: h5py.Group, arrays: dict) -> None:
@@ -122,19 +126,28 @@ def check_arrays(arrays: dict, path, num_classes: int, shape) -> None:
 
 
 def open_h5(path, mode="r") -> h5py.File:
+    """``h5py.File(path, mode)`` with one-line errors: a missing file, a file another process is
+    writing (`FileInUse`: HDF5 locks a file open for writing), a damaged file (`damaged`)."""
     try:
         return h5py.File(path, mode)
     except FileNotFoundError:
         raise DfnasError(f"{path} does not exist") from None
     except OSError as exc:
-        raise DfnasError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+        if "unable to lock file" in str(exc):
+            raise FileInUse(f"{path}: another process has it open (HDF5 file lock): let that job finish, or stop "
+                            f"it, before running this one") from None
+        if mode == "r" or Path(path).exists():
+            raise damaged(path, "not a readable HDF5 file", exc) from None
+        raise DfnasError(f"{path}: cannot create it ({first_line(exc)})") from None
 
 
 def open_format(path, fmt: str, made_by: str) -> h5py.File:
     """Open ``path`` for reading if it is a dfnas file of format ``fmt``; else one line that names the
     file and the command that makes one (``made_by``)."""
     f = open_h5(path)
-    if f.attrs.get("format") != fmt:
+    with reading(path, "cannot read its attributes"):
+        kind = f.attrs.get("format")
+    if kind != fmt:
         f.close()
         raise DfnasError(f"{path}: not a {fmt.replace('-', ' ')} file (make one with {made_by})")
     return f
@@ -142,10 +155,8 @@ def open_format(path, fmt: str, made_by: str) -> h5py.File:
 
 def read_arrays(group: h5py.Group, path, index=None) -> dict:
     """`read_group`, with a damaged file reported in one line that names it."""
-    try:
+    with reading(path, "cannot read its arrays"):
         return read_group(group, index)
-    except (KeyError, OSError) as exc:
-        raise DfnasError(f"{path}: cannot read its arrays ({str(exc).splitlines()[0]})") from None
 
 
 def set_attrs(obj, attrs: dict) -> None:
@@ -187,7 +198,7 @@ class SyntheticSplit:
     def __init__(self, path, split: str = "train"):
         self.path = path
         self.split = split
-        with open_format(path, DATASET_FORMAT, "python -m dfnas.merge") as f:
+        with open_format(path, DATASET_FORMAT, "python -m dfnas.merge") as f, reading(path):
             if split not in f:
                 raise DfnasError(f"{path}: has no split {split!r}")
             missing = [name for name in FIELDS if name not in f[split]]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.errors import DfnasError
+from dfnas.errors import REMAKE, DfnasError, reading
 from dfnas.imaging import Normalize, crop_resize, lighting, random_boxes
 from dfnas.runtime import (
     atomic_path,
@@ -71,15 +71,20 @@ def cache_split(teacher, split: sh.SyntheticSplit, views: int, lcfg: dict, gener
     if lcfg["lighting"] > 0 and split.input_shape[0] != 3:
         raise DfnasError(f"soft_labels.lighting: colour noise needs RGB images, these have {split.input_shape[0]} "
                          "channel(s); set it to 0")
-    boxes = group.create_dataset("boxes", (n, views, 4), dtype=np.float32)
-    flips = group.create_dataset("flips", (n, views), dtype=bool)
-    alphas = group.create_dataset("lighting", (n, views, 3), dtype=np.float32) if lcfg["lighting"] > 0 else None
+    rows = max(1, min(n, 256))  # every array chunked with a checksum: a damaged chunk fails its read
+
+    def array(name, shape, dtype, **options):
+        return group.create_dataset(name, (n, *shape), dtype=dtype, chunks=(rows, *shape), maxshape=(None, *shape),
+                                    fletcher32=True, **options)
+
+    boxes = array("boxes", (views, 4), np.float32)
+    flips = array("flips", (views,), bool)
+    alphas = array("lighting", (views, 3), np.float32) if lcfg["lighting"] > 0 else None
     topk = lcfg["topk"]
     width = topk or num_classes
     dtype = np.float16 if lcfg["dtype"] == "float16" else np.float32
-    values = group.create_dataset("logits" if not topk else "topk_probs", (n, views, width), dtype=dtype,
-                                  chunks=(max(1, min(n, 256)), views, width), compression="gzip")
-    indices = group.create_dataset("topk_indices", (n, views, width), dtype=np.int16) if topk else None
+    values = array("logits" if not topk else "topk_probs", (views, width), dtype, compression="gzip")
+    indices = array("topk_indices", (views, width), np.int16) if topk else None
     norm = Normalize(teacher.mean, teacher.std).to(device)
     per_batch = max(1, batch_size // views)
     for start in range(0, n, per_batch):
@@ -142,9 +147,9 @@ class SoftLabelData:
         self.images = sh.SyntheticSplit(dataset_path, split)
         self.attrs = self.images.attrs  # the merged dataset's
         self.split = split
-        with sh.open_format(labels_path, LABELS_FORMAT, "python -m dfnas.soft_labels") as f:
+        with sh.open_format(labels_path, LABELS_FORMAT, "python -m dfnas.soft_labels") as f, reading(labels_path):
             if f.attrs["dataset_sha256"] != sha256_file(dataset_path):
-                raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}")
+                raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}; {REMAKE}")
             self.label_attrs = sh.attrs_dict(f)
             if split not in f or "boxes" not in f[split]:
                 raise DfnasError(f"{labels_path}: has no cached views of split {split!r} (corrupted?)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dfnas.errors import DfnasError
+from dfnas.errors import DfnasError, damaged
 
 SEED_LIMIT = 2**62
 
@@ -152,7 +152,7 @@ class LazyH5:
             except FileNotFoundError:
                 raise DfnasError(f"{self.path} does not exist") from None
             except OSError as exc:
-                raise DfnasError(f"{self.path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+                raise damaged(self.path, "not a readable HDF5 file", exc) from None
             self._pid = os.getpid()
         return self._file
 
@@ -162,8 +162,8 @@ class LazyH5:
         unique, inverse = np.unique(idx, return_inverse=True)
         try:
             data = self.file()[name][unique] if len(unique) else self.file()[name][0:0]
-        except (KeyError, OSError, ValueError) as exc:
-            raise DfnasError(f"{self.path}: cannot read {name} ({str(exc).splitlines()[0]})") from None
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            raise damaged(self.path, f"cannot read {name}", exc) from None
         return data[inverse]
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.errors import DfnasError
+from dfnas.errors import DfnasError, FileInUse
 from dfnas.imaging import Normalize
 from dfnas.runtime import (
     atomic_path,
@@ -200,7 +200,9 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
                         log(f"resuming {partial.name} after round {done}")
                     return done
             log(f"discarding {partial.name}: it was made with another config or teacher")
-        except (DfnasError, KeyError, OSError) as exc:
+        except FileInUse:
+            raise  # a live writer's file: never taken for damage
+        except (DfnasError, KeyError, OSError, RuntimeError) as exc:
             log(f"discarding unreadable {partial.name} ({exc})")
         partial.unlink()
     with sh.open_h5(partial, "w") as f:

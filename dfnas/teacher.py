@@ -269,7 +269,8 @@ def _train_standin(cfg: dict, log, checkpoint: Path) -> tuple[nn.Module, dict, d
         f"{data.info.name} images, {recipe.epochs} epochs, device {device}")
     t0 = time.time()
     history = train_classifier(model, data.train, recipe, device, cfg["seed"], info["mean"], info["std"], log=log,
-                               num_workers=cfg["data"]["workers"], checkpoint=checkpoint)
+                               num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
+                               identity={"arch": arch, "data": data.summary()})
     seconds = time.time() - t0
     final = evaluate(model, data.test, device, info["mean"], info["std"], cfg["data"]["eval_batch_size"],
                      cfg["data"]["workers"])

@@ -61,9 +61,10 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
 
     Prints one line per epoch with the loss, accuracy, learning rate and the ETA. With
     ``checkpoint`` (a path), the state after every epoch is saved there, and a run that finds a
-    checkpoint of the same model, recipe, seed and data size resumes from it: on the CPU it ends
-    with the same weights as an uninterrupted run. ``identity`` (JSON-able, e.g. the architecture)
-    tells apart models whose parameters have the same shapes. The caller deletes the checkpoint.
+    checkpoint of the same model, recipe, seed and data resumes from it: on the CPU it ends
+    with the same weights as an uninterrupted run. ``identity`` (JSON-able: the exact architecture,
+    the dataset's description) tells apart models whose parameters have the same shapes and data of
+    the same size. The caller deletes the checkpoint.
     """
     model.to(device)
     norm = Normalize(mean, std).to(device)

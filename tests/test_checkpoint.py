@@ -59,15 +59,17 @@ def test_no_file_starts_afresh_silently(tmp_path):
 def test_another_runs_checkpoint_is_ignored(tmp_path):
     model, opt, gen = a_loop(0)
     path = tmp_path / "ckpt.pt"
-    Checkpoint(path, {"seed": 0}).save({"model": model, "opt": opt}, gen, [{"epoch": 1}], 1)
+    made_from = {"seed": 0, "search": {"lr": 0.1, "epochs": 4}, "dataset_sha256": "aa", "teacher_sha256": "cc"}
+    Checkpoint(path, made_from).save({"model": model, "opt": opt}, gen, [{"epoch": 1}], 1)
     other_model, other_opt, other_gen = a_loop(1)
     before = {k: v.clone() for k, v in other_model.state_dict().items()}
     gen_state = other_gen.get_state()
     messages = []
-    resumed = Checkpoint(path, {"seed": 1}, messages.append).resume({"model": other_model, "opt": other_opt},
-                                                                    other_gen)
+    # New images (a synthesis key changed) and another learning rate: the line names both.
+    now = {**made_from, "search": {"lr": 0.2, "epochs": 4}, "dataset_sha256": "bb"}
+    resumed = Checkpoint(path, now, messages.append).resume({"model": other_model, "opt": other_opt}, other_gen)
     assert resumed == Resumed()
-    assert messages == [f"ignoring {path}: it belongs to another run (config, data or seed)"]
+    assert messages == [f"ignoring {path}: it was made from other inputs (dataset_sha256, search.lr); starting afresh"]
     assert all(torch.equal(before[k], v) for k, v in other_model.state_dict().items())
     assert torch.equal(other_gen.get_state(), gen_state)
 
@@ -86,7 +88,21 @@ def test_a_truncated_checkpoint_is_ignored_with_a_log_line(tmp_path):
                                                                     other_gen)
     assert resumed == Resumed()
     assert len(messages) == 1 and messages[0].startswith(f"ignoring unreadable {path} (")
+    assert messages[0].endswith("): starting afresh")
     assert all(torch.equal(before[k], v) for k, v in other_model.state_dict().items())
     checkpoint.remove()
     assert not path.exists()
     checkpoint.remove()  # removing twice is fine
+
+
+def test_a_checkpoint_without_its_inputs_is_ignored_with_a_general_line(tmp_path):
+    """A checkpoint whose inputs cannot be read back (an older file) still never resumes another run."""
+    from dfnas.runtime import save_torch
+
+    model, opt, gen = a_loop(0)
+    path = tmp_path / "ckpt.pt"
+    save_torch({"fingerprint": "0123", "model": model.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": [], "epoch": 1}, path)
+    messages = []
+    assert Checkpoint(path, {"seed": 0}, messages.append).resume({"model": model}, gen) == Resumed()
+    assert messages == [f"ignoring {path}: it was made from other inputs (config, data or seed); starting afresh"]

@@ -2,13 +2,15 @@
 and a search that resumes after a kill."""
 
 import math
+import shutil
 
+import h5py
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_resumes_after_a_kill
+from conftest import EPOCH_1_DONE, Killed, assert_resumes_after_a_kill, quiet
 from dfnas.config import validate_config
 from dfnas.search_data import SearchData
 from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, derive_genotype
@@ -141,6 +143,41 @@ def test_killed_search_resumes_with_the_same_architecture(synthetic_set, tmp_pat
         return result.choices, result.history
 
     assert_resumes_after_a_kill(run, tmp_path)
+
+
+def test_a_killed_search_on_data_since_remade_starts_afresh(synthetic_set, teacher_file, tmp_path):
+    """Kill a search after epoch 1, remake its synthetic set with other pixels (a changed synthesis
+    key) and its soft labels, rerun: the search must say why it starts afresh and end where a clean
+    search on the new data ends, not resume the old weights."""
+    from dfnas.soft_labels import make_soft_labels
+    from dfnas.teacher import load_teacher
+
+    cfg = validate_config({"device": "cpu", "soft_labels": {"views": 3},
+                           "search": {"darts": {"cells": 3, "channels": 4, "epochs": 2, "batch_size": 8}}})
+    dataset, labels = tmp_path / "dataset.h5", tmp_path / "labels.h5"
+    shutil.copy(synthetic_set[0], dataset)
+    shutil.copy(synthetic_set[1], labels)
+
+    def run(out_dir, log):
+        data = SearchData(cfg, "full", 1, dataset, labels, **get_strategy("darts").data_options(cfg["search"]["darts"]))
+        result = darts.search(cfg, data, 1, out_dir, "cpu", log)
+        return result.choices, result.history
+
+    def kill(msg):
+        if EPOCH_1_DONE.search(msg):
+            raise Killed(msg)
+
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", kill)
+    with h5py.File(dataset, "a") as f:  # the remade set: other pixels in every image
+        f["train/images"][...] = 255 - f["train/images"][...]
+    make_soft_labels(cfg, load_teacher(teacher_file), dataset, labels, log=quiet)
+    messages = []
+    resumed = run(tmp_path / "killed", messages.append)
+    assert f"ignoring {tmp_path / 'killed' / 'checkpoint.pt'}: it was made from other inputs (dataset_sha256); " \
+           "starting afresh" in messages
+    assert not any(m.startswith("resuming from") for m in messages)
+    assert resumed == run(tmp_path / "clean", quiet)
 
 
 def test_an_update_budget_ends_inside_a_pass(synthetic_set, tmp_path):

@@ -87,7 +87,7 @@ def test_a_killed_proxy_job_resumes_after_its_last_architecture(base_config, tmp
     # Progress of another budget is not reused.
     messages = []
     proxy_scores(fidelity_config(base_config, steps=3), archs, "natural", out=out, log=messages.append)
-    assert any("belongs to another run" in m for m in messages)
+    assert any("belongs to another run" in m for m in messages), messages
 
 
 def test_command_line_draws_and_scores(base_config, tmp_path, capsys):

@@ -108,8 +108,15 @@ def test_synthetic_evaluation_is_distillation_loss_and_agreement(synthetic_set):
 
 def test_fingerprint_names_the_data_a_checkpoint_belongs_to(base_config, synthetic_set):
     natural = SearchData(natural_config(base_config), "natural", 0)
-    assert natural.fingerprint(0) == {"source": "natural", "seed": 0, "images": 40, "temperature": 3.0}
+    fp = natural.fingerprint(0)
+    assert {k: fp[k] for k in ("source", "seed", "images", "temperature")} == {
+        "source": "natural", "seed": 0, "images": 40, "temperature": 3.0}
+    assert fp["data"]["name"] == "fashion_mnist" and fp["data"]["source"].startswith(base_config["data"]["root"])
     assert natural.fingerprint(1) != natural.fingerprint(0)
+    # Other natural images of the same count (a subset of the split) make another fingerprint.
+    fewer = copy.deepcopy(base_config)
+    fewer["data"]["subset"] = {"train": 60}
+    assert SearchData(natural_config(fewer), "natural", 0).fingerprint(0)["data"] != fp["data"]
     synthetic = SearchData(synthetic_config(), "full", 0, *synthetic_set)
     fp = synthetic.fingerprint(0)
     assert fp["source"] == "full" and fp["images"] == 30

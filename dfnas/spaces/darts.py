@@ -154,9 +154,16 @@ class Cell(nn.Module):
         self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0)
         edges = genotype.reduce if reduction else genotype.normal
         self.concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        kind = "reduce" if reduction else "normal"
         if len(edges) % 2:
-            raise ValueError("a genotype lists two inputs per node")
+            raise ValueError(f"{kind} cell: a genotype lists two inputs per node")
         self.steps = len(edges) // 2
+        for k, (_, index) in enumerate(edges):  # node i reads the two cell inputs and nodes before it
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2 + k // 2:
+                raise ValueError(f"{kind} cell: node {k // 2} takes input {index!r}, it can take 0..{1 + k // 2}")
+        if not self.concat or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2 + self.steps
+                                  for i in self.concat):
+            raise ValueError(f"{kind} cell: concat {self.concat} names states outside 0..{1 + self.steps}")
         self.ops = nn.ModuleList()
         self.inputs = []
         for name, index in edges:
@@ -369,8 +376,11 @@ def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: 
     for op, _ in genotype.normal + genotype.reduce:
         if op not in PRIMITIVES:
             raise DfnasError(f"DARTS architecture: unknown operation {op!r}")
-    return DartsNetwork(genotype, in_channels=in_channels, resolution=resolution, num_classes=num_classes,
-                        cells=sizes["cells"], channels=sizes["channels"], auxiliary=sizes.get("auxiliary", False))
+    try:
+        return DartsNetwork(genotype, in_channels=in_channels, resolution=resolution, num_classes=num_classes,
+                            cells=sizes["cells"], channels=sizes["channels"], auxiliary=sizes.get("auxiliary", False))
+    except ValueError as exc:
+        raise DfnasError(f"DARTS architecture: {exc}") from None
 
 
 def random_choices(seed: int, steps: int = 4, multiplier: int = 4) -> dict:
