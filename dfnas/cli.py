@@ -13,10 +13,11 @@ import json
 import os
 import resource
 import sys
+from pathlib import Path
 
 from dfnas.config import load_config
-from dfnas.errors import DfnasError
-from dfnas.runtime import peak_rss_kib, set_threads
+from dfnas.errors import DfnasError, failed_write_path, unwritable, write_failure
+from dfnas.runtime import check_writable, peak_rss_kib, set_threads
 
 
 # When set, every stage appends one JSON line to this file as it ends: its command line and its
@@ -33,6 +34,13 @@ def cli_main(func):
             return func(argv)
         except DfnasError as exc:
             print(f"dfnas: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except (OSError, RuntimeError) as exc:
+            if not write_failure(exc):
+                raise
+            # A full disk or a folder made read-only mid-run: the outputs are written atomically, so
+            # nothing half-written is left; one line names what failed.
+            print(f"dfnas: error: {unwritable(failed_write_path(exc) or 'an output file', exc)}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
             if os.environ.get(PEAK_MEMORY_ENV):
@@ -68,8 +76,17 @@ def stage_parser(module: str, doc: str, teacher: str | None = None, threads: boo
     return parser
 
 
+# The arguments that name a stage's outputs: a file (its folder must be writable) or a folder.
+OUTPUT_FILES, OUTPUT_FOLDERS = ("out", "grid", "write_reference"), ("out_dir",)
+
+
 def stage_config(args) -> dict:
-    """The validated config of a parsed command line; sets the thread count when the stage has one."""
+    """The validated config of a parsed command line; sets the thread count when the stage has one.
+    Checks first that the stage can write its outputs, so that no long job learns it at its end."""
+    for name in OUTPUT_FILES + OUTPUT_FOLDERS:
+        value = getattr(args, name, None)
+        if value:
+            check_writable(Path(value) if name in OUTPUT_FOLDERS else Path(value).parent)
     cfg = load_config(args.config, args.config_json)
     if hasattr(args, "threads"):
         set_threads(args.threads or cfg["threads"])

@@ -22,7 +22,7 @@ import torch
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.errors import DfnasError, reading
-from dfnas.runtime import atomic_path
+from dfnas.runtime import atomic_path, check_writable
 from dfnas.sampling import stratified_split
 from dfnas.teacher import load_teacher
 
@@ -155,6 +155,8 @@ def main(argv=None):
     parser.add_argument("--grid", help="PNG of samples per class and round")
     args = parser.parse_args(argv)
     cfg = stage_config(args)
+    # The merged set is about as large as its shards together (the same compressed rows).
+    check_writable(Path(args.out).parent, sum(Path(p).stat().st_size for p in args.shards if Path(p).is_file()))
     teacher = load_teacher(args.teacher)
     result = merge(args.shards, teacher.checksum, cfg["synthesis"]["val_per_class"],
                    cfg["seed"], Path(args.out), args.variant)

@@ -9,11 +9,12 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from dfnas.errors import DfnasError, damaged
+from dfnas.errors import DfnasError, damaged, unwritable
 
 
 def set_threads(n: int) -> None:
@@ -124,6 +125,32 @@ def config_hash(obj) -> str:
     """Short stable hash of a JSON-able config section, recorded in every output."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_writable(folder, need_bytes: int = 0) -> None:
+    """Make ``folder`` and check that a file can be created in it and, with ``need_bytes``, that its
+    file system has that much free space: one line naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".dfnas-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise unwritable(folder, exc) from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise DfnasError(f"{folder}: {size_text(free)} free, this job writes up to {size_text(need_bytes)}; "
+                         "free space and rerun")
+
+
+def size_text(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it at or above 1 (``1.5 MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import torch
 
-from dfnas.errors import DfnasError, FileInUse, damaged, first_line, reading
+from dfnas.errors import DfnasError, FileInUse, damaged, reading, unwritable, write_failure
 from dfnas.imaging import Normalize
 from dfnas.streaming import LazyH5
 
@@ -136,9 +136,9 @@ def open_h5(path, mode="r") -> h5py.File:
         if "unable to lock file" in str(exc):
             raise FileInUse(f"{path}: another process has it open (HDF5 file lock): let that job finish, or stop "
                             f"it, before running this one") from None
-        if mode == "r" or Path(path).exists():
-            raise damaged(path, "not a readable HDF5 file", exc) from None
-        raise DfnasError(f"{path}: cannot create it ({first_line(exc)})") from None
+        if mode != "r" and (write_failure(exc) or not Path(path).exists() or mode in ("w", "w-", "x")):
+            raise unwritable(path, exc) from None
+        raise damaged(path, "not a readable HDF5 file", exc) from None
 
 
 def open_format(path, fmt: str, made_by: str) -> h5py.File:
@@ -157,6 +157,13 @@ def read_arrays(group: h5py.Group, path, index=None) -> dict:
     """`read_group`, with a damaged file reported in one line that names it."""
     with reading(path, "cannot read its arrays"):
         return read_group(group, index)
+
+
+def verify_rows(group: h5py.Group, path, block: int = 1024) -> None:
+    """Read every row of ``group`` a block at a time, so that every chunk's checksum is checked."""
+    n = group["labels"].shape[0]
+    for start in range(0, n, block):
+        read_arrays(group, path, slice(start, min(n, start + block)))
 
 
 def set_attrs(obj, attrs: dict) -> None:

@@ -35,6 +35,7 @@ from dfnas.errors import DfnasError, FileInUse
 from dfnas.imaging import Normalize
 from dfnas.runtime import (
     atomic_path,
+    check_writable,
     config_hash,
     derived_seed,
     progress,
@@ -126,7 +127,14 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
         "rounds": rounds, "dfnas_version": versions()["dfnas"],
     }
     partial = out.with_name(out.name + ".partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # Room for the rounds still to write and for the final copy (uncompressed bounds), checked before
+    # any work and again before every round (another job may fill the disk meanwhile).
+    row = int(np.prod(shape)) * (1 if scfg["storage"] == "uint8" else 2) + 8 * num_classes + 10
+
+    def check_room(r: int, written: int = 0) -> None:
+        check_writable(out.parent, ((rounds - r) + rounds) * n * row + (1 << 20) - written)
+
+    check_room(0, partial.stat().st_size if partial.exists() else 0)
     done = _open_partial(partial, attrs, n, log)
     objective = Objective(**scfg["loss"])
     schedule = Schedule(iterations_half=scfg["iterations_half"], iterations_full=scfg["iterations_full"], lr=scfg["lr"],
@@ -136,6 +144,7 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
     t0 = time.time()
     with sh.open_h5(partial, "a") as f:
         for r in range(done, rounds):
+            check_room(r)
             gen = torch.Generator().manual_seed(derived_seed(cfg["seed"], variant, shard, r))
             if r == 0 or not spec.recursive:
                 labels = balanced_labels(offset, n, num_classes, gen)
@@ -196,6 +205,7 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
                 if same:
                     done = int(f.attrs.get("rounds_done", 0))
                     sh.truncate(f, done * n)  # drop a round that was being written when the job died
+                    sh.verify_rows(f, partial)  # every checksum: a write that failed (disk full) shows here
                     if done:
                         log(f"resuming {partial.name} after round {done}")
                     return done

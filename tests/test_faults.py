@@ -133,3 +133,123 @@ def test_a_metrics_file_with_a_word_for_a_number_is_one_line(tmp_path):
     with pytest.raises(DfnasError) as err:
         make_report(report_config(), tmp_path, tmp_path / "report", log=lambda *_: None)
     assert str(err.value) == f"{metrics}: top1 is 'high' (not a finite number); the file is damaged: {REMAKE}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Out of space, out of permission: small file systems of their own (tmpfs, as root; skipped otherwise)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``mount(size, read_only=False)`` -> a fresh tmpfs folder of that size; unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str, read_only: bool = False):
+        folder = tmp_path / f"fs{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def stage_error(capsys, main, argv, printed: list | None = None) -> str:
+    """Run a stage's main; return the one line it printed as it exited with status 2 (and append
+    what it printed to stdout to ``printed``)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    if printed is not None:
+        printed.append(captured.out)
+    return captured.err.strip()
+
+
+def test_synthesis_refuses_to_start_without_room_for_its_shard(teacher_file, small_fs, capsys):
+    from conftest import SMALL_SYNTHESIS
+    from dfnas.synthesize import main
+
+    folder = small_fs("64k")
+    config = json.dumps({"device": "cpu", "synthesis": SMALL_SYNTHESIS})
+    line = stage_error(capsys, main, ["--config-json", config, "--teacher", str(teacher_file), "--variant", "full",
+                                      "--out", str(folder / "shard_000.h5")])
+    assert re.fullmatch(rf"dfnas: error: {folder}: \d+\.\d KiB free, this job writes up to 1\.\d MiB; "
+                        r"free space and rerun", line), line
+    assert list(folder.iterdir()) == []  # nothing written, no temporary file
+
+
+@pytest.fixture
+def retrain_setup(base_config, tmp_path):
+    """A retrain config (on the fake Fashion-MNIST) and the published DARTS cell's architecture file."""
+    arch = tmp_path / "architecture.json"
+    arch.write_text(json.dumps(darts_arch()))
+    config = {**base_config, "retrain": {"train_images": 100, "epochs": 1, "batch_size": 25,
+                                         "darts": {"cells": 3, "channels": 4}}}
+    return config, arch
+
+
+def test_a_read_only_folder_is_refused_before_any_training(retrain_setup, small_fs, capsys):
+    from dfnas.retrain import main
+
+    config, arch = retrain_setup
+    folder = small_fs("1m", read_only=True)
+    printed = []
+    line = stage_error(capsys, main, ["--config-json", json.dumps(config), "--arch", str(arch),
+                                      "--out", str(folder / "darts" / "metrics.json")], printed)
+    assert printed == [""]  # refused before a word of training
+    assert line == (f"dfnas: error: {folder / 'darts'}: cannot write it (read-only file system); "
+                    "free space or fix the folder's permissions and rerun")
+
+
+def test_a_write_failure_mid_run_is_one_line(capsys):
+    """HDF5 reports a full disk as a RuntimeError that carries errno 28 in its text: one line."""
+    from dfnas.cli import cli_main
+
+    @cli_main
+    def main(argv=None):
+        raise RuntimeError("Can't decrement id ref count (file write failed: time = now\n, filename = "
+                           "'/data/run/shard_000.h5.partial', file descriptor = 3, errno = 28, error message = "
+                           "'No space left on device')")
+
+    assert stage_error(capsys, main, []) == (
+        "dfnas: error: /data/run/shard_000.h5.partial: cannot write it (no space left on the device); "
+        "free space or fix the folder's permissions and rerun")
+
+    @cli_main
+    def bug(argv=None):
+        raise RuntimeError("a bug, not a full disk")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else keeps its traceback
+        bug([])
+
+
+def test_a_partial_shard_damaged_by_a_failed_write_is_discarded_on_resume(teacher, tmp_path):
+    """A round whose write failed (disk full) may be marked done with bytes missing: the resume reads
+    every checksum and starts the shard afresh instead of finishing it on damaged rows."""
+    from conftest import Killed, quiet, syn_config
+    from dfnas.synthesize import run_shard
+
+    cfg = syn_config()
+    reference = run_shard(cfg, teacher, "full", 0, tmp_path / "ref.h5", log=quiet)
+
+    def kill_after_round_2(msg):
+        if "round 2/3 written" in msg:
+            raise Killed
+
+    out = tmp_path / "killed.h5"
+    with pytest.raises(Killed):
+        run_shard(cfg, teacher, "full", 0, out, log=kill_after_round_2)
+    partial = tmp_path / "killed.h5.partial"
+    flip_byte(partial, chunk_offset(partial, "images") + 5)
+    messages = []
+    run_shard(cfg, teacher, "full", 0, out, log=messages.append)
+    assert messages[0].startswith(f"discarding unreadable killed.h5.partial ({partial}: cannot read its arrays (")
+    assert sum("written" in m for m in messages) == 3  # all three rounds again
+    assert out.read_bytes() == reference.read_bytes()
