@@ -43,8 +43,10 @@ slurm:
 	  else echo "note: SLURM is not installed and this is not root with apt-get; tests/test_slurm.py will skip"; fi; \
 	fi
 
+# The local profile reruns the jobs an interrupted run left incomplete (README: "When a run is
+# interrupted"), so a second `make run` after Ctrl-C goes on where the first stopped.
 run: setup data
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile workflow/profiles/local --cores $(CORES)
 
 # One test process per core; worksteal keeps the long whole-workflow tests from ending up queued
 # behind each other on one process.
