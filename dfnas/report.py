@@ -14,6 +14,9 @@ best and `noise` worst), and adds the fidelity table (Kendall tau-b and top-quar
 source's proxy ranking against the retrained accuracies, percentile-bootstrap intervals over the
 architectures), the synthetic data's quality and the SPOS ranking check. Figures: the tables as
 bars with 95% intervals, the search curves, the soft-label entropy per round and the fidelity.
+Where Snakemake timed the jobs (``benchmarks/``), ``jobs.csv`` and a summary table say where the
+run's time went: per stage (and algorithm or space), the job count, mean and total wall time and
+peak memory.
 
 Everything is read from the file contracts under ``results/<run>/`` (retrain metrics, architecture
 JSONs, search histories, synthesis quality, SPOS ranking, fidelity scores) for the algorithms,
@@ -29,6 +32,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ordered_sources, ranked, students
@@ -418,6 +422,82 @@ def plot_entropy(qualities: dict[str, dict], path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# The workflow's rules in the order they run, for the job-time table.
+RULE_ORDER = ("data", "teacher", "teacher_eval", "synthesize", "merge", "soft_labels", "natural_reference",
+              "synthesis_quality", "search", "random_architecture", "ranking", "retrain", "fidelity", "student")
+
+
+def job_stage(path: Path) -> str:
+    """The stage a benchmark file of ``benchmarks/`` times: its rule, with the algorithm or space
+    where the rule runs per algorithm (``search/darts_full_seed0.tsv`` -> ``search darts``)."""
+    rule, stem = (path.parent.name, path.stem) if path.parent.name != "benchmarks" else (path.stem, "")
+    first = stem.split("_")[0]
+    if rule == "fidelity":
+        return f"fidelity {'truth' if '_retrain' in stem else 'proxy'} {first}"
+    return f"{rule} {first}" if rule in ("search", "retrain", "random_architecture", "student") else rule
+
+
+def benchmark_files(run_dir: Path) -> list[Path]:
+    """Snakemake's benchmark file of every finished job of the run but the report's own."""
+    bench = run_dir / "benchmarks"
+    return [p for p in sorted(bench.rglob("*.tsv")) if p != bench / "report.tsv"]
+
+
+def wall_clock(run_dir: Path) -> float:
+    """Seconds from the first timed job's start to the last one's end (each file is written as its
+    job ends: its modification time less the job's seconds is its start); 0 without any."""
+    spans = []
+    for path in benchmark_files(run_dir):
+        try:
+            seconds = float(pd.read_csv(path, sep="\t")["s"].mean())
+        except (OSError, ValueError, KeyError):
+            continue
+        spans.append((path.stat().st_mtime - seconds, path.stat().st_mtime))
+    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
+
+
+def job_times(run_dir: Path) -> pd.DataFrame:
+    """One row per stage timed under ``run_dir/benchmarks`` (Snakemake's benchmark files): jobs, mean
+    and total wall seconds, total CPU seconds and the largest peak memory (MiB). Empty without any."""
+    frames = []
+    for path in benchmark_files(run_dir):
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (OSError, ValueError):  # a benchmark being written or damaged: no reason to fail the report
+            continue
+        if {"s", "max_rss", "cpu_time"} <= set(frame.columns) and len(frame):
+            frames.append(frame.assign(stage=job_stage(path), end=path.stat().st_mtime))
+    if not frames:
+        return pd.DataFrame(columns=["stage", "jobs", "mean_s", "total_min", "cpu_min", "max_rss_mib"])
+    jobs = pd.concat(frames, ignore_index=True)
+    for column in ("s", "max_rss", "cpu_time"):
+        jobs[column] = pd.to_numeric(jobs[column], errors="coerce")  # Snakemake writes "-" when unmeasured
+    rank = {rule: i for i, rule in enumerate(RULE_ORDER)}
+    jobs["order"] = jobs.stage.map(lambda stage: rank.get(stage.split()[0], len(rank)))
+    jobs = jobs.sort_values(["order", "stage"], kind="stable")
+    table = jobs.groupby("stage", sort=False).agg(jobs=("s", "size"), mean_s=("s", "mean"), total_s=("s", "sum"),
+                                                  cpu_s=("cpu_time", "sum"), max_rss_mib=("max_rss", "max"))
+    table = table.assign(total_min=table.total_s / 60, cpu_min=table.cpu_s / 60).reset_index()
+    return table[["stage", "jobs", "mean_s", "total_min", "cpu_min", "max_rss_mib"]].round(
+        {"mean_s": 1, "total_min": 1, "cpu_min": 1, "max_rss_mib": 0})
+
+
+def job_times_markdown(table: pd.DataFrame) -> str:
+    rows = ["| stage | jobs | mean wall (s) | total wall (min) | total CPU (min) | peak memory (MiB) |",
+            "|---|---|---|---|---|---|"]
+    rows += [f"| {r.stage} | {r.jobs} | {r.mean_s:.1f} | {r.total_min:.1f} | {r.cpu_min:.1f} | {r.max_rss_mib:.0f} |"
+             for r in table.itertuples()]
+    total = table.total_min.sum()
+    return "\n".join(rows) + f"\n\nAll jobs together: {total:.1f} minutes of wall time ({table.jobs.sum()} jobs).\n"
+
+
+def job_times_text(run_dir: Path, table: pd.DataFrame) -> str:
+    """The job-time table and the run's wall clock against the sum of its jobs' times."""
+    wall, total = wall_clock(run_dir) / 60, table.total_min.sum()
+    return (job_times_markdown(table) + f"From the first job's start to the last one's end: {wall:.1f} minutes"
+            + (f" ({wall / total:.2f} of the jobs' sum: below 1, jobs ran side by side).\n" if total else ".\n"))
+
+
 def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
     search_cfg, rcfg = cfg["search"], cfg["report"]
     layout = Layout.of(run_dir)
@@ -466,6 +546,11 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
                  + "\n".join(f"| {src} | {seed} | {len(r['paths'])} | "
                              + ("n/a" if r["kendall_tau"] is None else f"{r['kendall_tau']:.3f}") + " |"
                              for (_, src, seed), r in rankings.items()) + "\n")
+    times = job_times(run_dir)
+    if len(times):
+        times.to_csv(out_dir / "jobs.csv", index=False)
+        text += ("\n## Where the time went\n\nSnakemake's benchmark of every job that has finished (the "
+                 "report's own excluded): wall and CPU time, peak resident memory.\n\n" + job_times_text(run_dir, times))
     write_text(out_dir / "summary.md", text)
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)

@@ -180,3 +180,33 @@ def test_student_table(tmp_path):
     assert "| DARTS | 1 | 80.00 | not scored | 5,001 | 3.50M | 540 |" in summary
     rows = list(csv.DictReader(open(tmp_path / "report" / "students.csv")))
     assert [r["top1"] for r in rows] == ["71.0", ""]
+
+
+def test_job_times_by_hand(tmp_path):
+    """Snakemake's benchmark files, grouped by stage and algorithm in the workflow's order: counts,
+    means and totals by hand; the report's own benchmark and an unreadable one are left out."""
+    fake_run(tmp_path)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    bench = tmp_path / "benchmarks"
+    for name, seconds, rss, cpu in [("search/darts_full_seed0", 100.0, 900.5, 95.0),
+                                    ("search/darts_natural_seed1", 140.0, "-", 130.0),
+                                    ("search/spos_full_seed0", 30.0, 500.0, 29.0),
+                                    ("teacher", 600.0, 700.0, 1150.0),
+                                    ("fidelity/spos_retrain3", 24.0, 650.0, 23.0),
+                                    ("fidelity/spos_natural", 90.0, 640.0, 88.0),
+                                    ("report", 5.0, 90.0, 4.0)]:
+        (bench / name).parent.mkdir(parents=True, exist_ok=True)
+        (bench / f"{name}.tsv").write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t90\t{cpu}\n")
+    (bench / "merge").mkdir()
+    (bench / "merge" / "full.tsv").write_bytes(b"\xff\xfe not a table")
+    make_report(report_config(), tmp_path, tmp_path / "report", log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "report" / "jobs.csv")))
+    assert [r["stage"] for r in rows] == ["teacher", "search darts", "search spos", "fidelity proxy spos",
+                                          "fidelity truth spos"]
+    darts = rows[1]
+    assert (darts["jobs"], float(darts["mean_s"]), float(darts["total_min"]), float(darts["cpu_min"])) == (
+        "2", 120.0, 4.0, 3.8)  # (100 + 140) / 2 s; 240 s; 225 s of CPU = 3.75 -> 3.8 min
+    assert float(darts["max_rss_mib"]) == 900.0  # 900.5 rounded; the unmeasured "-" ignored
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| teacher | 1 | 600.0 | 10.0 | 19.2 | 700 |" in summary
+    assert "All jobs together: 16.4 minutes of wall time (6 jobs)." in summary  # 984 s
