@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dfnas.runtime import config_hash, save_torch
 
@@ -55,8 +56,12 @@ class Checkpoint:
             return Resumed()
         missing = [k for k in (*stateful, "generator", "torch_rng", "history", "epoch") if k not in state]
         if missing:
-            self.log(f"ignoring {self.path}: it lacks {', '.join(missing)}")
+            self.log(f"ignoring {self.path}: it lacks {', '.join(missing)}; starting afresh")
             return Resumed()
+        for name, obj in stateful.items():  # checked before any is loaded: nothing half-loaded
+            if isinstance(obj, nn.Module) and _shapes(obj.state_dict()) != _shapes(state[name]):
+                self.log(f"ignoring {self.path}: its {name} has other tensors than this one; starting afresh")
+                return Resumed()
         for name, obj in stateful.items():
             obj.load_state_dict(state[name])
         generator.set_state(state["generator"])
@@ -92,3 +97,7 @@ def changed_inputs(ours: str, theirs) -> str:
     names = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     return shown or "config, data or seed"
+
+
+def _shapes(state_dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state_dict.items()} if isinstance(state_dict, dict) else {}

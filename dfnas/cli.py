@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from dfnas.config import load_config
-from dfnas.errors import DfnasError, failed_write_path, unwritable, write_failure
+from dfnas.errors import DfnasError, access_failure, failed_write_path, unwritable, write_failure
 from dfnas.runtime import check_writable, peak_rss_kib, set_threads
 
 
@@ -36,11 +36,16 @@ def cli_main(func):
             print(f"dfnas: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except (OSError, RuntimeError) as exc:
-            if not write_failure(exc):
+            # A full disk or a file system made read-only mid-run (outputs are written atomically, so
+            # nothing half-written is left), or a file this user may not open: one line naming it.
+            path = failed_write_path(exc)
+            if write_failure(exc):
+                message = str(unwritable(path or "an output file", exc))
+            elif isinstance(exc, PermissionError) and path:
+                message = f"{path}: {access_failure(exc)}"
+            else:
                 raise
-            # A full disk or a folder made read-only mid-run: the outputs are written atomically, so
-            # nothing half-written is left; one line names what failed.
-            print(f"dfnas: error: {unwritable(failed_write_path(exc) or 'an output file', exc)}", file=sys.stderr)
+            print(f"dfnas: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
             if os.environ.get(PEAK_MEMORY_ENV):
@@ -77,17 +82,17 @@ def stage_parser(module: str, doc: str, teacher: str | None = None, threads: boo
 
 
 # The arguments that name a stage's outputs: a file (its folder must be writable) or a folder.
-OUTPUT_FILES, OUTPUT_FOLDERS = ("out", "grid", "write_reference"), ("out_dir",)
+OUTPUT_FILES, OUTPUT_FOLDERS = ("out", "grid", "write_reference", "latency_table"), ("out_dir",)
 
 
 def stage_config(args) -> dict:
     """The validated config of a parsed command line; sets the thread count when the stage has one.
     Checks first that the stage can write its outputs, so that no long job learns it at its end."""
+    cfg = load_config(args.config, args.config_json)
     for name in OUTPUT_FILES + OUTPUT_FOLDERS:
         value = getattr(args, name, None)
         if value:
             check_writable(Path(value) if name in OUTPUT_FOLDERS else Path(value).parent)
-    cfg = load_config(args.config, args.config_json)
     if hasattr(args, "threads"):
         set_threads(args.threads or cfg["threads"])
     return cfg

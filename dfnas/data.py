@@ -35,9 +35,9 @@ import torch
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.download import download_file, extract_archive
-from dfnas.errors import DfnasError
+from dfnas.errors import REMAKE, DfnasError
 from dfnas.imaging import random_boxes
-from dfnas.runtime import write_json
+from dfnas.runtime import read_json, write_json
 from dfnas.sampling import stratified_subset
 
 SYSTEM_DATASETS = Path("/usr/share/datasets")
@@ -559,6 +559,22 @@ def dataset_from_config(cfg: dict) -> NaturalData:
     data = cfg["data"]
     return load_dataset(data["name"], data.get("root"), data.get("download", False), data.get("subset"),
                         cfg.get("seed", 0), data)
+
+
+def read_description(path, needed_by: str) -> tuple[tuple, int]:
+    """The input shape and class count from the data stage's description (``dataset.json``)."""
+    info = read_json(path, needed_by, "make it with python -m dfnas.data --out")
+    try:
+        return tuple(int(d) for d in info["input_shape"]), int(info["num_classes"])
+    except (KeyError, TypeError, ValueError):
+        raise DfnasError(f"{path}: not a dataset description (no input_shape or num_classes); {REMAKE}") from None
+
+
+def data_identity(cfg: dict, data: NaturalData) -> dict:
+    """What a checkpoint trained on ``data`` must match: its description, and the subset and the
+    seed that drew it (another seed draws other images of the same count)."""
+    subset = cfg["data"].get("subset")
+    return {**data.summary(), "subset": subset, "subset_seed": cfg.get("seed", 0) if subset else None}
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.data import read_description
 from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
 from dfnas.optim import cosine_lr, decay_groups, set_lr
@@ -132,9 +133,9 @@ def proxy_scores(cfg: dict, architectures: list[dict], source: str, dataset=None
     if partial is not None and partial.is_file():
         try:
             saved = json.loads(partial.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # damaged with its job: started afresh
             saved = {}
-        if saved.get("fingerprint") == fingerprint:
+        if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint and isinstance(saved.get("rows"), list):
             rows = saved["rows"]
             log(f"resuming after {len(rows)} of {len(architectures)} architectures ({partial})")
         else:
@@ -196,8 +197,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = stage_config(args)
     if args.action == "draw":
-        info = read_json(args.dataset_json, "the fidelity draw", "make it with python -m dfnas.data --out")
-        archs = draw_architectures(cfg, args.space, info["input_shape"], int(info["num_classes"]))
+        archs = draw_architectures(cfg, args.space, *read_description(args.dataset_json, "the fidelity draw"))
         out_dir = Path(args.out_dir)
         for arch in archs:
             write_json(out_dir / f"arch{arch['found_by']['index']}.json", arch)

@@ -102,7 +102,8 @@ def latency_table(hw: dict, space_args: dict, input_shape, device, out_dir: Path
     ``out_dir`` (a resumed search reads it back, so that it continues with the same costs)."""
     if hw["latency_table"]:
         path = Path(hw["latency_table"])
-        table = read_json(path, "search.proxyless.hardware.latency_table")
+        table = read_json(path, "search.proxyless.hardware.latency_table",
+                          remedy="fix it, or measure a new one with python -m dfnas.latency")
         for key, value in (("space_args", measure_key(space_args)), ("input_shape", list(input_shape))):
             if table.get(key) != value:
                 raise DfnasError(f"latency table {path} was measured for {key} {table.get(key)}, the search "
@@ -111,8 +112,11 @@ def latency_table(hw: dict, space_args: dict, input_shape, device, out_dir: Path
         path = out_dir / "latency_table.json"
         wanted = {"space_args": measure_key(space_args), "input_shape": list(input_shape),
                   "batch": hw["latency_batch"]}
-        table = json.loads(path.read_text()) if path.is_file() else None
-        if table is None or any(table.get(k) != v for k, v in wanted.items()):
+        try:
+            table = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):  # a table damaged with its job: measured again
+            table = None
+        if not isinstance(table, dict) or any(table.get(k) != v for k, v in wanted.items()):
             log(f"measuring the latency of every (block, operation) on {device}")
             table = measure_latency_table(space_args, input_shape, device, batch=hw["latency_batch"])
             write_json(path, table)

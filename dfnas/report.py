@@ -449,10 +449,11 @@ def wall_clock(run_dir: Path) -> float:
     spans = []
     for path in benchmark_files(run_dir):
         try:
-            seconds = float(pd.read_csv(path, sep="\t")["s"].mean())
+            seconds = float(pd.to_numeric(pd.read_csv(path, sep="\t")["s"], errors="coerce").mean())
         except (OSError, ValueError, KeyError):
             continue
-        spans.append((path.stat().st_mtime - seconds, path.stat().st_mtime))
+        if math.isfinite(seconds):
+            spans.append((path.stat().st_mtime - seconds, path.stat().st_mtime))
     return max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
 
 
@@ -548,7 +549,7 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
                              for (_, src, seed), r in rankings.items()) + "\n")
     times = job_times(run_dir)
     if len(times):
-        times.to_csv(out_dir / "jobs.csv", index=False)
+        write_text(out_dir / "jobs.csv", times.to_csv(index=False))
         text += ("\n## Where the time went\n\nSnakemake's benchmark of every job that has finished (the "
                  "report's own excluded): wall and CPU time, peak resident memory.\n\n" + job_times_text(run_dir, times))
     write_text(out_dir / "summary.md", text)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.data import dataset_from_config
+from dfnas.data import data_identity, dataset_from_config
 from dfnas.flops import count_macs, count_parameters
 from dfnas.runtime import (
     derived_seed,
@@ -55,7 +55,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
                                identity={"architecture": {k: arch.get(k) for k in ("space", "space_args", "choices")},
-                                         "data": data.summary()})
+                                         "data": data_identity(cfg, data)})
     seconds = time.time() - t0
     scores = evaluate(model, data.test, device, data.info.mean, data.info.std, cfg["data"]["eval_batch_size"],
                       cfg["data"]["workers"])

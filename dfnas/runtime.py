@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfnas.errors import DfnasError, damaged, unwritable
+from dfnas.errors import REMAKE, DfnasError, Unwritable, access_failure, damaged, unwritable, write_failure
 
 
 def set_threads(n: int) -> None:
@@ -148,27 +148,34 @@ def size_text(n: float) -> str:
     """``n`` bytes in the largest binary unit that keeps it at or above 1 (``1.5 MiB``)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A crash or an error leaves no half-written output behind.
+    A crash or an error leaves no half-written output behind; a write that fails for space or
+    permissions is one line (`dfnas.errors.Unwritable`) that names ``path``, not the temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise unwritable(path.parent, exc) from None
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, Unwritable) or (isinstance(exc, (OSError, RuntimeError))
+                                           and (write_failure(exc) or access_failure(exc))):
+            raise unwritable(path, exc) from None
         raise
 
 
@@ -208,20 +215,25 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tuple = ()) -> dict:
-    """A JSON file, or a one-line error naming it (missing, with ``hint`` on how to make it, or
-    damaged). The keys ``numbers`` must hold finite numbers (a metrics file's top-1, say)."""
+def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tuple = (), remedy: str = REMAKE) -> dict:
+    """A JSON object from a file, or a one-line error naming it (missing, with ``hint`` on how to make
+    it, or damaged, with ``remedy``: by default, a workflow output's). The keys ``numbers`` must hold
+    finite numbers (a metrics file's top-1, say)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise DfnasError(f"{needed_by} needs {path}, which does not exist" + (f" ({hint})" if hint else "")) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise damaged(path, "not valid JSON", exc) from None
+        raise damaged(path, "not valid JSON", exc, remedy) from None
+    except OSError as exc:
+        raise damaged(path, "cannot read it", exc, remedy) from None
+    if not isinstance(data, dict):
+        raise damaged(path, f"holds a {type(data).__name__}", ValueError("not a JSON object"), remedy)
     for key in numbers:
-        value = data.get(key) if isinstance(data, dict) else None
+        value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise damaged(path, f"{key} is {value!r}", ValueError("not a finite number"))
+            raise damaged(path, f"{key} is {value!r}", ValueError("not a finite number"), remedy)
     return data
 
 

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from dfnas.checkpoint import CHECKPOINT_NAME
 from dfnas.cli import cli_main, stage_config, stage_parser
+from dfnas.data import read_description
 from dfnas.errors import DfnasError
-from dfnas.runtime import config_hash, read_json, resolve_device, versions, write_csv, write_json
+from dfnas.runtime import config_hash, resolve_device, versions, write_csv, write_json
 from dfnas.search_data import SearchData
 from dfnas.search_result import save_search_network
 from dfnas.spaces import get_space
@@ -82,11 +83,7 @@ def random_architecture(cfg: dict, algorithm: str, seed: int, out_dir: Path, dat
     strategy = get_strategy(algorithm)
     if not dataset_json:
         raise DfnasError("the random baseline needs --dataset-json (the dataset description of python -m dfnas.data)")
-    info = read_json(dataset_json, "the random baseline", "make it with python -m dfnas.data --out")
-    try:
-        shape, classes = tuple(info["input_shape"]), int(info["num_classes"])
-    except (KeyError, TypeError, ValueError):
-        raise DfnasError(f"{dataset_json}: not a dataset description (no input_shape or num_classes)") from None
+    shape, classes = read_description(dataset_json, "the random baseline")
     drawn = get_space(strategy.space).random(cfg["search"][algorithm], seed, shape, classes)
     arch = {"space": strategy.space, "space_args": drawn["space_args"], "choices": drawn["choices"],
             "found_by": {"algorithm": algorithm, "source": "random", "seed": seed, "data_images": 0,

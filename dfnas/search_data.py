@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfnas.data import as_pixels, dataset_from_config
+from dfnas.data import as_pixels, data_identity, dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
@@ -92,7 +92,7 @@ class SearchData:
             self.input_shape = natural.info.input_shape
             self.num_classes = natural.info.num_classes
             self.workers = cfg["data"].get("workers", 0)
-            self.natural = natural.summary()
+            self.natural = data_identity(cfg, natural)
         n = self.images = len(self.data)
         if self.synthetic and synthetic_holdout == "val":
             # The whole training split trains; the merged set's validation split scores.

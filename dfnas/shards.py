@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import torch
 
-from dfnas.errors import DfnasError, FileInUse, damaged, reading, unwritable, write_failure
+from dfnas.errors import DfnasError, access_failure, damaged, reading, unwritable, write_failure
 from dfnas.imaging import Normalize
 from dfnas.streaming import LazyH5
 
@@ -133,10 +133,8 @@ def open_h5(path, mode="r") -> h5py.File:
     except FileNotFoundError:
         raise DfnasError(f"{path} does not exist") from None
     except OSError as exc:
-        if "unable to lock file" in str(exc):
-            raise FileInUse(f"{path}: another process has it open (HDF5 file lock): let that job finish, or stop "
-                            f"it, before running this one") from None
-        if mode != "r" and (write_failure(exc) or not Path(path).exists() or mode in ("w", "w-", "x")):
+        if mode != "r" and (write_failure(exc) or access_failure(exc) or not Path(path).exists()
+                            or mode in ("w", "w-", "x")):
             raise unwritable(path, exc) from None
         raise damaged(path, "not a readable HDF5 file", exc) from None
 
@@ -145,8 +143,12 @@ def open_format(path, fmt: str, made_by: str) -> h5py.File:
     """Open ``path`` for reading if it is a dfnas file of format ``fmt``; else one line that names the
     file and the command that makes one (``made_by``)."""
     f = open_h5(path)
-    with reading(path, "cannot read its attributes"):
-        kind = f.attrs.get("format")
+    try:
+        with reading(path, "cannot read its attributes"):
+            kind = f.attrs.get("format")
+    except DfnasError:
+        f.close()
+        raise
     if kind != fmt:
         f.close()
         raise DfnasError(f"{path}: not a {fmt.replace('-', ' ')} file (make one with {made_by})")

@@ -147,8 +147,9 @@ class SoftLabelData:
         self.images = sh.SyntheticSplit(dataset_path, split)
         self.attrs = self.images.attrs  # the merged dataset's
         self.split = split
+        dataset_sha256 = sha256_file(dataset_path)
         with sh.open_format(labels_path, LABELS_FORMAT, "python -m dfnas.soft_labels") as f, reading(labels_path):
-            if f.attrs["dataset_sha256"] != sha256_file(dataset_path):
+            if f.attrs["dataset_sha256"] != dataset_sha256:
                 raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}; {REMAKE}")
             self.label_attrs = sh.attrs_dict(f)
             if split not in f or "boxes" not in f[split]:

@@ -162,7 +162,7 @@ class LazyH5:
         unique, inverse = np.unique(idx, return_inverse=True)
         try:
             data = self.file()[name][unique] if len(unique) else self.file()[name][0:0]
-        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+        except (KeyError, OSError, RuntimeError) as exc:
             raise damaged(self.path, f"cannot read {name}", exc) from None
         return data[inverse]
 

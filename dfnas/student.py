@@ -77,7 +77,8 @@ def train_student(cfg: dict, arch_path, dataset, labels, out_dir, log=print) -> 
     per_epoch = data.steps_per_epoch(0, bs)
     total = epochs * per_epoch
     stateful = {"model": model, "optimizer": opt}
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", {"student": scfg, "arch": arch["choices"], "sizes": sizes,
+    exact = {k: arch.get(k) for k in ("space", "space_args", "choices")}
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", {"student": scfg, "arch": exact, "sizes": sizes,
                                                         **data.fingerprint(seed)}, log)
     resumed = checkpoint.resume(stateful, gen)
     history = resumed.history

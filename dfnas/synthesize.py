@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from dfnas import shards as sh
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.errors import DfnasError, FileInUse
+from dfnas.errors import Damaged, DfnasError, FileInUse, Unwritable, reading
 from dfnas.imaging import Normalize
 from dfnas.runtime import (
     atomic_path,
@@ -198,7 +198,7 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
     """Prepare ``partial`` for appending; return the number of rounds it already holds."""
     if partial.exists():
         try:
-            with sh.open_h5(partial, "a") as f:
+            with sh.open_h5(partial, "a") as f, reading(partial):
                 same = (f.attrs.get("config_hash") == attrs["config_hash"]
                         and f.attrs.get("teacher_sha256") == attrs["teacher_sha256"]
                         and int(f.attrs.get("shard", -1)) == attrs["shard"])
@@ -210,10 +210,10 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
                         log(f"resuming {partial.name} after round {done}")
                     return done
             log(f"discarding {partial.name}: it was made with another config or teacher")
-        except FileInUse:
-            raise  # a live writer's file: never taken for damage
-        except (DfnasError, KeyError, OSError, RuntimeError) as exc:
-            log(f"discarding unreadable {partial.name} ({exc})")
+        except (FileInUse, Unwritable):
+            raise  # a live writer's file, or one this job may not write: never taken for damage
+        except Damaged as exc:
+            log(f"discarding unreadable {partial.name} ({exc.detail})")
         partial.unlink()
     with sh.open_h5(partial, "w") as f:
         sh.set_attrs(f, attrs)

@@ -28,7 +28,7 @@ from torch import nn
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.config import validate_config
-from dfnas.data import dataset_from_config
+from dfnas.data import data_identity, dataset_from_config
 from dfnas.download import download_file
 from dfnas.errors import DfnasError
 from dfnas.models import build_model
@@ -270,7 +270,7 @@ def _train_standin(cfg: dict, log, checkpoint: Path) -> tuple[nn.Module, dict, d
     t0 = time.time()
     history = train_classifier(model, data.train, recipe, device, cfg["seed"], info["mean"], info["std"], log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
-                               identity={"arch": arch, "data": data.summary()})
+                               identity={"arch": arch, "data": data_identity(cfg, data)})
     seconds = time.time() - t0
     final = evaluate(model, data.test, device, info["mean"], info["std"], cfg["data"]["eval_batch_size"],
                      cfg["data"]["workers"])

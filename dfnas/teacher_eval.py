@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import dataset_from_config
 from dfnas.errors import DfnasError
-from dfnas.runtime import resolve_device, versions, write_json
+from dfnas.runtime import read_json, resolve_device, versions, write_json
 from dfnas.teacher import check_teacher, dataset_label, load_teacher
 from dfnas.train import evaluate
 
@@ -33,7 +32,7 @@ def evaluate_teacher(cfg: dict, teacher_path, log=print) -> dict:
     sidecar = Path(teacher_path).with_suffix(".json")
     train_seconds = None
     if sidecar.is_file():
-        train_seconds = json.loads(sidecar.read_text()).get("train_seconds")
+        train_seconds = read_json(sidecar, "teacher_eval").get("train_seconds")
     result = {
         "dataset": data.info.name,
         "split": "test",

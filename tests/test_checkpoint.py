@@ -106,3 +106,19 @@ def test_a_checkpoint_without_its_inputs_is_ignored_with_a_general_line(tmp_path
     messages = []
     assert Checkpoint(path, {"seed": 0}, messages.append).resume({"model": model}, gen) == Resumed()
     assert messages == [f"ignoring {path}: it was made from other inputs (config, data or seed); starting afresh"]
+
+
+def test_a_checkpoint_of_another_shape_is_ignored_before_anything_loads(tmp_path):
+    """The same fingerprint but tensors of other shapes (an architecture whose description did not
+    change but whose network did): nothing is loaded, the loop starts afresh."""
+    model, opt, gen = a_loop(0)
+    path = tmp_path / "ckpt.pt"
+    Checkpoint(path, {"seed": 0}).save({"model": model, "opt": opt}, gen, [{"epoch": 1}], 1)
+    wider = nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    messages = []
+    resumed = Checkpoint(path, {"seed": 0}, messages.append).resume(
+        {"model": wider, "opt": torch.optim.SGD(wider.parameters(), lr=0.1)}, torch.Generator())
+    assert resumed == Resumed()
+    assert messages == [f"ignoring {path}: its model has other tensors than this one; starting afresh"]
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())

@@ -250,6 +250,44 @@ def test_a_partial_shard_damaged_by_a_failed_write_is_discarded_on_resume(teache
     flip_byte(partial, chunk_offset(partial, "images") + 5)
     messages = []
     run_shard(cfg, teacher, "full", 0, out, log=messages.append)
-    assert messages[0].startswith(f"discarding unreadable killed.h5.partial ({partial}: cannot read its arrays (")
+    assert messages[0].startswith("discarding unreadable killed.h5.partial (cannot read its arrays (")
+    assert "delete it" not in messages[0]  # the job discards it itself
     assert sum("written" in m for m in messages) == 3  # all three rounds again
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_a_partial_shard_this_job_may_not_write_is_kept(tmp_path, monkeypatch):
+    """A partial shard that cannot be opened for writing (its permissions, a read-only mount) is an
+    error, never taken for damage: the rounds it holds are not deleted."""
+    from dfnas.errors import Unwritable
+    from dfnas.synthesize import _open_partial
+
+    partial = tmp_path / "shard_000.h5.partial"
+    with h5py.File(partial, "w") as f:
+        f.attrs["rounds_done"] = 2
+    opened = h5py.File
+
+    def refuse_writes(path, mode="r", **kwargs):
+        if mode != "r":
+            raise PermissionError(13, "Unable to synchronously open file (unable to open file: name = "
+                                  f"'{path}', errno = 13, error message = 'Permission denied')")
+        return opened(path, mode, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", refuse_writes)
+    with pytest.raises(Unwritable, match=r"shard_000\.h5\.partial: cannot write it \(permission denied\)"):
+        _open_partial(partial, {"config_hash": "abc", "teacher_sha256": "t", "shard": 0}, 4, lambda *_: None)
+    monkeypatch.undo()
+    with h5py.File(partial) as f:
+        assert f.attrs["rounds_done"] == 2
+
+
+def test_a_full_disk_while_writing_names_the_output_not_a_temporary_file(small_fs):
+    from dfnas.errors import Unwritable
+    from dfnas.runtime import write_text
+
+    folder = small_fs("16k")
+    with pytest.raises(Unwritable) as err:
+        write_text(folder / "summary.md", "x" * 200_000)
+    assert str(err.value) == (f"{folder / 'summary.md'}: cannot write it (no space left on the device); "
+                              "free space or fix the folder's permissions and rerun")
+    assert list(folder.iterdir()) == []  # the temporary file is gone

@@ -113,10 +113,15 @@ def test_fingerprint_names_the_data_a_checkpoint_belongs_to(base_config, synthet
         "source": "natural", "seed": 0, "images": 40, "temperature": 3.0}
     assert fp["data"]["name"] == "fashion_mnist" and fp["data"]["source"].startswith(base_config["data"]["root"])
     assert natural.fingerprint(1) != natural.fingerprint(0)
-    # Other natural images of the same count (a subset of the split) make another fingerprint.
-    fewer = copy.deepcopy(base_config)
-    fewer["data"]["subset"] = {"train": 60}
-    assert SearchData(natural_config(fewer), "natural", 0).fingerprint(0)["data"] != fp["data"]
+    # A subset of the split, and the same subset drawn with another seed (other images of the same
+    # count), make other fingerprints.
+    subset = copy.deepcopy(base_config)
+    subset["data"]["subset"] = {"train": 60}
+    drawn = SearchData(natural_config(subset), "natural", 0).fingerprint(0)
+    assert drawn["data"] != fp["data"] and drawn["data"]["train_size"] == 60
+    subset["seed"] = 1
+    redrawn = SearchData(natural_config(subset), "natural", 0).fingerprint(0)
+    assert redrawn["data"]["train_size"] == 60 and redrawn != drawn
     synthetic = SearchData(synthetic_config(), "full", 0, *synthetic_set)
     fp = synthetic.fingerprint(0)
     assert fp["source"] == "full" and fp["images"] == 30

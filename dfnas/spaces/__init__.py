@@ -55,7 +55,8 @@ def space_names() -> list[str]:
 
 def read_architecture(path, needed_by: str = "this stage") -> dict:
     """An architecture JSON (a search's, a random baseline's, a fidelity draw's), or one line naming the file."""
-    arch = read_json(path, needed_by, "write one with python -m dfnas.search")
+    arch = read_json(path, needed_by, "write one with python -m dfnas.search",
+                     remedy="fix it if you edited it, else delete it and rerun to remake it")
     if not isinstance(arch, dict) or "space" not in arch or "choices" not in arch:
         raise DfnasError(f"{path}: not an architecture JSON (needs 'space' and 'choices')")
     return arch

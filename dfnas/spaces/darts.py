@@ -146,6 +146,10 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 # Derived (discrete) network
 
 
+class GenotypeError(ValueError):
+    """A genotype a cell cannot be built from (an input or concat index out of range)."""
+
+
 class Cell(nn.Module):
     def __init__(self, genotype: Genotype, c_pp, c_p, c, reduction: bool, reduction_prev: bool):
         super().__init__()
@@ -156,14 +160,14 @@ class Cell(nn.Module):
         self.concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
         kind = "reduce" if reduction else "normal"
         if len(edges) % 2:
-            raise ValueError(f"{kind} cell: a genotype lists two inputs per node")
+            raise GenotypeError(f"{kind} cell: a genotype lists two inputs per node")
         self.steps = len(edges) // 2
         for k, (_, index) in enumerate(edges):  # node i reads the two cell inputs and nodes before it
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2 + k // 2:
-                raise ValueError(f"{kind} cell: node {k // 2} takes input {index!r}, it can take 0..{1 + k // 2}")
+                raise GenotypeError(f"{kind} cell: node {k // 2} takes input {index!r}, it can take 0..{1 + k // 2}")
         if not self.concat or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2 + self.steps
                                   for i in self.concat):
-            raise ValueError(f"{kind} cell: concat {self.concat} names states outside 0..{1 + self.steps}")
+            raise GenotypeError(f"{kind} cell: concat {self.concat} names states outside 0..{1 + self.steps}")
         self.ops = nn.ModuleList()
         self.inputs = []
         for name, index in edges:
@@ -379,7 +383,7 @@ def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: 
     try:
         return DartsNetwork(genotype, in_channels=in_channels, resolution=resolution, num_classes=num_classes,
                             cells=sizes["cells"], channels=sizes["channels"], auxiliary=sizes.get("auxiliary", False))
-    except ValueError as exc:
+    except GenotypeError as exc:
         raise DfnasError(f"DARTS architecture: {exc}") from None
 
 
