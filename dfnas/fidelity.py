@@ -166,7 +166,7 @@ def proxy_scores(cfg: dict, architectures: list[dict], source: str, dataset=None
 
 
 def read_architectures(path) -> list[dict]:
-    archs = read_json(path, "the fidelity proxy", "write it with python -m dfnas.fidelity draw")
+    archs = read_json(path, "the fidelity proxy", "write it with python -m dfnas.fidelity draw", kind=list)
     if not isinstance(archs, list) or not archs or not all(isinstance(a, dict) and "choices" in a for a in archs):
         raise DfnasError(f"{path}: not a list of architectures (python -m dfnas.fidelity draw writes one)")
     return archs

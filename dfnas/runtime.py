@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfnas.errors import REMAKE, DfnasError, Unwritable, access_failure, damaged, unwritable, write_failure
+from dfnas.errors import REMAKE, DfnasError, Unwritable, damaged, unwritable, write_failure
 
 
 def set_threads(n: int) -> None:
@@ -173,8 +173,7 @@ def atomic_path(path):
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, Unwritable) or (isinstance(exc, (OSError, RuntimeError))
-                                           and (write_failure(exc) or access_failure(exc))):
+        if isinstance(exc, Unwritable) or (isinstance(exc, (OSError, RuntimeError)) and write_failure(exc)):
             raise unwritable(path, exc) from None
         raise
 
@@ -215,10 +214,11 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tuple = (), remedy: str = REMAKE) -> dict:
-    """A JSON object from a file, or a one-line error naming it (missing, with ``hint`` on how to make
-    it, or damaged, with ``remedy``: by default, a workflow output's). The keys ``numbers`` must hold
-    finite numbers (a metrics file's top-1, say)."""
+def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tuple = (), remedy: str = REMAKE,
+              kind: type = dict):
+    """A JSON object (or another ``kind``: a list) from a file, or a one-line error naming it
+    (missing, with ``hint`` on how to make it, or damaged, with ``remedy``: by default, a workflow
+    output's). The keys ``numbers`` must hold finite numbers (a metrics file's top-1, say)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -228,8 +228,8 @@ def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tupl
         raise damaged(path, "not valid JSON", exc, remedy) from None
     except OSError as exc:
         raise damaged(path, "cannot read it", exc, remedy) from None
-    if not isinstance(data, dict):
-        raise damaged(path, f"holds a {type(data).__name__}", ValueError("not a JSON object"), remedy)
+    if not isinstance(data, kind):
+        raise damaged(path, f"holds a {type(data).__name__}", ValueError(f"not a JSON {kind.__name__}"), remedy)
     for key in numbers:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -85,6 +85,21 @@ def test_read_json_errors_are_one_line(tmp_path):
     with pytest.raises(DfnasError, match=r"binary\.json: not valid JSON \(") as binary:
         read_json(tmp_path / "binary.json")
     assert all("\n" not in str(e.value) for e in (missing, damaged, binary))
+    assert str(damaged.value).endswith("; the file is damaged: delete it and rerun to remake it")
+    with pytest.raises(DfnasError, match=r"bad\.json: not valid JSON \(.*\); the file is damaged: fix it$"):
+        read_json(tmp_path / "bad.json", remedy="fix it")  # a file the user wrote
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DfnasError) as listed:
+        read_json(tmp_path / "list.json")
+    assert str(listed.value).startswith(f"{tmp_path / 'list.json'}: holds a list (not a JSON dict)")
+    assert read_json(tmp_path / "list.json", kind=list) == [1, 2]
+    for text, shown in (('{"top1": NaN}', "nan"), ('{"top1": "high"}', "'high'"), ('{"top1": true}', "True"),
+                        ("{}", "None")):
+        (tmp_path / "m.json").write_text(text)
+        with pytest.raises(DfnasError, match=rf"m\.json: top1 is {shown} \(not a finite number\)"):
+            read_json(tmp_path / "m.json", numbers=("top1",))
+    (tmp_path / "m.json").write_text('{"top1": 0.5}')
+    assert read_json(tmp_path / "m.json", numbers=("top1",)) == {"top1": 0.5}
 
 
 def test_config_hash_ignores_key_order_only():
