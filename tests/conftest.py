@@ -203,6 +203,24 @@ SMALL_SYNTHESIS = {"shards": 2, "images_per_round": 12, "rounds": 3, "batch_size
                    "iterations_full": 3, "warmup": 1, "val_per_class": 1}
 
 
+def shard_killed_after_round_2(teacher, tmp_path: Path):
+    """The small config's shard 0 of `full` made uninterrupted (``ref.h5``) and killed after round 2
+    of 3 (``killed.h5``, its ``killed.h5.partial`` left behind): ``(cfg, reference, out, partial)``."""
+    from dfnas.synthesize import run_shard
+
+    cfg = syn_config()
+    reference = run_shard(cfg, teacher, "full", 0, tmp_path / "ref.h5", log=quiet)
+
+    def kill_after_round_2(msg):
+        if "round 2/3 written" in msg:
+            raise Killed
+
+    out = tmp_path / "killed.h5"
+    with pytest.raises(Killed):
+        run_shard(cfg, teacher, "full", 0, out, log=kill_after_round_2)
+    return cfg, reference, out, tmp_path / "killed.h5.partial"
+
+
 def syn_config(**synthesis):
     """A validated config with a tiny synthesis section (``synthesis`` overrides keys of it) and 4 views."""
     from dfnas.config import validate_config

@@ -233,20 +233,10 @@ def test_a_write_failure_mid_run_is_one_line(capsys):
 def test_a_partial_shard_damaged_by_a_failed_write_is_discarded_on_resume(teacher, tmp_path):
     """A round whose write failed (disk full) may be marked done with bytes missing: the resume reads
     every checksum and starts the shard afresh instead of finishing it on damaged rows."""
-    from conftest import Killed, quiet, syn_config
+    from conftest import shard_killed_after_round_2
     from dfnas.synthesize import run_shard
 
-    cfg = syn_config()
-    reference = run_shard(cfg, teacher, "full", 0, tmp_path / "ref.h5", log=quiet)
-
-    def kill_after_round_2(msg):
-        if "round 2/3 written" in msg:
-            raise Killed
-
-    out = tmp_path / "killed.h5"
-    with pytest.raises(Killed):
-        run_shard(cfg, teacher, "full", 0, out, log=kill_after_round_2)
-    partial = tmp_path / "killed.h5.partial"
+    cfg, reference, out, partial = shard_killed_after_round_2(teacher, tmp_path)
     flip_byte(partial, chunk_offset(partial, "images") + 5)
     messages = []
     run_shard(cfg, teacher, "full", 0, out, log=messages.append)

@@ -7,11 +7,10 @@ import sys
 
 import h5py
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import Killed, quiet, syn_config
+from conftest import quiet, shard_killed_after_round_2, syn_config
 from dfnas import shards as sh
 from dfnas.config import validate_config
 from dfnas.merge import merge
@@ -88,17 +87,7 @@ def test_same_seed_same_shard_bytes(teacher, tmp_path):
 
 
 def test_killed_shard_resumes_from_its_last_round(teacher, tmp_path):
-    cfg = syn_config()
-    reference = run_shard(cfg, teacher, "full", 0, tmp_path / "ref.h5", log=quiet)
-
-    def kill_after_round_2(msg):
-        if "round 2/3 written" in msg:
-            raise Killed
-
-    out = tmp_path / "killed.h5"
-    with pytest.raises(Killed):
-        run_shard(cfg, teacher, "full", 0, out, log=kill_after_round_2)
-    partial = tmp_path / "killed.h5.partial"
+    cfg, reference, out, partial = shard_killed_after_round_2(teacher, tmp_path)
     assert not out.exists() and partial.exists()
     with h5py.File(partial) as f:
         assert f.attrs["rounds_done"] == 2 and f["labels"].shape[0] == 12
