@@ -443,23 +443,10 @@ def benchmark_files(run_dir: Path) -> list[Path]:
     return [p for p in sorted(bench.rglob("*.tsv")) if p != bench / "report.tsv"]
 
 
-def wall_clock(run_dir: Path) -> float:
-    """Seconds from the first timed job's start to the last one's end (each file is written as its
-    job ends: its modification time less the job's seconds is its start); 0 without any."""
-    spans = []
-    for path in benchmark_files(run_dir):
-        try:
-            seconds = float(pd.to_numeric(pd.read_csv(path, sep="\t")["s"], errors="coerce").mean())
-        except (OSError, ValueError, KeyError):
-            continue
-        if math.isfinite(seconds):
-            spans.append((path.stat().st_mtime - seconds, path.stat().st_mtime))
-    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
-
-
-def job_times(run_dir: Path) -> pd.DataFrame:
-    """One row per stage timed under ``run_dir/benchmarks`` (Snakemake's benchmark files): jobs, mean
-    and total wall seconds, total CPU seconds and the largest peak memory (MiB). Empty without any."""
+def benchmark_rows(run_dir: Path) -> pd.DataFrame:
+    """Every finished job's benchmark row (`benchmark_files`), read once: its stage (`job_stage`),
+    wall seconds ``s``, ``cpu_time``, ``max_rss`` and ``end`` (the file's modification time: each is
+    written as its job ends). Snakemake's "-" for an unmeasured value reads as NaN."""
     frames = []
     for path in benchmark_files(run_dir):
         try:
@@ -469,10 +456,26 @@ def job_times(run_dir: Path) -> pd.DataFrame:
         if {"s", "max_rss", "cpu_time"} <= set(frame.columns) and len(frame):
             frames.append(frame.assign(stage=job_stage(path), end=path.stat().st_mtime))
     if not frames:
-        return pd.DataFrame(columns=["stage", "jobs", "mean_s", "total_min", "cpu_min", "max_rss_mib"])
+        return pd.DataFrame(columns=["stage", "s", "max_rss", "cpu_time", "end"])
     jobs = pd.concat(frames, ignore_index=True)
     for column in ("s", "max_rss", "cpu_time"):
-        jobs[column] = pd.to_numeric(jobs[column], errors="coerce")  # Snakemake writes "-" when unmeasured
+        jobs[column] = pd.to_numeric(jobs[column], errors="coerce")
+    return jobs
+
+
+def wall_clock(run_dir: Path) -> float:
+    """Seconds from the first timed job's start (its end less its seconds) to the last one's end; 0
+    without any."""
+    jobs = benchmark_rows(run_dir).dropna(subset=["s"])
+    return float(jobs.end.max() - (jobs.end - jobs.s).min()) if len(jobs) else 0.0
+
+
+def job_times(run_dir: Path) -> pd.DataFrame:
+    """One row per stage timed under ``run_dir/benchmarks`` (Snakemake's benchmark files): jobs, mean
+    and total wall seconds, total CPU seconds and the largest peak memory (MiB). Empty without any."""
+    jobs = benchmark_rows(run_dir)
+    if not len(jobs):
+        return pd.DataFrame(columns=["stage", "jobs", "mean_s", "total_min", "cpu_min", "max_rss_mib"])
     rank = {rule: i for i, rule in enumerate(RULE_ORDER)}
     jobs["order"] = jobs.stage.map(lambda stage: rank.get(stage.split()[0], len(rank)))
     jobs = jobs.sort_values(["order", "stage"], kind="stable")
