@@ -1,18 +1,23 @@
 """DARTS search step time, and what replaying cached soft labels saves over running the teacher.
 
 1. One DARTS search step (a first-order architecture step on one batch, then a weight step on
-   another) at a fixed small configuration, in the default memory format and in channels_last.
+   another) at a fixed configuration: dfnas's search network in the default memory format and in
+   channels_last, in float32 and (``--precision``, bf16 on CUDA by default) under autocast, against
+   the plain PyTorch formulation that NNI's DARTS layer choice uses (all eight operations computed,
+   the zero one included, stacked and summed with the softmax weights), float32.
 2. Producing the distillation targets of one batch: replaying cached views and logits
    (dfnas.soft_labels) against running the teacher online on freshly augmented views.
 
 Every figure comes from this one run; the ratios are what to read.
 
     python benchmarks/darts_step.py [--channels 8 --cells 5 --batch 64 --size 32 --in-channels 3]
+    python benchmarks/darts_step.py --device cuda --channels 16 --cells 8 --batch 64   # the DARTS paper's search network
 """
 
 import argparse
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -21,11 +26,25 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfnas.models import build_model  # noqa: E402
-from dfnas.runtime import resolve_device, set_threads  # noqa: E402
+from dfnas.runtime import autocast_forward, resolve_device, resolve_precision, set_threads  # noqa: E402
 from dfnas.losses import kd_loss  # noqa: E402
 from dfnas.soft_labels import draw_views, render_views  # noqa: E402
-from dfnas.spaces.darts import SearchNetwork  # noqa: E402
+from dfnas.spaces.darts import MixedOp, SearchNetwork  # noqa: E402
 from dfnas.strategies.darts import Architect  # noqa: E402
+
+
+def stacked_forward(self, x, weights):
+    """NNI-style mixed operation: every operation, stacked, weighted, summed."""
+    out = torch.stack([op(x) for op in self.ops])
+    return (out * weights.view(-1, *[1] * (out.ndim - 1))).sum(0)
+
+
+def reference_network(*args) -> SearchNetwork:
+    net = SearchNetwork(*args)
+    for m in net.modules():
+        if isinstance(m, MixedOp):
+            m.forward = types.MethodType(stacked_forward, m)
+    return net
 
 
 def timed(fn, repeats: int, device) -> float:
@@ -52,6 +71,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32 or bf16: the last dfnas line")
     args = p.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -63,9 +83,15 @@ def main():
     def loss_fn(model, batch):
         return F.cross_entropy(model(batch[0]), batch[1])
 
+    dtype = resolve_precision(args.precision, device)
+    runs = [("NNI-style reference", reference_network, "contiguous", None),
+            ("dfnas", SearchNetwork, "contiguous", None), ("dfnas", SearchNetwork, "channels_last", None)]
+    if dtype is not None:
+        runs += [("dfnas", SearchNetwork, fmt, dtype) for fmt in ("contiguous", "channels_last")]
     times = {}
-    for fmt in ("contiguous", "channels_last"):
-        net = SearchNetwork(args.in_channels, args.size, 10, args.cells, args.channels).to(device)
+    for name, build, fmt, run_dtype in runs:
+        net = autocast_forward(build(args.in_channels, args.size, 10, args.cells, args.channels).to(device), device,
+                               run_dtype)
         xb = x
         if fmt == "channels_last":
             net = net.to(memory_format=torch.channels_last)
@@ -79,10 +105,16 @@ def main():
             loss_fn(net, (xb, y)).backward()
             w_opt.step()
 
-        times[fmt] = timed(step, args.repeats, device)
-        print(f"DARTS step ({fmt:13s}) {times[fmt]:8.3f} s   ({args.cells} cells, {args.channels} channels, "
+        label = f"{name}, {fmt}, {'fp32' if run_dtype is None else 'bf16'}"
+        times[label] = timed(step, args.repeats, device)
+        print(f"DARTS step ({label:38s}) {times[label]:8.3f} s   ({args.cells} cells, {args.channels} channels, "
               f"batch {args.batch}, {'x'.join(map(str, shape))}, {device})")
-    print(f"ratio channels_last / contiguous: {times['channels_last'] / times['contiguous']:.3f}")
+    reference = times["NNI-style reference, contiguous, fp32"]
+    plain = times["dfnas, contiguous, fp32"]
+    best = min(v for k, v in times.items() if k.startswith("dfnas"))
+    print(f"ratio channels_last / contiguous (fp32): {times['dfnas, channels_last, fp32'] / plain:.3f}")
+    print(f"ratio dfnas fp32 / NNI-style reference: {plain / reference:.3f}")
+    print(f"ratio best dfnas setting / NNI-style reference: {best / reference:.3f}")
 
     # Targets of one batch: cached replay against the teacher online.
     teacher = build_model("resnet_cifar", depth=20, width=16, num_classes=10, in_channels=args.in_channels).to(device).eval()
@@ -108,7 +140,7 @@ def main():
     print(f"targets by replaying the cache  {t_replay * 1000:8.2f} ms per batch")
     print(f"targets by the teacher online   {t_online * 1000:8.2f} ms per batch (ResNet-20 teacher)")
     print(f"speed-up of replay over online teacher: {t_online / t_replay:.1f}x; "
-          f"share of a DARTS step the online teacher would add: {t_online * 2 / times['contiguous']:.1%}")
+          f"share of a DARTS step the online teacher would add: {t_online * 2 / plain:.1%}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The statistics of what every BatchNorm layer of a network sees.
 
-Synthesis matches them to the layers' running statistics (the DeepInversion term, with gradient);
-the quality stage measures the same distance over a whole synthetic set, batch by batch (no
-gradient, moments accumulated in float64).
+Synthesis matches them to the layers' running statistics (the DeepInversion term, with gradient:
+`BatchNormMatch`); the quality stage measures the same distance over a whole synthetic set, batch by
+batch (no gradient, moments accumulated in float64: `MomentAccumulator`).
 """
 
 from __future__ import annotations
@@ -15,20 +15,6 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``x`` (N x C x ... ) over all other dimensions."""
-    # Per-sample spatial means first, then over the batch: twice as fast on the CPU as var_mean
-    # over (N, H, W) of an NCHW tensor, forward and backward.
-    if x.ndim > 2:
-        spatial = tuple(range(2, x.ndim))
-        mean = x.mean(spatial).mean(0)
-        var = (x * x).mean(spatial).mean(0) - mean * mean
-    else:  # BatchNorm1d on N x C
-        mean = x.mean(0)
-        var = (x * x).mean(0) - mean * mean
-    return mean, var
-
-
 def moment_distance(mean, var, layer: nn.Module) -> torch.Tensor:
     """``||mean - running_mean||_2 + ||var - running_var||_2`` of one layer."""
     return (torch.linalg.vector_norm(mean - layer.running_mean.to(mean.dtype), 2)
@@ -36,15 +22,14 @@ def moment_distance(mean, var, layer: nn.Module) -> torch.Tensor:
 
 
 class BatchNormInputs:
-    """Forward hooks that record the channel moments of every BatchNorm layer's input.
+    """Forward hooks that measure the channel moments of every BatchNorm layer's input, without graph.
 
-    After each forward pass ``moments[i]`` is ``(mean, var, count)`` of layer i's input (count: the
-    values per channel). With ``dtype`` the moments are measured without graph and returned in that
-    precision (the per-sample sums stay in the input's); without it they keep their graph
-    (optimizing). Use as a context manager.
+    After each forward pass ``moments[i]`` is ``(mean, var, count)`` of layer i's input in ``dtype``
+    (count: the values per channel); per-sample spatial sums stay in the input's precision, so no
+    converted copy of a whole activation is made. Use as a context manager.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float64):
         self.layers = batchnorm_layers(model)
         self.dtype = dtype
         self.moments: list[tuple | None] = [None] * len(self.layers)
@@ -61,14 +46,8 @@ class BatchNormInputs:
 
     def _hook(self, i):
         def hook(module, inputs, output):
-            x = inputs[0]
+            x = inputs[0].detach()
             count = x.numel() // x.shape[1]
-            if self.dtype is None:
-                self.moments[i] = (*channel_moments(x), count)
-                return
-            # Measuring: per-sample spatial sums in the input's precision, the rest in ``dtype``;
-            # never a converted copy of the whole activation.
-            x = x.detach()
             dims = tuple(range(2, x.ndim))
             s1 = (x.sum(dims) if dims else x).to(self.dtype).sum(0)
             s2 = ((x * x).sum(dims) if dims else x * x).to(self.dtype).sum(0)
@@ -80,6 +59,119 @@ class BatchNormInputs:
     def distances(self) -> list[torch.Tensor]:
         """Per layer, the distance of the last forward pass's moments from the running statistics."""
         return [moment_distance(m[0], m[1], layer) for layer, m in zip(self.layers, self.moments) if m is not None]
+
+
+# The CPU measures moments through per-sample sums (fast there, five operations a layer); set False
+# to take the path a GPU takes (one var_mean), as the operation count of a GPU step does.
+SPATIAL_SUMS_ON_CPU = True
+
+
+class _ChannelMoments(torch.autograd.Function):
+    """Per-channel mean and biased variance of each input, as one float32 vector
+    ``[mean_1, ..., mean_L, var_1, ..., var_L]``.
+
+    Forward: one ``var_mean`` per input on a GPU. Backward: with ``g_m`` and ``g_v`` the gradients of a
+    channel's mean and variance over its ``n`` values, ``dL/dx = a x + b`` with ``a = 2 g_v / n``
+    and ``b = g_m / n - a mean``: the per-channel factors of every layer are computed at once on the
+    concatenated vectors, then one ``addcmul`` per input. Autograd's own formulas would take about
+    ten launches per layer instead of two, which bounds a synthesis step on a GPU.
+    """
+
+    @staticmethod
+    def forward(ctx, counts, *xs):
+        means, variances = [], []
+        for x in xs:
+            xf = x if x.dtype == torch.float32 else x.float()
+            if x.device.type == "cpu" and SPATIAL_SUMS_ON_CPU and x.ndim > 2:
+                # Per-sample spatial sums first: several times faster on the CPU than var_mean over
+                # (N, H, W) of an NCHW tensor.
+                spatial = tuple(range(2, x.ndim))
+                n = x.numel() // x.shape[1]
+                mean = xf.sum(spatial).sum(0) / n
+                var = (xf * xf).sum(spatial).sum(0) / n - mean * mean
+            else:  # one Welford kernel
+                var, mean = torch.var_mean(xf, (0, *range(2, x.ndim)), correction=0)
+            means.append(mean)
+            variances.append(var)
+        mean_all = torch.cat(means)
+        ctx.save_for_backward(counts, mean_all, *xs)
+        return torch.cat([mean_all, *variances])
+
+    @staticmethod
+    def backward(ctx, grad):
+        counts, mean_all, *xs = ctx.saved_tensors
+        total = mean_all.numel()
+        a = grad[total:] * 2 / counts
+        b = grad[:total] / counts - a * mean_all
+        grads, start = [], 0
+        for x in xs:
+            c = x.shape[1]
+            shape = (1, c) + (1,) * (x.ndim - 2)
+            a_l, b_l = a[start:start + c].view(shape), b[start:start + c].view(shape)
+            grads.append(torch.addcmul(b_l.to(x.dtype), x, a_l.to(x.dtype)))
+            start += c
+        return (None, *grads)
+
+
+class BatchNormMatch:
+    """The DeepInversion BatchNorm term of the last forward pass, with gradient:
+
+        sum_l w_l (||mean_l - running_mean_l||_2 + ||var_l - running_var_l||_2)
+
+    over the layers that ran (biased variance, float32 even when the network runs in bfloat16),
+    ``w`` = ``first_multiplier`` for the first layer and 1 for the others. The hooks only keep
+    each input; `loss` measures every layer at once (`_ChannelMoments`) and reduces the distances in
+    a handful of operations whatever the depth. Use as a context manager.
+    """
+
+    def __init__(self, model: nn.Module, first_multiplier: float = 10.0):
+        self.layers = batchnorm_layers(model)
+        self.first_multiplier = first_multiplier
+        self.inputs: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.handles = []
+        self._layouts: dict = {}
+
+    def __enter__(self):
+        def hook(i):
+            def keep(module, inputs, output):
+                self.inputs[i] = inputs[0]
+            return keep
+
+        self.handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.inputs = [None] * len(self.layers)
+
+    def _layout(self, ran: tuple[int, ...], xs: list[torch.Tensor]):
+        """Per set of layers and input shapes (made once): the running statistics as one vector, each
+        entry's segment (layer and moment), the segments' weights and the values per channel."""
+        key = (ran, tuple(tuple(x.shape) for x in xs))
+        if key not in self._layouts:
+            device = xs[0].device
+            layers = [self.layers[i] for i in ran]
+            running = torch.cat([m.running_mean.float() for m in layers] + [m.running_var.float() for m in layers])
+            sizes = [m.running_mean.numel() for m in layers]
+            segment = torch.repeat_interleave(torch.arange(2 * len(layers)), torch.tensor(sizes * 2))
+            weights = torch.tensor([self.first_multiplier] + [1.0] * (len(ran) - 1)).repeat(2)
+            counts = torch.cat([torch.full((c,), x.numel() // c, dtype=torch.float32) for x, c in zip(xs, sizes)])
+            self._layouts[key] = (running.to(device), segment.to(device), weights.to(device), counts.to(device))
+        return self._layouts[key]
+
+    def loss(self) -> torch.Tensor:
+        ran = tuple(i for i, x in enumerate(self.inputs) if x is not None)
+        if not ran:
+            raise RuntimeError("no BatchNorm layer ran in the last forward pass")
+        xs = [self.inputs[i] for i in ran]
+        running, segment, weights, counts = self._layout(ran, xs)
+        diff = _ChannelMoments.apply(counts, *xs) - running
+        self.inputs = [None] * len(self.layers)  # the graph keeps what backward needs; no activation outlives its step
+        squares = torch.zeros(weights.numel(), device=diff.device).index_add_(0, segment, diff * diff)
+        # The l2 norm of each segment; its gradient is taken as 0 at 0, as linalg.vector_norm's.
+        return torch.dot(weights, squares.clamp_min(1e-30).sqrt())
 
 
 class MomentAccumulator:

@@ -42,7 +42,17 @@ from dfnas.data import read_description
 from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
 from dfnas.optim import cosine_lr, decay_groups, set_lr
-from dfnas.runtime import config_hash, derived_seed, read_json, resolve_device, seed_everything, versions, write_json
+from dfnas.runtime import (
+    autocast_forward,
+    config_hash,
+    derived_seed,
+    read_json,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    versions,
+    write_json,
+)
 from dfnas.search_data import SearchData
 from dfnas.spaces import build_architecture, get_space, space_names
 
@@ -94,12 +104,13 @@ def draw_architectures(cfg: dict, space: str, input_shape, num_classes: int, log
             for j, d in enumerate(picked)]
 
 
-def train_briefly(model: nn.Module, data: SearchData, fcfg: dict, seed: int, device) -> dict:
-    """``fcfg['steps']`` updates of ``model`` on the source's training part, then its held-out scores."""
-    model.to(device).train()
+def train_briefly(model: nn.Module, data: SearchData, fcfg: dict, seed: int, device, precision=None) -> dict:
+    """``fcfg['steps']`` updates of ``model`` on the source's training part, then its held-out scores
+    (``precision``: the autocast dtype of the forward passes)."""
+    autocast_forward(model.to(device).train(), device, precision)
     opt = torch.optim.SGD(decay_groups(model, fcfg["weight_decay"]), lr=fcfg["lr"], momentum=0.9, nesterov=True)
     gen = torch.Generator().manual_seed(seed)
-    steps, bs, loss_sum, step = fcfg["steps"], fcfg["batch_size"], 0.0, 0
+    steps, bs, loss_sum, step = fcfg["steps"], fcfg["batch_size"], torch.zeros((), device=device), 0
     while step < steps:
         for x, y in data.batches(0, bs, gen):
             if step == steps:
@@ -109,10 +120,10 @@ def train_briefly(model: nn.Module, data: SearchData, fcfg: dict, seed: int, dev
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             step += 1
     scores = data.evaluate(model, device, fcfg["eval_batch_size"])
-    return {"val_acc": scores["val_acc"], "val_loss": scores["val_loss"], "train_loss": loss_sum / steps}
+    return {"val_acc": scores["val_acc"], "val_loss": scores["val_loss"], "train_loss": loss_sum.item() / steps}
 
 
 def proxy_scores(cfg: dict, architectures: list[dict], source: str, dataset=None, labels=None, out: Path | None = None,
@@ -149,7 +160,7 @@ def proxy_scores(cfg: dict, architectures: list[dict], source: str, dataset=None
         seed_everything(seed)
         model = build_architecture(arch, c, h, data.num_classes, sizes)
         t0 = time.time()
-        scores = train_briefly(model, data, fcfg, seed, device)
+        scores = train_briefly(model, data, fcfg, seed, device, resolve_precision(cfg["precision"], device))
         rows.append({"index": index, **scores, "seconds": time.time() - t0})
         log(f"architecture {index + 1}/{len(architectures)} ({arch['found_by']['multiply_adds'] / 1e6:.2f}M "
             f"multiply-adds): held-out accuracy {scores['val_acc']:.3f}, loss {scores['val_loss']:.3f} "

@@ -15,7 +15,7 @@ from dfnas.spaces import get_space, space_names
 from dfnas.strategies import get_strategy, strategy_names
 from dfnas.synthesis import shard_keys
 
-SHARED = ("seed", "device", "threads")
+SHARED = ("seed", "device", "precision", "threads")
 # Keys of ``data`` that say how batches are read, not what the data is.
 READING_KEYS = ("workers", "eval_batch_size")
 # Keys of ``search`` that only list jobs.

@@ -22,6 +22,7 @@ from dfnas.flops import count_macs, count_parameters
 from dfnas.runtime import (
     derived_seed,
     resolve_device,
+    resolve_precision,
     seed_everything,
     versions,
     write_json,
@@ -54,6 +55,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     checkpoint = out.with_name(out.name + ".ckpt")
     history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
+                               precision=resolve_precision(cfg["precision"], device),
                                identity={"architecture": {k: arch.get(k) for k in ("space", "space_args", "choices")},
                                          "data": data_identity(cfg, data)})
     seconds = time.time() - t0

@@ -55,7 +55,9 @@ def resolve_device(name: str = "auto"):
 
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            device = torch.device("cuda")
+            configure_backends(device)
+            return device
         given = allocated_gpus()
         if given:
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
@@ -69,6 +71,7 @@ def resolve_device(name: str = "auto"):
         raise DfnasError(f"config key 'device': {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DfnasError(f"config key 'device': {name!r} was asked for but this machine has no CUDA device")
+    configure_backends(device)
     return device
 
 
@@ -90,13 +93,58 @@ def derived_seed(*parts) -> int:
 
 
 def configure_backends(device) -> None:
-    """GPU-only speed-ups switch on by device; the CPU path stays deterministic."""
+    """GPU-only speed-ups switch on by device (cuDNN autotuning, TF32 matrix products); the CPU
+    path stays deterministic."""
     import torch
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(name: str, device):
+    """The autocast dtype for config key ``precision``: ``bf16`` -> torch.bfloat16, ``fp32`` -> None
+    (plain float32), ``auto`` -> bfloat16 on a CUDA device that supports it, else float32 (the CPU:
+    its results stay bit-for-bit reproducible)."""
+    import torch
+
+    if name not in PRECISIONS:
+        raise DfnasError(f"config key 'precision': {name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "auto" and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device, dtype):
+    """``torch.autocast`` in ``dtype`` on ``device``, or nothing when ``dtype`` is None (float32)."""
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def autocast_forward(model, device, dtype):
+    """Run ``model``'s forward under `autocast` in ``dtype`` from now on, its outputs (a tensor or a
+    tuple of them) returned in float32, so that every caller (weight and architecture steps,
+    evaluation, path scoring) gets the same arithmetic and backward runs outside the autocast region
+    as PyTorch advises. Parameters, state dict and optimizer state are untouched; nothing changes
+    when ``dtype`` is None. Returns ``model``."""
+    if dtype is None:
+        return model
+    forward = model.forward
+
+    def forward_in_precision(*args, **kwargs):
+        with autocast(device, dtype):
+            out = forward(*args, **kwargs)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    model.forward = forward_in_precision
+    return model
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

@@ -158,8 +158,9 @@ class SearchData:
             return kd_loss(logits, target, self.temperature, self.t_squared)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
-    def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> float:
-        return (logits.argmax(1) == self.labels_of(target)).float().mean().item()
+    def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The batch's top-1 accuracy, a scalar tensor on the logits' device (read back once per epoch)."""
+        return (logits.argmax(1) == self.labels_of(target)).float().mean()
 
     def labels_of(self, target: torch.Tensor) -> torch.Tensor:
         """The class of each target: the teacher's top class (synthetic) or the label (natural)."""

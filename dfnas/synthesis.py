@@ -20,38 +20,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfnas.bnstats import BatchNormInputs
+from dfnas.bnstats import BatchNormMatch
 from dfnas.imaging import Normalize, crop_resize, random_boxes
 from dfnas.losses import soft_cross_entropy
 from dfnas.optim import cosine_lr, set_lr
+from dfnas.runtime import autocast
 
 # --------------------------------------------------------------------------------------------
 # Objective terms
 
 
-def bn_loss(bn: BatchNormInputs, first_multiplier: float = 10.0) -> torch.Tensor:
-    """``sum_l w_l (||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2)`` over the BatchNorm
-    layers of the last forward pass (biased variance), ``w`` = ``first_multiplier`` for the first
-    layer and 1 for the others."""
-    weights = [first_multiplier] + [1.0] * (len(bn.layers) - 1)
-    return sum(w * t for w, t in zip(weights, bn.distances()))
-
-
-def tv_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total variation over four directions (right, down, and both diagonals).
-
-    Returns ``(tv_l2, tv_l1)``: ``tv_l2`` is the sum over directions of the l2 norm of all the
-    differences in the batch; ``tv_l1`` the sum over directions of their mean absolute value.
-    """
-    diffs = (
+def tv_differences(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The differences of neighbouring pixels in four directions (right, down, and both diagonals)."""
+    return (
         x[:, :, :, :-1] - x[:, :, :, 1:],
         x[:, :, :-1, :] - x[:, :, 1:, :],
         x[:, :, 1:, :-1] - x[:, :, :-1, 1:],
         x[:, :, :-1, :-1] - x[:, :, 1:, 1:],
     )
-    tv_l2 = sum(torch.linalg.vector_norm(d) for d in diffs)
-    tv_l1 = sum(d.abs().mean() for d in diffs)
-    return tv_l2, tv_l1
+
+
+def tv_l2(diffs) -> torch.Tensor:
+    """The sum over directions of the l2 norm of all the differences in the batch."""
+    return sum(torch.linalg.vector_norm(d) for d in diffs)
+
+
+def tv_l1(diffs) -> torch.Tensor:
+    """The sum over directions of the mean absolute difference."""
+    return sum(d.abs().mean() for d in diffs)
+
+
+def tv_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total variation over four directions: ``(tv_l2, tv_l1)``."""
+    diffs = tv_differences(x)
+    return tv_l2(diffs), tv_l1(diffs)
 
 
 def l2_prior(x: torch.Tensor) -> torch.Tensor:
@@ -76,19 +78,45 @@ class Region:
     flip: bool = True
     halve_jitter: bool = False  # jitter // 2 at half resolution, as DeepInversion
 
-    def view(self, x: torch.Tensor, generator: torch.Generator, half: bool = False) -> torch.Tensor:
-        n = x.shape[0]
-        jitter = self.jitter // 2 if half and self.halve_jitter else self.jitter
-        flips = (torch.rand(n, generator=generator) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool)
-        if self.mode == "resized_crop":
-            boxes = random_boxes(n, self.scale, self.ratio, generator)
-            return crop_resize(x, boxes, flips, x.shape[-2:])
-        if self.mode == "jitter" and jitter > 0:
-            dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        elif self.mode not in ("jitter", "none"):
+    def draw(self, n: int, steps: int, generator: torch.Generator, half: bool = False, device=None) -> "Views":
+        """The views of ``steps`` steps on a batch of ``n``, drawn at once from the CPU ``generator``
+        in the order a step-by-step draw takes them (so the same seed gives the same views), then
+        moved to ``device`` in one copy per kind: no host-to-device copy inside the loop."""
+        if self.mode not in ("resized_crop", "jitter", "none"):
             raise ValueError(f"unknown region mode {self.mode!r}")
-        return torch.where(flips.to(x.device)[:, None, None, None], x.flip(3), x)
+        jitter = self.jitter // 2 if half and self.halve_jitter else self.jitter
+        flips, boxes, shifts = [], [], []
+        for _ in range(steps):
+            flips.append((torch.rand(n, generator=generator) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool))
+            if self.mode == "resized_crop":
+                boxes.append(random_boxes(n, self.scale, self.ratio, generator))
+            elif self.mode == "jitter" and jitter > 0:
+                shifts.append(tuple(int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator)))
+        return Views(self.mode, torch.stack(flips).to(device) if steps else None,
+                     torch.stack(boxes).to(device) if boxes else None, shifts)
+
+    def view(self, x: torch.Tensor, generator: torch.Generator, half: bool = False) -> torch.Tensor:
+        """One view of ``x`` (the first of `draw`'s)."""
+        return self.draw(x.shape[0], 1, generator, half, x.device).apply(x, 0)
+
+
+@dataclass
+class Views:
+    """The views of a run of steps (`Region.draw`): per step a flip per image, and a box per image
+    (``resized_crop``) or one roll (``jitter``)."""
+
+    mode: str
+    flips: torch.Tensor | None  # steps x N booleans
+    boxes: torch.Tensor | None  # steps x N x 4, resized_crop
+    shifts: list[tuple[int, int]]  # per step (dy, dx), jitter
+
+    def apply(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        flips = self.flips[step]
+        if self.mode == "resized_crop":
+            return crop_resize(x, self.boxes[step], flips, x.shape[-2:])
+        if self.shifts:
+            x = torch.roll(x, shifts=self.shifts[step], dims=(2, 3))
+        return torch.where(flips[:, None, None, None], x.flip(3), x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,12 +154,14 @@ class BatchResult:
 
 def synthesize_batch(teacher: nn.Module, targets: torch.Tensor, shape, mean, std, objective: Objective,
                      schedule: Schedule, region: Region, generator: torch.Generator, init: torch.Tensor | None = None,
-                     log_every: int = 0, log=None) -> BatchResult:
+                     log_every: int = 0, log=None, precision: torch.dtype | None = None) -> BatchResult:
     """Optimize one batch of ``shape`` (C, H, W) images against ``targets`` (``N x classes``
     distributions) and return them.
 
     ``init`` (normalized space) replaces the N(0, 1) start, for warm starts. Draws come from the
-    CPU ``generator`` so that a seed gives the same images on any device.
+    CPU ``generator`` so that a seed gives the same images on any device. With ``precision``
+    (torch.bfloat16) the teacher runs under autocast; pixels, the BatchNorm statistics and every
+    loss term stay float32. A step reads nothing back to the host unless it logs.
     """
     device = next(teacher.parameters()).device
     n = targets.shape[0]
@@ -142,18 +172,26 @@ def synthesize_batch(teacher: nn.Module, targets: torch.Tensor, shape, mean, std
     x = init.to(device).clone().clamp_(lo, hi).requires_grad_(True)
     targets = targets.to(device)
     history = []
-    with BatchNormInputs(teacher) as bn:
+    with BatchNormMatch(teacher, objective.first_bn_multiplier) as bn:
         for half, iterations in schedule.stages():
-            opt = torch.optim.Adam([x], lr=schedule.lr, betas=schedule.betas)
+            opt = torch.optim.Adam([x], lr=schedule.lr, betas=schedule.betas, fused=device.type == "cuda")
+            views = region.draw(n, iterations, generator, half, device)
             for it in range(iterations):
                 set_lr(opt, cosine_lr(it, iterations, schedule.lr, schedule.warmup))
                 base = F.avg_pool2d(x, 2) if half else x
-                v = region.view(base, generator, half)
-                logits = teacher(v)
+                v = views.apply(base, it)
+                with autocast(device, precision):
+                    logits = teacher(v)
+                logits = logits.float()
                 ce = soft_cross_entropy(logits, targets)
-                tv2, tv1 = tv_losses(v)
-                bn_term = bn_loss(bn, objective.first_bn_multiplier)
-                loss = objective.main * ce + objective.bn * bn_term + objective.tv_l2 * tv2 + objective.tv_l1 * tv1
+                bn_term = bn.loss()
+                loss = objective.main * ce + objective.bn * bn_term
+                if objective.tv_l2 or objective.tv_l1:  # terms of weight 0 cost nothing
+                    diffs = tv_differences(v)
+                    if objective.tv_l2:
+                        loss = loss + objective.tv_l2 * tv_l2(diffs)
+                    if objective.tv_l1:
+                        loss = loss + objective.tv_l1 * tv_l1(diffs)
                 if objective.l2:
                     loss = loss + objective.l2 * l2_prior(v)
                 opt.zero_grad(set_to_none=True)

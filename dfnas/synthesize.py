@@ -40,6 +40,7 @@ from dfnas.runtime import (
     derived_seed,
     progress,
     resolve_device,
+    resolve_precision,
     versions,
 )
 from dfnas.synthesis import (
@@ -140,6 +141,7 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
     schedule = Schedule(iterations_half=scfg["iterations_half"], iterations_full=scfg["iterations_full"], lr=scfg["lr"],
                         betas=tuple(scfg["betas"]), warmup=scfg["warmup"])
     region = variant_region(scfg, variant)
+    precision = resolve_precision(cfg["precision"], next(teacher.model.parameters()).device)
     bs = scfg["batch_size"]
     t0 = time.time()
     with sh.open_h5(partial, "a") as f:
@@ -161,7 +163,7 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
                 if spec.optimize:
                     init = Normalize(mean, std)(sh.from_storage(prev["images"])) if warm else None
                     x = synthesize_batch(teacher.model, tb, shape, mean, std, objective, schedule, region, gen,
-                                         init=init).images
+                                         init=init, precision=precision).images
                 else:
                     x = noise_images(len(tb), shape, mean, std, gen)
                 stored = sh.to_storage(x.cpu(), mean, std, scfg["storage"])

@@ -35,6 +35,7 @@ from dfnas.models import build_model
 from dfnas.runtime import (
     config_hash,
     resolve_device,
+    resolve_precision,
     save_torch,
     seed_everything,
     sha256_file,
@@ -269,6 +270,7 @@ def _train_standin(cfg: dict, log, checkpoint: Path) -> tuple[nn.Module, dict, d
         f"{data.info.name} images, {recipe.epochs} epochs, device {device}")
     t0 = time.time()
     history = train_classifier(model, data.train, recipe, device, cfg["seed"], info["mean"], info["std"], log=log,
+                               precision=resolve_precision(cfg["precision"], device),
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
                                identity={"arch": arch, "data": data_identity(cfg, data)})
     seconds = time.time() - t0

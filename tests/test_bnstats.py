@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfnas.bnstats import BatchNormInputs, MomentAccumulator, channel_moments, moment_distance
+from dfnas.bnstats import BatchNormInputs, MomentAccumulator, moment_distance
 
 
 def a_network():
@@ -36,13 +36,18 @@ def layer_inputs(net, x):
     return [a1, a2, a3]
 
 
-def test_channel_moments_of_image_and_vector_inputs():
+def test_measured_moments_of_image_and_vector_inputs():
+    net = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.BatchNorm1d(3 * 5 * 5)).eval()
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    for got, want in zip(channel_moments(x), by_hand(x)):
+    with BatchNormInputs(net, torch.float64) as inputs:
+        net.double()(x)
+    for got, want in zip(inputs.moments[0][:2], by_hand(x)):
         torch.testing.assert_close(got, want)
-    v = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
-    mean, var = channel_moments(v)
-    assert mean.tolist() == [2.0, 4.0] and var.tolist() == [1.0, 4.0]
+    v = net[0](x).flatten(1)
+    for got, want in zip(inputs.moments[1][:2], by_hand(v)):
+        torch.testing.assert_close(got, want)
+    assert inputs.moments[0][2] == 4 * 25 and inputs.moments[1][2] == 4
+    mean, var = torch.tensor([2.0, 4.0]), torch.tensor([1.0, 4.0])
     bn = nn.BatchNorm1d(2)
     bn.running_mean.copy_(torch.tensor([2.0, 1.0]))  # off by (0, 3); variances off by (0, 3) from (1, 1)
     assert moment_distance(mean, var, bn).item() == pytest.approx(3.0 + 3.0)

@@ -269,11 +269,16 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
             ops.append(op)
         self.ops = nn.ModuleList(ops)
-
-    def forward(self, x, weights):
         # The 'none' operation contributes exactly zero: it is not computed (its weight still takes
         # part in the softmax, so its architecture parameter gets its gradient as before).
-        return sum(w * op(x) for w, op in zip(weights, self.ops) if not isinstance(op, Zero))
+        self.computed = [k for k, op in enumerate(ops) if not isinstance(op, Zero)]
+        self.register_buffer("computed_index", torch.tensor(self.computed), persistent=False)
+
+    def forward(self, x, weights):
+        # Stacked and reduced in three launches (gather, multiply, sum) rather than two per
+        # operation: a GPU step of the search network is bound by launches, not arithmetic.
+        outs = torch.stack([self.ops[k](x) for k in self.computed])
+        return (outs * weights[self.computed_index].view(-1, *[1] * x.ndim)).sum(0)
 
 
 class SearchCell(nn.Module):

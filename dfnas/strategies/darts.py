@@ -30,7 +30,7 @@ from torch import nn
 
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.optim import cosine_lr, set_lr, step_budget
-from dfnas.runtime import progress, seed_everything
+from dfnas.runtime import autocast_forward, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
 from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, genotype_to_dict, search_args
@@ -48,8 +48,9 @@ class Architect:
         self.weight_decay = network_weight_decay
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
-    def step(self, train_batch, val_batch, xi: float, w_optimizer: torch.optim.Optimizer | None = None) -> float:
-        """One architecture step; ``xi`` is the current weight learning rate (second order only)."""
+    def step(self, train_batch, val_batch, xi: float, w_optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+        """One architecture step; ``xi`` is the current weight learning rate (second order only).
+        Returns the validation loss, detached, on the device."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.order == 1:
             loss = self.loss_fn(self.model, val_batch)
@@ -59,7 +60,7 @@ class Architect:
         for p, g in zip(self.model.arch_parameters(), grads):
             p.grad = g.detach().clone()
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def unrolled_gradient(self, train_batch, val_batch, xi: float, w_optimizer=None):
         """The second-order architecture gradient (and the validation loss at the unrolled weights)."""
@@ -111,7 +112,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     dcfg = cfg["search"]["darts"]
     seed_everything(seed)
     args = search_args(dcfg, data.input_shape, data.num_classes)
-    model = SearchNetwork(**args).to(device)
+    model = autocast_forward(SearchNetwork(**args).to(device), device, resolve_precision(cfg["precision"], device))
     if cfg["search"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
         data.memory_format = torch.channels_last
@@ -132,7 +133,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     t0 = time.time()
     for epoch in range(start, epochs):
         model.train()
-        sums = {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "steps": 0}
+        sums = {"train_loss": torch.zeros((), device=device), "train_acc": torch.zeros((), device=device),
+                "arch_loss": torch.zeros((), device=device), "steps": 0}
         for train_batch, val_batch in zip(data.batches(0, bs, gen), data.batches(1, bs, gen)):
             step = epoch * steps_per_epoch + sums["steps"]
             if step == total:  # an update budget ends inside a pass
@@ -149,12 +151,12 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             loss.backward()
             nn.utils.clip_grad_norm_(model.weight_parameters(), dcfg["grad_clip"])
             w_opt.step()
-            sums["train_loss"] += loss.item()
+            sums["train_loss"] += loss.detach()
             sums["train_acc"] += data.accuracy(logits.detach(), train_batch[1])
             sums["steps"] += 1
         steps = max(1, sums["steps"])
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["train_loss"] / steps,
-               "train_acc": sums["train_acc"] / steps, "arch_loss": sums["arch_loss"] / steps,
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["train_loss"].item() / steps,
+               "train_acc": sums["train_acc"].item() / steps, "arch_loss": sums["arch_loss"].item() / steps,
                **data.evaluate(model, device, bs, recalibrate=recal)}
         for kind, alphas in (("normal", model.alphas_normal), ("reduce", model.alphas_reduce)):
             probs = F.softmax(alphas.detach().cpu(), dim=-1)

@@ -53,7 +53,7 @@ from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
 from dfnas.latency import latency_table
 from dfnas.optim import cosine_lr, set_lr, step_budget
-from dfnas.runtime import progress, seed_everything
+from dfnas.runtime import autocast, autocast_forward, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
 from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, flops_table, space_args
@@ -87,14 +87,14 @@ class ArchParameters(nn.Module):
         """Two operations per block without replacement, the active one first (drawn from the pair's
         renormalized probabilities); and those probabilities q, shape (blocks, 2), differentiable in
         alpha. A block with a single operation gets (op, None) and q = (1, 0)."""
-        probs = self.probs().detach().cpu().double()
+        probs, alpha = torch.stack([self.probs().detach(), self.alpha.detach()]).cpu().double()  # one read
         pairs = []
         for b, p in enumerate(probs):
             if len(self.allowed[b]) == 1:
                 pairs.append((self.allowed[b][0], None))
                 continue
             two = torch.multinomial(p, 2, replacement=False, generator=generator).tolist()
-            q = F.softmax(self.alpha.detach()[b, two].cpu().double(), 0)
+            q = F.softmax(alpha[b, two], 0)
             c = int(torch.multinomial(q, 1, generator=generator))
             pairs.append((two[c], two[1 - c]))
         return pairs, self.pair_probs(pairs)
@@ -160,14 +160,16 @@ def weight_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss
 
 
 def arch_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_from_logits, generator,
-              cost_table=None, target: float | None = None, weight: float = 0.0) -> dict:
-    """One architecture step on a batch; see the module docstring. Returns the loss, CE and E[cost]."""
+              cost_table=None, target: float | None = None, weight: float = 0.0, precision=None) -> dict:
+    """One architecture step on a batch; see the module docstring. Returns the loss, CE and E[cost]
+    (detached tensors on the device). ``precision``: the autocast dtype of the gated forward pass."""
     pairs, q = arch.sample_pairs(generator)
     gates = torch.zeros(len(pairs), 2, device=x.device)
     gates[:, 0] = 1.0
     gates.requires_grad_(True)
-    logits = gated_forward(model, x, pairs, gates)
-    ce = loss_from_logits(logits, y)
+    with autocast(x.device, precision):
+        logits = gated_forward(model, x, pairs, gates)
+    ce = loss_from_logits(logits.float(), y)
     cost = None
     if cost_table is not None:
         cost = cost_table.expected(arch.scatter_pairs(pairs, q))
@@ -184,8 +186,7 @@ def arch_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_f
     arch.alpha.grad = alpha_grad
     optimizer.step()
     rescale_pairs(arch, old, pairs)
-    return {"loss": float(loss.detach()), "ce": float(ce.detach()),
-            "cost": None if cost is None else float(cost.detach())}
+    return {"loss": loss.detach(), "ce": ce.detach(), "cost": None if cost is None else cost.detach()}
 
 
 @torch.no_grad()
@@ -233,6 +234,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     cost_table = {"flops": flops, "latency": latency}.get(hw["metric"])
     seed_everything(seed)
     model = ProxylessNet(None, **args, dropout=0.0).to(device)
+    precision = resolve_precision(cfg["precision"], device)
+    autocast_forward(model, device, precision)
     arch = ArchParameters(model.allowed, s["arch_init_std"]).to(device)
     if cfg["search"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -260,7 +263,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     for epoch in range(start, total_epochs):
         searching = epoch >= warmup
         model.train()
-        sums = {"loss": 0.0, "acc": 0.0, "steps": 0, "arch_loss": 0.0, "arch_steps": 0}
+        zero = torch.zeros((), device=device)
+        sums = {"loss": zero, "acc": zero, "steps": 0, "arch_loss": zero, "arch_steps": 0}
         arch_batches = _cycle(lambda: data.batches(1, bs, gen)) if searching else None
         phase_step = ((epoch - warmup) if searching else epoch) * steps_per_epoch
         arch_steps_on = searching and epoch - warmup >= s["arch_skip_epochs"]
@@ -272,22 +276,22 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             set_lr(w_opt, lr)
             x, y = x.to(device), y.to(device)
             loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen)
-            sums["loss"] += loss.item()
-            sums["acc"] += data.accuracy(logits, y)
+            sums["loss"] = sums["loss"] + loss
+            sums["acc"] = sums["acc"] + data.accuracy(logits, y)
             sums["steps"] += 1
             if arch_steps_on and sums["steps"] % s["arch_every"] == 0:
                 ax, ay = next(arch_batches)
                 out = arch_step(model, arch, a_opt, ax.to(device), ay.to(device), data.loss_from_logits, gen,
-                                cost_table, target, hw["weight"])
-                sums["arch_loss"] += out["loss"]
+                                cost_table, target, hw["weight"], precision)
+                sums["arch_loss"] = sums["arch_loss"] + out["loss"]
                 sums["arch_steps"] += 1
         steps = max(1, sums["steps"])
         ops = arch.argmax()
         val = data.evaluate(model, device, bs, ops, recalibrate=recal)
         probs = arch.probs().detach().cpu()
         row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
-               "train_loss": sums["loss"] / steps, "train_acc": sums["acc"] / steps,
-               "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else "",
+               "train_loss": sums["loss"].item() / steps, "train_acc": sums["acc"].item() / steps,
+               "arch_loss": sums["arch_loss"].item() / sums["arch_steps"] if sums["arch_steps"] else "",
                "arch_steps": sums["arch_steps"], **val,
                "expected_macs": float(flops.expected(probs.double())), "argmax_macs": flops.cost(ops),
                "argmax_ops": " ".join(OPS[c] for c in ops)}

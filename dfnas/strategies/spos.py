@@ -29,7 +29,7 @@ import torch
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
 from dfnas.optim import decay_groups, linear_lr, set_lr, step_budget
-from dfnas.runtime import progress, seed_everything
+from dfnas.runtime import autocast_forward, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
 from dfnas.spaces.shufflenet import (
@@ -135,6 +135,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     table = flops_table(args, data.input_shape)
     seed_everything(seed)
     model = ShuffleNetOneShot(None, **args, dropout=0.0).to(device)
+    autocast_forward(model, device, resolve_precision(cfg["precision"], device))
     opt = torch.optim.SGD(decay_groups(model, s["weight_decay"]), lr=s["lr"], momentum=s["momentum"])
     gen = torch.Generator().manual_seed(seed)
     bs = s["batch_size"]
@@ -148,7 +149,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     t0 = time.time()
     for epoch in range(start, epochs):
         model.train()
-        loss_sum, acc_sum, steps = 0.0, 0.0, 0
+        loss_sum, acc_sum, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, y in data.batches(0, bs, gen):
             if epoch * steps_per_epoch + steps == total:  # an update budget ends inside a pass
                 break
@@ -160,11 +161,11 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             acc_sum += data.accuracy(logits.detach(), y)
             steps += 1
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps),
-               "train_acc": acc_sum / max(1, steps)}
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, steps),
+               "train_acc": acc_sum.item() / max(1, steps)}
         history.append(row)
         checkpoint.save(stateful, gen, history, epoch + 1)
         log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
