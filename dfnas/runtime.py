@@ -48,14 +48,61 @@ def allocated_gpus() -> str | None:
     return f"{GPU_COUNT_VARIABLE}={count}" if count.isdigit() and int(count) > 0 else None
 
 
+# Where the jobs of one machine claim their GPUs (one lock file per device).
+GPU_LOCK_DIR_VARIABLE = "DFNAS_GPU_LOCK_DIR"
+_claimed_gpu: list = []  # the open lock file of this process's GPU, held until it exits
+
+
+def gpu_lock_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"dfnas-gpus-{os.getuid()}"
+    return Path(os.environ.get(GPU_LOCK_DIR_VARIABLE) or default)
+
+
+def claim_gpu(count: int) -> int:
+    """The index of a GPU that no other dfnas process of this machine holds, claimed for the rest
+    of this process's life (an exclusive ``flock`` on ``<lock dir>/gpu<i>.lock``, released by the
+    kernel when the process ends, however it ends). Snakemake's ``gpu`` resource
+    (``--resources gpu=N``) keeps at most N GPU jobs running, so one is free for each."""
+    import fcntl
+
+    if _claimed_gpu:
+        return _claimed_gpu[0][0]
+    folder = gpu_lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        fh = open(folder / f"gpu{i}.lock", "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        _claimed_gpu.append((i, fh))
+        return i
+    raise DfnasError(f"all {count} GPUs of this machine are held by other dfnas jobs (locks in {folder}); "
+                     f"run Snakemake with --resources gpu={count}")
+
+
+def cuda_device():
+    """The CUDA device of this job: the current one where the job was given its GPUs (SLURM,
+    CUDA_VISIBLE_DEVICES) or sees one; on a machine of several GPUs shared by parallel jobs, one
+    that no other dfnas job holds (`claim_gpu`)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    index = 0 if count <= 1 or allocated_gpus() else claim_gpu(count)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 def resolve_device(name: str = "auto"):
     """``auto`` picks CUDA when present, else CPU, and fails when the job was given GPUs that torch
-    cannot see (a CPU-only build of torch, say); ``cpu``, ``cuda`` and ``cuda:N`` are taken as given."""
+    cannot see (a CPU-only build of torch, say); ``cuda`` is a free GPU of this machine
+    (`cuda_device`); ``cpu`` and ``cuda:N`` are taken as given."""
     import torch
 
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
-            device = torch.device("cuda")
+            device = cuda_device()
             configure_backends(device)
             return device
         given = allocated_gpus()
@@ -71,6 +118,8 @@ def resolve_device(name: str = "auto"):
         raise DfnasError(f"config key 'device': {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DfnasError(f"config key 'device': {name!r} was asked for but this machine has no CUDA device")
+    if device.type == "cuda" and device.index is None:
+        device = cuda_device()
     configure_backends(device)
     return device
 

@@ -42,7 +42,7 @@ def test_arms_in_report_order_and_ranked_pairs(smoke):
 
 def test_a_search_reads_its_algorithm_and_the_shared_keys_only(smoke):
     cfg = job_config(smoke, "search", algorithm="darts", source="full")
-    assert set(cfg) == {"seed", "device", "threads", "search"}  # a synthetic search reads no natural data
+    assert set(cfg) == {"seed", "device", "precision", "threads", "search"}  # a synthetic search reads no natural data
     assert set(cfg["search"]) == {k for k in smoke["search"] if k not in ("algorithms", "sources", "seeds", "darts",
                                                                           "spos", "proxyless")} | {"darts"}
     natural = job_config(smoke, "search", algorithm="spos", source="natural")

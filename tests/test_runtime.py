@@ -3,6 +3,9 @@ atomic files, CSV and JSON files, config hashes."""
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +147,52 @@ def test_gpus_given_but_invisible_fail_loudly(no_gpu, var, value):
 def test_cuda_asked_for_without_one_fails(no_gpu):
     with pytest.raises(DfnasError, match="config key 'device': 'cuda' was asked for but this machine has no CUDA"):
         runtime.resolve_device("cuda")
+
+
+@pytest.fixture
+def four_gpus(no_gpu, tmp_path):
+    """A faked machine of four CUDA devices (nothing runs on them), its lock folder in tmp_path."""
+    import torch
+
+    no_gpu.setattr(torch.cuda, "is_available", lambda: True)
+    no_gpu.setattr(torch.cuda, "device_count", lambda: 4)
+    no_gpu.setattr(torch.cuda, "set_device", lambda index: None)
+    no_gpu.setattr(runtime, "configure_backends", lambda device: None)
+    no_gpu.setenv(runtime.GPU_LOCK_DIR_VARIABLE, str(tmp_path / "locks"))
+    no_gpu.setattr(runtime, "_claimed_gpu", [])
+    return no_gpu
+
+
+def test_parallel_jobs_of_one_machine_get_distinct_gpus(four_gpus):
+    """Each job (here: a fresh claim list, as in a new process) takes a GPU no running job holds,
+    keeps it for its life, and a fifth job is told how to size Snakemake's gpu resource."""
+    held = []
+    for expected in range(4):
+        device = runtime.resolve_device("auto")
+        assert str(device) == f"cuda:{expected}" and runtime.resolve_device("cuda") == device  # kept
+        held.append(runtime._claimed_gpu.pop())  # the next "process" starts with no claim
+    with pytest.raises(DfnasError, match=r"^all 4 GPUs of this machine are held by other dfnas jobs .*; "
+                                         r"run Snakemake with --resources gpu=4$"):
+        runtime.resolve_device("auto")
+    held[2][1].close()  # the job on GPU 2 ends
+    assert str(runtime.resolve_device("cuda")) == "cuda:2"
+    assert str(runtime.resolve_device("cuda:3")) == "cuda:3"  # an explicit index is taken as given
+
+
+def test_a_job_given_its_gpus_claims_none(four_gpus, tmp_path):
+    four_gpus.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert str(runtime.resolve_device("auto")) == "cuda:0" and not runtime._claimed_gpu
+    assert not (tmp_path / "locks").exists()
+
+
+def test_a_gpu_claim_is_held_by_another_process_until_it_ends(four_gpus, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dfnas import runtime; print(runtime.claim_gpu(4), flush=True); "
+                               "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, runtime.GPU_LOCK_DIR_VARIABLE: str(tmp_path / "locks")})
+    assert holder.stdout.readline().strip() == "0"
+    assert runtime.claim_gpu(4) == 1
+    runtime._claimed_gpu.pop()[1].close()
+    holder.communicate("")  # the holder exits: its lock goes with it
+    assert runtime.claim_gpu(4) == 0

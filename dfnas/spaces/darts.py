@@ -277,8 +277,13 @@ class MixedOp(nn.Module):
     def forward(self, x, weights):
         # Stacked and reduced in three launches (gather, multiply, sum) rather than two per
         # operation: a GPU step of the search network is bound by launches, not arithmetic.
-        outs = torch.stack([self.ops[k](x) for k in self.computed])
-        return (outs * weights[self.computed_index].view(-1, *[1] * x.ndim)).sum(0)
+        outs = [self.ops[k](x) for k in self.computed]
+        # Stacked as N x H x W x C where the outputs are channels_last, so that the sum keeps that
+        # layout (a stack of NHWC tensors is otherwise made contiguous).
+        nhwc = outs[0].is_contiguous(memory_format=torch.channels_last) and not outs[0].is_contiguous()
+        stacked = torch.stack([o.permute(0, 2, 3, 1) for o in outs] if nhwc else outs)
+        out = (stacked * weights[self.computed_index].view(-1, *[1] * x.ndim)).sum(0)
+        return out.permute(0, 3, 1, 2) if nhwc else out
 
 
 class SearchCell(nn.Module):
