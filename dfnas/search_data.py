@@ -177,16 +177,27 @@ class SearchData:
         gen = torch.Generator().manual_seed(seed + 1)
         return [x for _, (x, _) in zip(range(count), self.batches(0, batch_size, gen))]
 
-    def evaluate(self, model: nn.Module, device, batch_size: int, path=None, recalibrate=None) -> dict:
+    def heldout_on(self, device, batch_size: int, max_bytes: int) -> list | None:
+        """The held-out part's evaluation batches (normalized images, targets), read once and kept on
+        ``device``, for scoring many paths without reading, rendering and uploading them again; None
+        when they would take more than ``max_bytes`` (they are then streamed per score)."""
+        c, h, w = self.input_shape
+        if len(self.halves[1]) * (c * h * w + self.num_classes) * 4 > max_bytes:
+            return None
+        return [(x.to(device), target.to(device)) for x, target in self.heldout_batches(batch_size)]
+
+    def evaluate(self, model: nn.Module, device, batch_size: int, path=None, recalibrate=None,
+                 batches: list | None = None) -> dict:
         """``val_loss`` and ``val_acc`` of ``model`` (with ``path``, that path of a supernet) on the
-        held-out part; with ``recalibrate`` (batches of `recalibration_batches`), BatchNorm statistics
-        are first re-estimated on them for this network or path: a supernet's running statistics mix
-        every path and, early in training, lag behind its weights."""
+        held-out part (``batches`` from `heldout_on`, or streamed); with ``recalibrate`` (batches of
+        `recalibration_batches`), BatchNorm statistics are first re-estimated on them for this network
+        or path: a supernet's running statistics mix every path and, early in training, lag behind its
+        weights."""
         forward = model if path is None else (lambda x: model(x, path))
         if recalibrate is not None:
             recalibrate_bn(model, recalibrate, lambda m, x: forward(x.to(device)))
         model.eval()
-        scores = evaluate_batches(forward, self.heldout_batches(batch_size), self.loss_from_logits, self.labels_of,
-                                  device)
+        scores = evaluate_batches(forward, self.heldout_batches(batch_size) if batches is None else batches,
+                                  self.loss_from_logits, self.labels_of, device)
         model.train()
         return {"val_loss": scores["loss"], "val_acc": scores["top1"]}

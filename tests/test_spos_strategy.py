@@ -117,3 +117,28 @@ def test_an_update_budget_gives_every_source_the_same_training(synthetic_set, ba
         assert [row["epoch"] for row in result.history if row["epoch"] != ""] == [1, 2, 3]  # the third pass cut at 1
     by_epochs, steps, lr_calls = run("natural", epochs=2)
     assert by_epochs.found_by["weight_updates"] == 2 * steps == len(lr_calls)
+
+
+def test_paths_are_scored_on_a_held_out_part_read_once(synthetic_set, monkeypatch):
+    """The scorer reads the held-out part once for every path it scores, and scores exactly as
+    streaming it for each path does; too large for its byte budget, it is streamed."""
+    from dfnas.spaces.shufflenet import ShuffleNetOneShot, flops_table, sample_path, space_args
+    from dfnas.strategies.spos import path_scorer
+
+    cfg = validate_config({"device": "cpu", "search": {"algorithms": ["spos"], "spos": TINY_SPOS}})
+    s = cfg["search"]["spos"]
+    data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy("spos").data_options(s))
+    args = space_args(s, data.input_shape, data.num_classes)
+    torch.manual_seed(0)
+    model = ShuffleNetOneShot(None, **args, dropout=0.0)
+    table, gen = flops_table(args, data.input_shape), torch.Generator().manual_seed(0)
+    paths = [sample_path(table, gen) for _ in range(4)]
+    reads = []
+    real = data.heldout_batches
+    monkeypatch.setattr(data, "heldout_batches", lambda bs: reads.append(bs) or real(bs))
+    score = path_scorer(model, data, s, 0, "cpu")
+    cached = [score(p) for p in paths]
+    assert len(reads) == 1
+    score = path_scorer(model, data, s, 0, "cpu", cache_bytes=0)
+    streamed = [score(p) for p in paths]
+    assert len(reads) == 1 + len(paths) and cached == streamed
