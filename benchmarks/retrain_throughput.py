@@ -37,13 +37,12 @@ def throughput(space: str, cfg: dict, precision: str, args, device) -> float:
     arch["space"] = space
     torch.manual_seed(0)
     model = build_architecture(arch, 3, SIZE, CLASSES, dict(cfg["retrain"].get(space, {})))
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     n = args.batch * args.steps
     gen = torch.Generator().manual_seed(0)
     data = TensorImages(torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=gen),
                         torch.randint(0, CLASSES, (n,), generator=gen))
-    recipe = Recipe.from_dict({**cfg["retrain"], "epochs": args.epochs, "batch_size": args.batch})
+    recipe = Recipe.from_dict({**cfg["retrain"], "epochs": args.epochs, "batch_size": args.batch,
+                               "channels_last": {"auto": "auto", "true": True, "false": False}[args.channels_last]})
     history = train_classifier(model, data, recipe, device, 0, MEAN, STD, log=lambda *_: None,
                                precision=resolve_precision(precision, device))
     seconds = history[-1]["seconds"] - history[0]["seconds"]  # after the first pass
@@ -58,7 +57,8 @@ def main():
     p.add_argument("--epochs", type=int, default=3, help="passes; the first is not timed")
     p.add_argument("--spaces", nargs="+", default=["spos", "proxyless"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
+                   help="the recipe's memory format (auto: NHWC on CUDA)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.epochs < 2:

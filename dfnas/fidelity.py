@@ -116,7 +116,7 @@ def train_briefly(model: nn.Module, data: SearchData, fcfg: dict, seed: int, dev
             if step == steps:
                 break
             set_lr(opt, cosine_lr(step, steps, fcfg["lr"]))
-            loss = data.loss(model, (x.to(device), y.to(device)))
+            loss = data.loss(model, (x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -88,19 +88,19 @@ def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator) -> torch.
     if recipe.crop_padding > 0:
         p = recipe.crop_padding
         padded = F.pad(x, (p, p, p, p))
-        top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev)
-        left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev)
+        top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev, non_blocking=True)
+        left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev, non_blocking=True)
         rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
         cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
         x = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
     if recipe.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+        flip = (torch.rand(n, generator=generator) < 0.5).to(dev, non_blocking=True)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if recipe.cutout > 0:
         # An s x s square of zeros centred on a uniform pixel (clipped at the border), as in DeVries & Taylor.
         s = recipe.cutout
-        cy = torch.randint(0, h, (n,), generator=generator).to(dev)[:, None, None] - s // 2
-        cx = torch.randint(0, w, (n,), generator=generator).to(dev)[:, None, None] - s // 2
+        cy = torch.randint(0, h, (n,), generator=generator).to(dev, non_blocking=True)[:, None, None] - s // 2
+        cx = torch.randint(0, w, (n,), generator=generator).to(dev, non_blocking=True)[:, None, None] - s // 2
         ys = torch.arange(h, device=dev)[None, :, None]
         xs = torch.arange(w, device=dev)[None, None, :]
         hole = (ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s)

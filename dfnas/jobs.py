@@ -15,7 +15,9 @@ from dfnas.spaces import get_space, space_names
 from dfnas.strategies import get_strategy, strategy_names
 from dfnas.synthesis import shard_keys
 
-SHARED = ("seed", "device", "precision", "threads")
+SHARED = ("seed", "device", "threads")
+# The jobs whose arithmetic follows config key ``precision`` (the others run no training).
+PRECISION_JOBS = ("teacher", "synthesize", "search", "retrain", "fidelity_proxy", "fidelity_truth")
 # Keys of ``data`` that say how batches are read, not what the data is.
 READING_KEYS = ("workers", "eval_batch_size")
 # Keys of ``search`` that only list jobs.
@@ -27,6 +29,8 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
     search, random_architecture and retrain; the fidelity jobs name their space as ``algorithm``:
     every algorithm searches a space of its own name)."""
     out = {k: cfg[k] for k in SHARED}
+    if job in PRECISION_JOBS:
+        out["precision"] = cfg["precision"]
     if job == "data":
         # How batches are read changes no file the data stage writes.
         out["data"] = {k: v for k, v in cfg["data"].items() if k not in READING_KEYS}

@@ -21,6 +21,7 @@ from dfnas.data import data_identity, dataset_from_config
 from dfnas.flops import count_macs, count_parameters
 from dfnas.runtime import (
     derived_seed,
+    precision_name,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -46,6 +47,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     model = build_architecture(arch, c, h, data.info.num_classes, sizes)
     device = resolve_device(cfg["device"])
     recipe = Recipe.from_dict(rcfg)
+    precision = resolve_precision(cfg["precision"], device)
     params = count_parameters(model, exclude=space.aux_name)
     macs = count_macs(model, data.info.input_shape)
     source = arch.get("found_by", {}).get("source", "?")
@@ -55,7 +57,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     checkpoint = out.with_name(out.name + ".ckpt")
     history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
-                               precision=resolve_precision(cfg["precision"], device),
+                               precision=precision,
                                identity={"architecture": {k: arch.get(k) for k in ("space", "space_args", "choices")},
                                          "data": data_identity(cfg, data)})
     seconds = time.time() - t0
@@ -68,6 +70,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
         "top1": scores["top1"], "top5": scores["top5"], "test_images": scores["n"],
         "parameters": params, "multiply_adds": macs, "train_seconds": seconds, "train_images": len(data.train),
         "recipe": recipe.to_dict(), "sizes": sizes, "seed": seed, "history": history, "device": str(device),
+        "precision": precision_name(precision),
         "versions": versions(),
     }
 

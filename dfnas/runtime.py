@@ -51,6 +51,7 @@ def allocated_gpus() -> str | None:
 # Where the jobs of one machine claim their GPUs (one lock file per device).
 GPU_LOCK_DIR_VARIABLE = "DFNAS_GPU_LOCK_DIR"
 _claimed_gpu: list = []  # the open lock file of this process's GPU, held until it exits
+GPU_WAIT_SECONDS = 600.0  # how long a job waits for a GPU when every one is held
 
 
 def gpu_lock_dir() -> Path:
@@ -58,38 +59,52 @@ def gpu_lock_dir() -> Path:
     return Path(os.environ.get(GPU_LOCK_DIR_VARIABLE) or default)
 
 
-def claim_gpu(count: int) -> int:
-    """The index of a GPU that no other dfnas process of this machine holds, claimed for the rest
-    of this process's life (an exclusive ``flock`` on ``<lock dir>/gpu<i>.lock``, released by the
-    kernel when the process ends, however it ends). Snakemake's ``gpu`` resource
-    (``--resources gpu=N``) keeps at most N GPU jobs running, so one is free for each."""
+def claim_gpu(names: list[str], wait: float | None = None, log=None) -> int:
+    """The index of a GPU (of those visible, named ``names``: their UUIDs, so that jobs seeing the
+    devices in another order or subset agree) that no other dfnas process of this machine holds,
+    claimed for the rest of this process's life (an exclusive ``flock`` on ``<lock dir>/<name>.lock``,
+    released by the kernel when the process ends, however it ends). Snakemake's ``gpu`` resource
+    (``--resources gpu=N``) keeps at most N GPU jobs running, so one is normally free; when none is,
+    the job waits up to ``wait`` seconds (`GPU_WAIT_SECONDS`) for one."""
     import fcntl
+
+    wait = GPU_WAIT_SECONDS if wait is None else wait
 
     if _claimed_gpu:
         return _claimed_gpu[0][0]
     folder = gpu_lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        fh = open(folder / f"gpu{i}.lock", "a")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            continue
-        _claimed_gpu.append((i, fh))
-        return i
-    raise DfnasError(f"all {count} GPUs of this machine are held by other dfnas jobs (locks in {folder}); "
-                     f"run Snakemake with --resources gpu={count}")
+    deadline = time.monotonic() + wait
+    while True:
+        for i, name in enumerate(names):
+            fh = open(folder / f"{name}.lock", "a")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            _claimed_gpu.append((i, fh))
+            return i
+        if time.monotonic() >= deadline:
+            raise DfnasError(f"all {len(names)} GPUs of this machine stayed held by other dfnas jobs for {wait:.0f} s "
+                             f"(locks in {folder}); run Snakemake with --resources gpu={len(names)}")
+        if log is not None:
+            log(f"all {len(names)} GPUs are held by other dfnas jobs; waiting for one")
+            log = None
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def cuda_device():
-    """The CUDA device of this job: the current one where the job was given its GPUs (SLURM,
-    CUDA_VISIBLE_DEVICES) or sees one; on a machine of several GPUs shared by parallel jobs, one
-    that no other dfnas job holds (`claim_gpu`)."""
+    """The CUDA device of this job: the one it sees, or, where it sees several (a workstation, or an
+    allocation of several GPUs shared by parallel jobs), one that no other dfnas job holds
+    (`claim_gpu`)."""
     import torch
 
     count = torch.cuda.device_count()
-    index = 0 if count <= 1 or allocated_gpus() else claim_gpu(count)
+    index = 0
+    if count > 1:
+        names = [f"gpu-{torch.cuda.get_device_properties(i).uuid}" for i in range(count)]
+        index = claim_gpu(names, log=print)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
@@ -157,17 +172,34 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_precision(name: str, device):
     """The autocast dtype for config key ``precision``: ``bf16`` -> torch.bfloat16, ``fp32`` -> None
-    (plain float32), ``auto`` -> bfloat16 on a CUDA device that supports it, else float32 (the CPU:
-    its results stay bit-for-bit reproducible)."""
+    (float32; on CUDA its matrix products and convolutions use TF32, `configure_backends`), ``auto``
+    -> bfloat16 on a CUDA device that computes it natively, else float32 (the CPU: its results stay
+    bit-for-bit reproducible)."""
     import torch
 
     if name not in PRECISIONS:
         raise DfnasError(f"config key 'precision': {name!r} is not one of {', '.join(PRECISIONS)}")
     if name == "bf16":
         return torch.bfloat16
-    if name == "auto" and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+    if name == "auto" and torch.device(device).type == "cuda" and bf16_native():
         return torch.bfloat16
     return None
+
+
+def precision_name(dtype) -> str:
+    """``bf16`` or ``fp32``: how outputs and checkpoints record a resolved precision."""
+    return "fp32" if dtype is None else "bf16"
+
+
+def bf16_native() -> bool:
+    """Whether the current CUDA device computes in bfloat16 natively (compute capability 8.0 on:
+    A100, H100, ...); older cards emulate it, slower than float32."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3
+        return torch.cuda.get_device_capability()[0] >= 8
 
 
 def autocast(device, dtype):

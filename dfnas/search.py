@@ -33,7 +33,7 @@ from dfnas.checkpoint import CHECKPOINT_NAME
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import read_description
 from dfnas.errors import DfnasError
-from dfnas.runtime import config_hash, resolve_device, versions, write_csv, write_json
+from dfnas.runtime import config_hash, precision_name, resolve_device, resolve_precision, versions, write_csv, write_json
 from dfnas.search_data import SearchData
 from dfnas.search_result import save_search_network
 from dfnas.spaces import get_space
@@ -63,6 +63,7 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
             "search_network": result.search_args, "config": scfg,
             "config_hash": config_hash({"search": scfg, "source": source, "seed": seed}),
             "search_seconds": time.time() - t0, "device": str(device), "versions": versions(),
+            "precision": precision_name(resolve_precision(cfg["precision"], device)),
         },
     }
     if data.synthetic:

@@ -24,7 +24,7 @@ from dfnas.data import as_pixels
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.optim import cosine_lr, decay_groups, set_lr
-from dfnas.runtime import autocast, progress
+from dfnas.runtime import autocast, precision_name, progress
 from dfnas.streaming import batch_plan, stream
 
 
@@ -84,6 +84,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
     if checkpoint is not None:
         checkpoint = Checkpoint(checkpoint, {
             "recipe": recipe.to_dict(), "seed": seed, "n": len(train_set), "identity": identity,
+            "precision": precision_name(precision),
             "shapes": {k: list(p.shape) for k, p in model.state_dict().items()}}, log)
         resumed = checkpoint.resume(stateful, gen)
     else:

@@ -83,3 +83,60 @@ def test_channels_last_is_auto_on_cuda_and_trains_like_the_default_format():
     assert w1.is_contiguous(memory_format=torch.channels_last) and not w0.is_contiguous(memory_format=torch.channels_last)
     assert nhwc["train_loss"] == pytest.approx(nchw["train_loss"], rel=1e-4)
     torch.testing.assert_close(w1, w0, rtol=1e-4, atol=1e-5)
+
+
+class Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("algorithm, extra, expected", [
+    ("darts", {}, torch.bfloat16), ("darts", {"order": 2}, None), ("spos", {}, torch.bfloat16),
+    ("proxyless", {}, torch.bfloat16)])
+def test_a_search_runs_its_network_in_the_configured_precision(synthetic_set, monkeypatch, tmp_path,
+                                                                algorithm, extra, expected):
+    """``precision: bf16`` reaches every strategy's network (second-order DARTS excepted: its
+    finite differences need float32); the search stops at the capture."""
+    from dfnas.config import validate_config
+    from dfnas.search_data import SearchData
+    from dfnas.strategies import get_strategy
+
+    module = __import__(f"dfnas.strategies.{algorithm}", fromlist=["search"])
+    seen = []
+
+    def capture(model, device, dtype):
+        seen.append(dtype)
+        raise Captured
+
+    monkeypatch.setattr(module, "autocast_forward", capture)
+    cfg = validate_config({"device": "cpu", "precision": "bf16", "search": {algorithm: extra}})
+    data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy(algorithm).data_options(cfg["search"][algorithm]))
+    with pytest.raises(Captured):
+        module.search(cfg, data, 0, tmp_path, "cpu", lambda *_: None)
+    assert seen == [expected]
+
+
+def test_training_in_bf16_runs_the_network_in_bf16():
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 2))
+    model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    images, labels = torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8) % 2
+    train_classifier(model, TensorImages(images, labels), Recipe(epochs=1, batch_size=8), "cpu", 0, [0.5], [0.25],
+                     log=lambda *_: None, precision=torch.bfloat16)
+    assert seen == [torch.bfloat16] and model[0].weight.dtype == torch.float32
+
+
+def test_the_darts_mixed_op_keeps_channels_last_and_bf16():
+    """The stacked mixed op equals the sum of its weighted operations, keeps an NHWC input NHWC, and
+    under autocast keeps a bfloat16 state bfloat16 (its float32 weights must not promote the stack)."""
+    from dfnas.spaces.darts import PRIMITIVES, MixedOp, Zero
+
+    torch.manual_seed(0)
+    op = MixedOp(8, 1).eval()
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    w = torch.softmax(torch.randn(len(PRIMITIVES)), 0)
+    out = op(x, w)
+    by_hand = sum(w[k] * o(x) for k, o in enumerate(op.ops) if not isinstance(o, Zero))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, by_hand, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a cell's bf16 state in, bf16 out
+        assert op(x.bfloat16(), w).dtype == torch.bfloat16

@@ -81,7 +81,7 @@ def test_every_gpu_rule_is_decided_in_the_gpu_profile_and_off_in_the_cpu_one():
     """A rule that asks for a GPU (unless device is cpu) gets one, or an explicit 0, in the GPU profile:
     the training stages one, teacher-inference stages none; the CPU-only test cluster none at all."""
     gpu, local = profile("slurm")["set-resources"], profile("slurm-local")["set-resources"]
-    inference = {"soft_labels", "natural_reference"}
+    inference = {"soft_labels", "natural_reference", "teacher_eval", "synthesis_quality"}
     assert {rule: gpu[rule]["gpu"] for rule in GPU_RULES} == {rule: int(rule not in inference) for rule in GPU_RULES}
     assert {rule: local[rule]["gpu"] for rule in GPU_RULES} == dict.fromkeys(GPU_RULES, 0)
 

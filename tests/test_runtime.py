@@ -157,6 +157,8 @@ def four_gpus(no_gpu, tmp_path):
     no_gpu.setattr(torch.cuda, "is_available", lambda: True)
     no_gpu.setattr(torch.cuda, "device_count", lambda: 4)
     no_gpu.setattr(torch.cuda, "set_device", lambda index: None)
+    no_gpu.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"uuid-{i}"))
+    no_gpu.setattr(runtime, "GPU_WAIT_SECONDS", 0.5)
     no_gpu.setattr(runtime, "configure_backends", lambda device: None)
     no_gpu.setenv(runtime.GPU_LOCK_DIR_VARIABLE, str(tmp_path / "locks"))
     no_gpu.setattr(runtime, "_claimed_gpu", [])
@@ -171,28 +173,40 @@ def test_parallel_jobs_of_one_machine_get_distinct_gpus(four_gpus):
         device = runtime.resolve_device("auto")
         assert str(device) == f"cuda:{expected}" and runtime.resolve_device("cuda") == device  # kept
         held.append(runtime._claimed_gpu.pop())  # the next "process" starts with no claim
-    with pytest.raises(DfnasError, match=r"^all 4 GPUs of this machine are held by other dfnas jobs .*; "
-                                         r"run Snakemake with --resources gpu=4$"):
+    with pytest.raises(DfnasError, match=r"^all 4 GPUs of this machine stayed held by other dfnas jobs for 0 s "
+                                         r"\(locks in .*\); run Snakemake with --resources gpu=4$"):
         runtime.resolve_device("auto")
     held[2][1].close()  # the job on GPU 2 ends
     assert str(runtime.resolve_device("cuda")) == "cuda:2"
     assert str(runtime.resolve_device("cuda:3")) == "cuda:3"  # an explicit index is taken as given
 
 
-def test_a_job_given_its_gpus_claims_none(four_gpus, tmp_path):
+def test_a_job_that_sees_one_gpu_claims_none(four_gpus, tmp_path):
+    import torch
+
     four_gpus.setenv("CUDA_VISIBLE_DEVICES", "2")
+    four_gpus.setattr(torch.cuda, "device_count", lambda: 1)
     assert str(runtime.resolve_device("auto")) == "cuda:0" and not runtime._claimed_gpu
     assert not (tmp_path / "locks").exists()
 
 
+def test_a_job_waits_for_a_gpu_to_come_free(four_gpus, tmp_path):
+    import threading
+
+    names = ["a", "b"]
+    held = [runtime.claim_gpu(names), runtime._claimed_gpu.pop(), runtime.claim_gpu(names), runtime._claimed_gpu.pop()]
+    threading.Timer(0.3, held[3][1].close).start()  # the job on "b" ends while the next one waits
+    assert runtime.claim_gpu(names, wait=5.0) == 1
+
+
 def test_a_gpu_claim_is_held_by_another_process_until_it_ends(four_gpus, tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from dfnas import runtime; print(runtime.claim_gpu(4), flush=True); "
-                               "sys.stdin.read()"],
+        [sys.executable, "-c", "import sys; from dfnas import runtime; "
+                               "print(runtime.claim_gpu(['a', 'b', 'c']), flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, runtime.GPU_LOCK_DIR_VARIABLE: str(tmp_path / "locks")})
     assert holder.stdout.readline().strip() == "0"
-    assert runtime.claim_gpu(4) == 1
+    assert runtime.claim_gpu(["a", "b", "c"]) == 1
     runtime._claimed_gpu.pop()[1].close()
     holder.communicate("")  # the holder exits: its lock goes with it
-    assert runtime.claim_gpu(4) == 0
+    assert runtime.claim_gpu(["a", "b", "c"]) == 0

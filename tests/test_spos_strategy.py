@@ -136,7 +136,7 @@ def test_paths_are_scored_on_a_held_out_part_read_once(synthetic_set, monkeypatc
     reads = []
     real = data.heldout_batches
     monkeypatch.setattr(data, "heldout_batches", lambda bs: reads.append(bs) or real(bs))
-    score = path_scorer(model, data, s, 0, "cpu")
+    score = path_scorer(model, data, s, 0, "cpu", cache_bytes=1 << 30)
     cached = [score(p) for p in paths]
     assert len(reads) == 1
     score = path_scorer(model, data, s, 0, "cpu", cache_bytes=0)

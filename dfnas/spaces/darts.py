@@ -282,7 +282,8 @@ class MixedOp(nn.Module):
         # layout (a stack of NHWC tensors is otherwise made contiguous).
         nhwc = outs[0].is_contiguous(memory_format=torch.channels_last) and not outs[0].is_contiguous()
         stacked = torch.stack([o.permute(0, 2, 3, 1) for o in outs] if nhwc else outs)
-        out = (stacked * weights[self.computed_index].view(-1, *[1] * x.ndim)).sum(0)
+        w = weights[self.computed_index].to(stacked.dtype)  # bf16 under autocast, as a scalar weight keeps it
+        out = (stacked * w.view(-1, *[1] * x.ndim)).sum(0)
         return out.permute(0, 3, 1, 2) if nhwc else out
 
 

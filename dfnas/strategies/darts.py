@@ -30,7 +30,7 @@ from torch import nn
 
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.optim import cosine_lr, set_lr, step_budget
-from dfnas.runtime import autocast_forward, progress, resolve_precision, seed_everything
+from dfnas.runtime import autocast_forward, precision_name, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
 from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, genotype_to_dict, search_args
@@ -112,7 +112,12 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     dcfg = cfg["search"]["darts"]
     seed_everything(seed)
     args = search_args(dcfg, data.input_shape, data.num_classes)
-    model = autocast_forward(SearchNetwork(**args).to(device), device, resolve_precision(cfg["precision"], device))
+    precision = resolve_precision(cfg["precision"], device)
+    if precision is not None and dcfg["order"] == 2:
+        # The unrolled gradient's finite differences drown in bfloat16 rounding.
+        log("darts: second-order search runs in float32 (precision bf16 is for first order)")
+        precision = None
+    model = autocast_forward(SearchNetwork(**args).to(device), device, precision)
     if cfg["search"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
         data.memory_format = torch.channels_last
@@ -126,7 +131,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     total, epochs = step_budget(dcfg["epochs"], dcfg["iterations"], steps_per_epoch)
     recal = data.recalibration_batches(dcfg["bn_batches"], bs, seed)
     gen = torch.Generator().manual_seed(seed)
-    checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": dcfg, **data.fingerprint(seed)}, log)
+    checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": dcfg, **data.fingerprint(seed),
+                                                              "precision": precision_name(precision)}, log)
     stateful = {"model": model, "w_opt": w_opt, "a_opt": architect.optimizer}
     resumed = checkpoint.resume(stateful, gen)
     history, start = resumed.history, resumed.epoch
@@ -141,8 +147,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                 break
             lr = cosine_lr(step, total, dcfg["lr"], minimum=dcfg["lr_min"])
             set_lr(w_opt, lr)
-            train_batch = tuple(t.to(device) for t in train_batch)
-            val_batch = tuple(t.to(device) for t in val_batch)
+            train_batch = tuple(t.to(device, non_blocking=True) for t in train_batch)
+            val_batch = tuple(t.to(device, non_blocking=True) for t in val_batch)
             if epoch >= dcfg["arch_warmup_epochs"]:
                 sums["arch_loss"] += architect.step(train_batch, val_batch, lr, w_opt)
             logits = model(train_batch[0])

@@ -53,7 +53,7 @@ from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
 from dfnas.latency import latency_table
 from dfnas.optim import cosine_lr, set_lr, step_budget
-from dfnas.runtime import autocast, autocast_forward, progress, resolve_precision, seed_everything
+from dfnas.runtime import autocast, autocast_forward, precision_name, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
 from dfnas.spaces.proxyless import OPS, ZERO, ProxylessNet, flops_table, space_args
@@ -255,7 +255,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     warmup_total, warmup = step_budget(s["warmup_epochs"], s["warmup_iterations"], steps_per_epoch)
     search_total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     total_epochs = warmup + epochs
-    checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed)}, log)
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed),
+                                                        "precision": precision_name(precision)}, log)
     stateful = {"model": model, "arch": arch, "w_opt": w_opt, "a_opt": a_opt}
     resumed = checkpoint.resume(stateful, gen)
     history, start = resumed.history, resumed.epoch
@@ -274,14 +275,14 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                 break
             lr = cosine_lr(phase_step + sums["steps"], phase_total, s["lr"] if searching else s["warmup_lr"])
             set_lr(w_opt, lr)
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen)
             sums["loss"] = sums["loss"] + loss
             sums["acc"] = sums["acc"] + data.accuracy(logits, y)
             sums["steps"] += 1
             if arch_steps_on and sums["steps"] % s["arch_every"] == 0:
                 ax, ay = next(arch_batches)
-                out = arch_step(model, arch, a_opt, ax.to(device), ay.to(device), data.loss_from_logits, gen,
+                out = arch_step(model, arch, a_opt, ax.to(device, non_blocking=True), ay.to(device, non_blocking=True), data.loss_from_logits, gen,
                                 cost_table, target, hw["weight"], precision)
                 sums["arch_loss"] = sums["arch_loss"] + out["loss"]
                 sums["arch_steps"] += 1

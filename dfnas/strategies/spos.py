@@ -29,7 +29,7 @@ import torch
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.flops import count_parameters
 from dfnas.optim import decay_groups, linear_lr, set_lr, step_budget
-from dfnas.runtime import autocast_forward, progress, resolve_precision, seed_everything
+from dfnas.runtime import autocast_forward, precision_name, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
 from dfnas.search_result import SearchResult
 from dfnas.spaces.shufflenet import (
@@ -122,11 +122,18 @@ HELDOUT_CACHE_BYTES = 2 << 30
 
 
 def path_scorer(model, data: SearchData, scfg: dict, seed: int, device,
-                cache_bytes: int = HELDOUT_CACHE_BYTES) -> Callable[[tuple], float]:
+                cache_bytes: int | None = None) -> Callable[[tuple], float]:
     """How SPOS scores a path: BatchNorm recalibrated on the same ``bn_batches`` training batches
-    (drawn with ``seed + 1``), then accuracy on the held-out part. Both are read and moved to the
-    device once, not per path (the held-out part where it fits in ``cache_bytes``)."""
-    recal = [x.to(device) for x in data.recalibration_batches(scfg["bn_batches"], scfg["batch_size"], seed)]
+    (drawn with ``seed + 1``), then accuracy on the held-out part. On a GPU both are read and moved
+    to the device once, not per path (the held-out part where it fits in ``cache_bytes``, default
+    `HELDOUT_CACHE_BYTES`); on the CPU, where reading is cheap and memory is the job's, the
+    held-out part is streamed unless ``cache_bytes`` says otherwise. ``cache_bytes=0`` moves nothing
+    ahead."""
+    if cache_bytes is None:
+        cache_bytes = HELDOUT_CACHE_BYTES if torch.device(device).type != "cpu" else 0
+    recal = data.recalibration_batches(scfg["bn_batches"], scfg["batch_size"], seed)
+    if cache_bytes:
+        recal = [x.to(device) for x in recal]
     heldout = data.heldout_on(device, scfg["batch_size"], cache_bytes)
 
     def score(path) -> float:
@@ -143,14 +150,16 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     table = flops_table(args, data.input_shape)
     seed_everything(seed)
     model = ShuffleNetOneShot(None, **args, dropout=0.0).to(device)
-    autocast_forward(model, device, resolve_precision(cfg["precision"], device))
+    precision = resolve_precision(cfg["precision"], device)
+    autocast_forward(model, device, precision)
     opt = torch.optim.SGD(decay_groups(model, s["weight_decay"]), lr=s["lr"], momentum=s["momentum"])
     gen = torch.Generator().manual_seed(seed)
     bs = s["batch_size"]
     steps_per_epoch = data.steps_per_epoch(0, bs)
     total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     low, high = s["train_flops"] or (None, None)
-    checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed)}, log)
+    checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed),
+                                                              "precision": precision_name(precision)}, log)
     stateful = {"model": model, "opt": opt}
     resumed = checkpoint.resume(stateful, gen)
     history, start = resumed.history, resumed.epoch
@@ -163,7 +172,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                 break
             set_lr(opt, linear_lr(epoch * steps_per_epoch + steps, total, s["lr"]))
             path = sample_path(table, gen, low, high, s["bins"])
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x, path)
             loss = data.loss_from_logits(logits, y)
             opt.zero_grad(set_to_none=True)

@@ -121,6 +121,8 @@ rule synthesis_quality:
     conda:
         ENV
     threads: config["threads"]
+    resources:
+        gpu=GPU,
     params:
         cfg=job_params("synthesis_quality"),
     shell:

@@ -40,6 +40,8 @@ rule teacher_eval:
     conda:
         ENV
     threads: config["threads"]
+    resources:
+        gpu=GPU,
     params:
         cfg=job_params("teacher_eval"),
     shell:
