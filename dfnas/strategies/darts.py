@@ -178,4 +178,5 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                         choices=genotype_to_dict(model.genotype()), history=history, network=model,
                         search_args={k: args[k] for k in ("in_channels", "resolution", "num_classes", "cells",
                                                           "channels")},
-                        found_by={"weight_updates": total, "heldout_acc": history[-1]["val_acc"]})
+                        found_by={"weight_updates": total, "heldout_acc": history[-1]["val_acc"],
+                                  "precision": precision_name(precision)})
