@@ -47,7 +47,7 @@ def check_shards(paths, teacher_sha256: str, variant: str | None = None) -> tupl
             if common is None:
                 common = attrs
             shard_ids.append(int(attrs.get("shard", -1)))
-            for key in ("config_hash", "input_shape", "num_classes", "storage", "shards", "mean", "std"):
+            for key in ("config_hash", "precision", "input_shape", "num_classes", "storage", "shards", "mean", "std"):
                 if attrs.get(key) != common.get(key):
                     raise DfnasError(f"{path}: {key} {attrs.get(key)!r} differs from the other shards' {common.get(key)!r}")
             with reading(path, "cannot read its arrays"):

@@ -38,6 +38,7 @@ from dfnas.runtime import (
     check_writable,
     config_hash,
     derived_seed,
+    precision_name,
     progress,
     resolve_device,
     resolve_precision,
@@ -120,12 +121,13 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
     mean, std = teacher.mean, teacher.std
     rounds = scfg["rounds"]
     chash = synthesis_config_hash(cfg, variant)
+    precision = resolve_precision(cfg["precision"], next(teacher.model.parameters()).device)
     attrs = {
         "format": sh.SHARD_FORMAT, "variant": variant, "shard": shard, "shards": scfg["shards"], "seed": cfg["seed"],
         "config": {"seed": cfg["seed"], "variant": variant, "synthesis": scfg}, "config_hash": chash,
         "teacher_sha256": teacher.checksum, "mean": list(mean), "std": list(std), "storage": scfg["storage"],
         "input_shape": list(shape), "num_classes": num_classes, "class_names": teacher.meta["class_names"],
-        "rounds": rounds, "dfnas_version": versions()["dfnas"],
+        "rounds": rounds, "dfnas_version": versions()["dfnas"], "precision": precision_name(precision),
     }
     partial = out.with_name(out.name + ".partial")
     # Room for the rounds still to write and for the final copy (uncompressed bounds), checked before
@@ -141,7 +143,6 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
     schedule = Schedule(iterations_half=scfg["iterations_half"], iterations_full=scfg["iterations_full"], lr=scfg["lr"],
                         betas=tuple(scfg["betas"]), warmup=scfg["warmup"])
     region = variant_region(scfg, variant)
-    precision = resolve_precision(cfg["precision"], next(teacher.model.parameters()).device)
     bs = scfg["batch_size"]
     t0 = time.time()
     with sh.open_h5(partial, "a") as f:
@@ -202,6 +203,7 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
         try:
             with sh.open_h5(partial, "a") as f, reading(partial):
                 same = (f.attrs.get("config_hash") == attrs["config_hash"]
+                        and f.attrs.get("precision", "fp32") == attrs["precision"]
                         and f.attrs.get("teacher_sha256") == attrs["teacher_sha256"]
                         and int(f.attrs.get("shard", -1)) == attrs["shard"])
                 if same:
@@ -211,7 +213,7 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
                     if done:
                         log(f"resuming {partial.name} after round {done}")
                     return done
-            log(f"discarding {partial.name}: it was made with another config or teacher")
+            log(f"discarding {partial.name}: it was made with another config, precision or teacher")
         except (FileInUse, Unwritable):
             raise  # a live writer's file, or one this job may not write: never taken for damage
         except Damaged as exc:

@@ -7,6 +7,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -97,6 +98,24 @@ def test_killed_shard_resumes_from_its_last_round(teacher, tmp_path):
     assert sum("written" in m for m in messages) == 1
     assert out.read_bytes() == reference.read_bytes()
     assert not partial.exists()
+
+
+def test_a_partial_made_in_another_precision_starts_afresh(teacher, tmp_path):
+    """A shard killed in float32 and rerun in bfloat16 does not mix the two: the partial is
+    discarded, the shard records its precision, and merge refuses shards of mixed precision."""
+    from dfnas.errors import DfnasError
+    from dfnas.merge import check_shards
+
+    cfg, _, out, partial = shard_killed_after_round_2(teacher, tmp_path)
+    messages = []
+    run_shard({**cfg, "precision": "bf16"}, teacher, "full", 0, out, log=messages.append)
+    assert "discarding killed.h5.partial: it was made with another config, precision or teacher" in messages
+    assert sum("written" in m for m in messages) == 3
+    with h5py.File(out) as f, h5py.File(tmp_path / "ref.h5") as g:
+        assert (f.attrs["precision"], g.attrs["precision"]) == ("bf16", "fp32")
+    other = run_shard(cfg, teacher, "full", 1, tmp_path / "s1.h5", log=quiet)
+    with pytest.raises(DfnasError, match="precision 'fp32' differs from the other shards' 'bf16'"):
+        check_shards([out, other], teacher.checksum)
 
 
 def test_partial_from_another_config_is_discarded(teacher, tmp_path):
