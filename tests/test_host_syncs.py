@@ -82,13 +82,19 @@ def test_supervised_training_reads_once_per_epoch(host_reads):
     assert few == many and sum(many.values()) > 0  # the epoch lines do read
 
 
+def search_reads(host_reads, synthetic_set, tmp_path, algorithm: str, search: dict) -> collections.Counter:
+    """The reads of one search of ``algorithm`` (config ``search``) on the synthetic set."""
+    module = {"darts": darts, "spos": spos}[algorithm]
+    cfg = validate_config({"device": "cpu", "search": search})
+    data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy(algorithm).data_options(cfg["search"][algorithm]))
+    out = tmp_path / str(len(list(tmp_path.iterdir())))
+    return reads_of(host_reads, lambda: module.search(cfg, data, 0, out, "cpu", lambda *_: None))
+
+
 def test_darts_search_reads_once_per_epoch(synthetic_set, host_reads, tmp_path):
     def search(batch_size):
-        cfg = validate_config({"device": "cpu", "search": {"darts": {"cells": 3, "channels": 4, "epochs": 2,
-                                                                     "batch_size": batch_size, "bn_batches": 1}}})
-        data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy("darts").data_options(cfg["search"]["darts"]))
-        return reads_of(host_reads, lambda: darts.search(cfg, data, 0, tmp_path / str(batch_size), "cpu",
-                                                         lambda *_: None))
+        return search_reads(host_reads, synthetic_set, tmp_path, "darts", {"darts": {
+            "cells": 3, "channels": 4, "epochs": 2, "batch_size": batch_size, "bn_batches": 1}})
 
     assert search(12) == search(4)
 
@@ -97,11 +103,8 @@ def test_spos_supernet_and_evolution_read_per_epoch_and_per_candidate(synthetic_
     from test_spos_strategy import TINY_SPOS
 
     def search(batch_size):
-        cfg = validate_config({"device": "cpu", "search": {"algorithms": ["spos"], "spos": {
-            **TINY_SPOS, "batch_size": batch_size, "epochs": 2, "generations": 2}}})
-        data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy("spos").data_options(cfg["search"]["spos"]))
-        return reads_of(host_reads, lambda: spos.search(cfg, data, 0, tmp_path / str(batch_size), "cpu",
-                                                        lambda *_: None))
+        return search_reads(host_reads, synthetic_set, tmp_path, "spos", {"algorithms": ["spos"], "spos": {
+            **TINY_SPOS, "batch_size": batch_size, "epochs": 2, "generations": 2}})
 
     assert search(10) == search(4)
 
