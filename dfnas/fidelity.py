@@ -54,12 +54,12 @@ from dfnas.runtime import (
     write_json,
 )
 from dfnas.search_data import SearchData
-from dfnas.spaces import build_architecture, get_space, space_names
+from dfnas.spaces import build_architecture, get_space, retrain_sizes, space_names
 
 
 def network_sizes(cfg: dict, space: str) -> dict:
     """The network sizes of a space's architectures: the retrain sizes, without an auxiliary head."""
-    return {**cfg["retrain"].get(space, {}), "auxiliary": False}
+    return {**retrain_sizes(cfg["retrain"], space), "auxiliary": False}
 
 
 def spread(values: list[float], k: int) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from dfnas.layout import NATURAL, RANDOM
-from dfnas.spaces import get_space, space_names
+from dfnas.spaces import get_space, retrain_sizes, space_names
 from dfnas.strategies import get_strategy, strategy_names
 from dfnas.synthesis import shard_keys
 
@@ -63,12 +63,12 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         keys = get_space(algorithm).config_keys
         out["search"] = {algorithm: {k: v for k, v in cfg["search"][algorithm].items() if k in keys}}
         out["fidelity"] = {k: cfg["fidelity"][k] for k in ("architectures", "candidates")}
-        out["retrain"] = {algorithm: cfg["retrain"][algorithm]}
+        out["retrain"] = {algorithm: retrain_sizes(cfg["retrain"], algorithm)}
     elif job == "fidelity_proxy":
         out["fidelity"] = {k: v for k, v in cfg["fidelity"].items()
-                           if k not in ("architectures", "candidates", "sources", "algorithms")}
+                           if k not in ("architectures", "candidates", "sources", "algorithms", "score")}
         out["search"] = {k: v for k, v in cfg["search"].items() if k not in JOB_LISTS and k not in strategy_names()}
-        out["retrain"] = {algorithm: cfg["retrain"][algorithm]}
+        out["retrain"] = {algorithm: retrain_sizes(cfg["retrain"], algorithm)}
         if source == NATURAL:
             out["data"] = cfg["data"]
     elif job == "student":
@@ -76,7 +76,7 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         out["student"] = {k: v for k, v in cfg["student"].items() if k != "variant"}
         out["student"]["variant"] = source
         out["search"] = {k: cfg["search"][k] for k in ("temperature", "t_squared")}
-        out["retrain"] = {space: cfg["retrain"][space]}
+        out["retrain"] = {space: retrain_sizes(cfg["retrain"], space)}
         if cfg["student"]["natural_test"]:
             out["data"] = cfg["data"]
     elif job == "report":

@@ -273,28 +273,36 @@ def student_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def proxy_score(row: dict, score: str) -> float:
+    """An architecture's proxy score, higher is better: its held-out accuracy, or its held-out loss
+    negated (``fidelity.score``)."""
+    return row["val_acc"] if score == "accuracy" else -row["val_loss"]
+
+
 def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
-    """Per space and source: Kendall tau-b and top-fraction overlap of the proxy scores against the
-    retrained top-1, with percentile-bootstrap 95% intervals over the architectures."""
-    k = cfg["fidelity"]["architectures"]
+    """Per space and source: Kendall tau-b and top-fraction overlap of the proxy scores
+    (``fidelity.score``) against the retrained top-1, with percentile-bootstrap 95% intervals over
+    the architectures."""
+    k, score = cfg["fidelity"]["architectures"], cfg["fidelity"]["score"]
     fraction, resamples = cfg["report"]["top_fraction"], cfg["report"]["bootstrap"]
     rows = []
     for space in fidelity_spaces(cfg):
         truth = np.array([read_json(layout.fidelity_truth(space, i), *NEEDED, numbers=("top1",))["top1"] for i in range(k)])
         for source in fidelity_sources(cfg):
             proxy = read_json(layout.fidelity_proxy(space, source), *NEEDED)
-            by_index = {r["index"]: r["val_acc"] for r in proxy["scores"]}
+            by_index = {r["index"]: r for r in proxy["scores"]}
             if sorted(by_index) != list(range(k)):
                 raise DfnasError(f"{layout.fidelity_proxy(space, source)}: scores for architectures "
                                  f"{sorted(by_index)}, expected 0..{k - 1} (rerun the fidelity stage)")
-            scores = np.array([by_index[i] for i in range(k)])
+            scores = np.array([proxy_score(by_index[i], score) for i in range(k)])
+            accuracy = np.array([by_index[i]["val_acc"] for i in range(k)])
             seed = derived_seed(cfg["seed"], "fidelity", "bootstrap", space, source) % (2**32)
             tau_lo, tau_hi = bootstrap_ci(lambda idx: kendall_tau_b(scores[idx], truth[idx]), k, resamples, seed)
             ov_lo, ov_hi = bootstrap_ci(lambda idx: top_overlap(scores[idx], truth[idx], fraction), k, resamples, seed)
             rows.append({"space": space, "source": source, "architectures": k,
                          "tau": kendall_tau_b(scores, truth), "tau_low": tau_lo, "tau_high": tau_hi,
                          "top_overlap": top_overlap(scores, truth, fraction), "overlap_low": ov_lo,
-                         "overlap_high": ov_hi, "proxy_mean_acc": float(scores.mean()),
+                         "overlap_high": ov_hi, "proxy_mean_acc": float(accuracy.mean()), "score": score,
                          "heldout_images": proxy["heldout_images"], "steps": proxy["steps"],
                          "scores": scores.tolist(), "truth": truth.tolist()})
     return rows
@@ -535,7 +543,8 @@ def make_report(cfg: dict, run_dir: Path, out_dir: Path, log=print) -> dict:
         write_csv(out_dir / "fidelity.csv", [{k: v for k, v in r.items() if k not in ("scores", "truth")}
                                              for r in fidelity])
         text += (f"\n## Fidelity\n\n{cfg['fidelity']['architectures']} architectures per space, each trained "
-                 f"{fidelity[0]['steps']} steps on every source and ranked by held-out accuracy, against their "
+                 f"{fidelity[0]['steps']} steps on every source and ranked by held-out "
+                 f"{'loss' if cfg['fidelity']['score'] == 'loss' else 'accuracy'}, against their "
                  f"top-1 after the retrain recipe; intervals: percentile bootstrap over the architectures "
                  f"({rcfg['bootstrap']} resamples).\n\n" + table)
     students = student_rows(layout, cfg)

@@ -3,7 +3,8 @@
 This is how every NAS paper scores a search, and it is the same for every arm of a comparison
 (searched on natural data, on each synthetic variant, random): one recipe from ``retrain`` in
 the config (epochs, batch, SGD + cosine, cutout, drop-path, auxiliary weight, gradient clip,
-label smoothing), the network sized by ``retrain.<space>``. The metrics JSON holds top-1/top-5 on
+label smoothing), the network sized by ``retrain.<space>`` (which may also set that space's
+epochs). The metrics JSON holds top-1/top-5 on
 the natural test split, parameters (auxiliary head excluded), multiply-adds, training time and
 the recipe. Training checkpoints every epoch and resumes after a kill.
 
@@ -28,7 +29,7 @@ from dfnas.runtime import (
     versions,
     write_json,
 )
-from dfnas.spaces import build_architecture, get_space, read_architecture
+from dfnas.spaces import build_architecture, get_space, read_architecture, retrain_recipe, retrain_sizes
 from dfnas.train import Recipe, evaluate, train_classifier
 
 
@@ -36,7 +37,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     arch = read_architecture(arch_path, "retrain")
     rcfg = cfg["retrain"]
     space = get_space(arch["space"])
-    sizes = dict(rcfg.get(arch["space"], {}))
+    sizes = retrain_sizes(rcfg, arch["space"])
     sizes["auxiliary"] = rcfg["aux_weight"] > 0
     data = dataset_from_config({**cfg, "data": {**cfg["data"], "subset": {
         "train": rcfg["train_images"], "test": cfg["data"]["subset"].get("test")}}})
@@ -46,7 +47,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     seed_everything(seed)
     model = build_architecture(arch, c, h, data.info.num_classes, sizes)
     device = resolve_device(cfg["device"])
-    recipe = Recipe.from_dict(rcfg)
+    recipe = Recipe.from_dict(retrain_recipe(rcfg, arch["space"]))
     precision = resolve_precision(cfg["precision"], device)
     params = count_parameters(model, exclude=space.aux_name)
     macs = count_macs(model, data.info.input_shape)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -106,15 +107,17 @@ def test_one_seed_has_no_interval(tmp_path):
     assert all(g.endswith("not testable with one seed") for g in result["goals"][:2])
 
 
-def fake_fidelity(run_dir, truth, proxies):
+def fake_fidelity(run_dir, truth, proxies, losses=None):
+    """Proxy scores per source: held-out accuracies, and losses (default: 2 - accuracy, the same order)."""
     for i, top1 in enumerate(truth):
         path = run_dir / "fidelity" / "darts" / "retrain" / f"arch{i}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"top1": top1}))
     for source, scores in proxies.items():
+        loss = (losses or {}).get(source) or [2 - v for v in scores]
         (run_dir / "fidelity" / "darts" / f"proxy_{source}.json").write_text(json.dumps({
-            "scores": [{"index": i, "val_acc": v} for i, v in enumerate(scores)], "heldout_images": 100,
-            "steps": 50}))
+            "scores": [{"index": i, "val_acc": v, "val_loss": l} for i, (v, l) in enumerate(zip(scores, loss))],
+            "heldout_images": 100, "steps": 50}))
 
 
 def test_fidelity_table_by_hand(tmp_path):
@@ -153,6 +156,27 @@ def test_fidelity_table_by_hand(tmp_path):
     fake_fidelity(tmp_path, truth, {"full": proxies["full"][:7]})
     with pytest.raises(DfnasError, match=r"proxy_full.json: scores for architectures .* expected 0..7"):
         make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)
+
+
+def test_fidelity_ranks_by_the_configured_score(tmp_path):
+    """Near chance, held-out accuracies tie while the losses still order the architectures: the loss
+    (the default) ranks, accuracy gives no ranking; a loss order against the truth gives tau -1."""
+    fake_run(tmp_path)
+    truth = [0.70, 0.72, 0.74, 0.76, 0.78, 0.80, 0.82, 0.84]
+    tied = [0.1] * 8
+    fake_fidelity(tmp_path, truth, {"natural": tied, "full": tied},
+                  losses={"natural": [2.30 - 0.01 * i for i in range(8)],   # lower loss, higher truth
+                          "full": [2.20 + 0.01 * i for i in range(8)]})     # the reverse
+    cfg = report_config()
+    cfg["fidelity"] = {**cfg["fidelity"], "architectures": 8}
+    by_loss = {r["source"]: r for r in make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)["fidelity"]}
+    assert by_loss["natural"]["tau"] == 1.0 and by_loss["full"]["tau"] == -1.0
+    assert by_loss["natural"]["score"] == "loss" and by_loss["natural"]["proxy_mean_acc"] == pytest.approx(0.1)
+    assert "ranked by held-out loss" in (tmp_path / "report" / "summary.md").read_text()
+    cfg["fidelity"]["score"] = "accuracy"
+    by_acc = {r["source"]: r for r in make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)["fidelity"]}
+    assert math.isnan(by_acc["natural"]["tau"]) and math.isnan(by_acc["full"]["tau"])
+    assert "ranked by held-out accuracy" in (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_a_missing_arm_is_named(tmp_path):

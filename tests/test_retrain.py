@@ -71,6 +71,23 @@ def test_random_baseline_then_retrain(retrain_config, tmp_path):
     assert not out.with_name("metrics.json.ckpt").exists()
 
 
+def test_a_space_sets_its_own_epochs(retrain_config, tmp_path):
+    """``retrain.<space>.epochs`` overrides the shared epochs for that space only; it is part of the
+    recipe (metrics, retrain job config), never a network size, and not in the jobs that only size
+    networks (a fidelity proxy does not rerun when the retrain length changes)."""
+    from dfnas.jobs import job_config
+    run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet,
+               dataset_json=dataset_json(retrain_config, tmp_path))
+    cfg = validate_config({**copy.deepcopy(retrain_config), "retrain": {
+        **retrain_config["retrain"], "epochs": 3, "darts": {"cells": 3, "channels": 4, "epochs": 1}}})
+    metrics = retrain(cfg, tmp_path / "search" / "architecture.json", tmp_path / "m.json", log=quiet)
+    assert [h["epoch"] for h in metrics["history"]] == [1]
+    assert metrics["recipe"]["epochs"] == 1 and "epochs" not in metrics["sizes"]
+    assert job_config(cfg, "retrain", "spos")["retrain"]["epochs"] == 3
+    assert job_config(cfg, "retrain", "darts")["retrain"]["darts"]["epochs"] == 1
+    assert job_config(cfg, "fidelity_proxy", "darts", "full")["retrain"] == {"darts": {"cells": 3, "channels": 4}}
+
+
 def test_same_recipe_seed_for_every_arm_of_a_search_seed(retrain_config, tmp_path):
     seeds = []
     for source in ("random", "random"):

@@ -107,9 +107,9 @@ PRESET_JOBS = {
     "paper-imagenet.yaml": {"synthesize": 80, "merge": 4, "search": 10, "random_architecture": 2, "retrain": 12,
                             "ranking": 4},
     # 5 variants x 2 shards; 3 algorithms x 2 sources x 3 seeds; 3 x 3 random; full x 3 seeds ranked;
-    # fidelity: 3 spaces x (natural + 5 variants), 3 x 8 architectures retrained
+    # fidelity: the SPOS space x (natural + 5 variants), 12 architectures retrained
     "fmnist-study.yaml": {"synthesize": 10, "merge": 5, "search": 18, "random_architecture": 9, "retrain": 27,
-                          "ranking": 3, "fidelity_draw": 2, "fidelity_proxy": 12, "fidelity_truth": 24},
+                          "ranking": 3, "fidelity_draw": 1, "fidelity_proxy": 6, "fidelity_truth": 12},
 }
 
 

@@ -11,8 +11,8 @@ A `Space` carries everything the stages need of a space, so that none of them as
                                                               define the space (all a random draw reads)
 
 ``arch`` is the architecture JSON (space, space_args, choices, found_by) and ``sizes`` the
-retrain-time size keys of that space (``retrain.<space>`` in the config). A new space is one module
-and one `register_space` line below.
+retrain-time size keys of that space (``retrain.<space>`` in the config, less the recipe keys it
+may override: `retrain_sizes`). A new space is one module and one `register_space` line below.
 """
 
 from __future__ import annotations
@@ -60,6 +60,22 @@ def read_architecture(path, needed_by: str = "this stage") -> dict:
     if not isinstance(arch, dict) or "space" not in arch or "choices" not in arch:
         raise DfnasError(f"{path}: not an architecture JSON (needs 'space' and 'choices')")
     return arch
+
+
+# Keys of ``retrain.<space>`` that override the shared retrain recipe for that space's networks
+# (null keeps the shared value) rather than size the network.
+RECIPE_OVERRIDES = ("epochs",)
+
+
+def retrain_sizes(retrain: dict, space: str) -> dict:
+    """The network sizes in ``retrain.<space>`` (the config's ``retrain`` section given)."""
+    return {k: v for k, v in retrain.get(space, {}).items() if k not in RECIPE_OVERRIDES}
+
+
+def retrain_recipe(retrain: dict, space: str) -> dict:
+    """The shared ``retrain`` recipe with the overrides of ``retrain.<space>`` applied."""
+    own = retrain.get(space, {})
+    return {**retrain, **{k: own[k] for k in RECIPE_OVERRIDES if own.get(k) is not None}}
 
 
 def build_architecture(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict):
