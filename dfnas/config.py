@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import jsonschema
@@ -26,13 +27,30 @@ def _packaged(name: str, in_repository: str) -> Path:
     return packaged if packaged.is_file() else REPO_ROOT / in_repository
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that every number in exponent notation (``1e-4``, ``1.5e3``:
+    YAML 1.2 and JSON read them as numbers, YAML 1.1 without a dot or an exponent sign as text) is a
+    float, so that ``lr: 1e-4`` in a config and the JSON that Snakemake passes to a job mean a
+    number."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    """YAML (or JSON) text as Python values, with `_Loader`'s numbers."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 SCHEMA_PATH = _packaged("config.schema.yaml", "workflow/schemas/config.schema.yaml")
 DEFAULT_CONFIG = _packaged("config.yaml", "config.yaml")
 
 
 def load_schema(path=SCHEMA_PATH) -> dict:
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return read_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise DfnasError(f"config schema not found at {path}: reinstall dfnas (pip install <checkout or wheel>)") from None
 
@@ -44,7 +62,7 @@ def _coerce(value, schema: dict):
     if not isinstance(value, str) or types is None or "string" in ([types] if isinstance(types, str) else types):
         return value
     try:
-        parsed = yaml.safe_load(value)
+        parsed = read_yaml(value)
     except yaml.YAMLError:
         return value
     return value if isinstance(parsed, str) else parsed
@@ -163,7 +181,7 @@ def read_config_file(path) -> dict:
         raise DfnasError(f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
                          f"{exc.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)  # JSON is YAML too
+        data = read_yaml(text)  # JSON is YAML too
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -76,31 +76,40 @@ def random_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float],
     return torch.stack([top, left, bh, bw], dim=1)
 
 
-def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator, share: slice | None = None,
+                  total: int | None = None) -> torch.Tensor:
     """Random crop (zero padding), horizontal flip and cutout, each image drawn independently.
 
     ``recipe`` has ``crop_padding``, ``flip`` and ``cutout`` (a `dfnas.train.Recipe` does).
 
     Draws come from ``generator`` on the CPU, so the same seed gives the same batches on any device.
+    ``x`` may be one data-parallel rank's ``share`` of a global batch of ``total`` images: the draws
+    are then made for the global batch and the share's are used, so that every rank's generator
+    stays in step and each image is augmented as on a single device.
     """
     n, c, h, w = x.shape
     dev = x.device
+
+    def draw(values: torch.Tensor) -> torch.Tensor:
+        return (values if share is None else values[share]).to(dev, non_blocking=True)
+
+    size = (n if total is None else total,)
     if recipe.crop_padding > 0:
         p = recipe.crop_padding
         padded = F.pad(x, (p, p, p, p))
-        top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev, non_blocking=True)
-        left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(dev, non_blocking=True)
+        top = draw(torch.randint(0, 2 * p + 1, size, generator=generator))
+        left = draw(torch.randint(0, 2 * p + 1, size, generator=generator))
         rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]
         cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]
         x = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
     if recipe.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(dev, non_blocking=True)
+        flip = draw(torch.rand(size, generator=generator) < 0.5)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if recipe.cutout > 0:
         # An s x s square of zeros centred on a uniform pixel (clipped at the border), as in DeVries & Taylor.
         s = recipe.cutout
-        cy = torch.randint(0, h, (n,), generator=generator).to(dev, non_blocking=True)[:, None, None] - s // 2
-        cx = torch.randint(0, w, (n,), generator=generator).to(dev, non_blocking=True)[:, None, None] - s // 2
+        cy = draw(torch.randint(0, h, size, generator=generator))[:, None, None] - s // 2
+        cx = draw(torch.randint(0, w, size, generator=generator))[:, None, None] - s // 2
         ys = torch.arange(h, device=dev)[None, :, None]
         xs = torch.arange(w, device=dev)[None, None, :]
         hole = (ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s)

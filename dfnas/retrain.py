@@ -4,7 +4,8 @@ This is how every NAS paper scores a search, and it is the same for every arm of
 (searched on natural data, on each synthetic variant, random): one recipe from ``retrain`` in
 the config (epochs, batch, SGD + cosine, cutout, drop-path, auxiliary weight, gradient clip,
 label smoothing), the network sized by ``retrain.<space>`` (which may also set that space's
-epochs). The metrics JSON holds top-1/top-5 on
+epochs). Under ``torchrun --nproc_per_node N`` it trains data-parallel on N GPUs with the same
+global batch (`dfnas.distributed`); rank 0 tests and writes. The metrics JSON holds top-1/top-5 on
 the natural test split, parameters (auxiliary head excluded), multiply-adds, training time and
 the recipe. Training checkpoints every epoch and resumes after a kill.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dfnas import distributed
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import data_identity, dataset_from_config
 from dfnas.flops import count_macs, count_parameters
@@ -47,21 +49,28 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
     seed_everything(seed)
     model = build_architecture(arch, c, h, data.info.num_classes, sizes)
     device = resolve_device(cfg["device"])
+    dist = distributed.from_env(device)
     recipe = Recipe.from_dict(retrain_recipe(rcfg, arch["space"]))
     precision = resolve_precision(cfg["precision"], device)
     params = count_parameters(model, exclude=space.aux_name)
     macs = count_macs(model, data.info.input_shape)
     source = arch.get("found_by", {}).get("source", "?")
+    if dist is not None and not dist.main:
+        log = lambda *_: None  # noqa: E731 - rank 0 speaks for the job
+    ranks = "" if dist is None else f" x {dist.world} ranks"
     log(f"retraining {arch['space']} ({source}, seed {search_seed}): {params:,} parameters, {macs / 1e6:.1f}M "
-        f"multiply-adds, {len(data.train)} images, {recipe.epochs} epochs, device {device}")
+        f"multiply-adds, {len(data.train)} images, {recipe.epochs} epochs, device {device}{ranks}")
     t0 = time.time()
     checkpoint = out.with_name(out.name + ".ckpt")
     history = train_classifier(model, data.train, recipe, device, seed, data.info.mean, data.info.std, log=log,
                                num_workers=cfg["data"]["workers"], checkpoint=checkpoint,
-                               precision=precision,
+                               precision=precision, dist=dist,
                                identity={"architecture": {k: arch.get(k) for k in ("space", "space_args", "choices")},
                                          "data": data_identity(cfg, data)})
     seconds = time.time() - t0
+    distributed.close(dist)
+    if dist is not None and not dist.main:
+        return None  # rank 0 tests the network and writes the metrics
     scores = evaluate(model, data.test, device, data.info.mean, data.info.std, cfg["data"]["eval_batch_size"],
                       cfg["data"]["workers"])
     checkpoint.unlink(missing_ok=True)
@@ -71,7 +80,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
         "top1": scores["top1"], "top5": scores["top5"], "test_images": scores["n"],
         "parameters": params, "multiply_adds": macs, "train_seconds": seconds, "train_images": len(data.train),
         "recipe": recipe.to_dict(), "sizes": sizes, "seed": seed, "history": history, "device": str(device),
-        "precision": precision_name(precision),
+        "precision": precision_name(precision), "ranks": 1 if dist is None else dist.world,
         "versions": versions(),
     }
 
@@ -84,7 +93,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = stage_config(args)
     out = Path(args.out)
-    write_json(out, retrain(cfg, args.arch, out))
+    metrics = retrain(cfg, args.arch, out)
+    if metrics is not None:
+        write_json(out, metrics)
 
 
 if __name__ == "__main__":

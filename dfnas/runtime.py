@@ -97,12 +97,21 @@ def claim_gpu(names: list[str], wait: float | None = None, log=None) -> int:
 def cuda_device():
     """The CUDA device of this job: the one it sees, or, where it sees several (a workstation, or an
     allocation of several GPUs shared by parallel jobs), one that no other dfnas job holds
-    (`claim_gpu`)."""
+    (`claim_gpu`); in a torchrun job, its local rank's GPU (claimed too)."""
     import torch
+
+    from dfnas.distributed import world_from_env
 
     count = torch.cuda.device_count()
     index = 0
-    if count > 1:
+    world = world_from_env()
+    if world is not None:  # a rank of a torchrun job: the GPU of its local rank, claimed for the job
+        index = world[2]
+        if index >= count:
+            raise DfnasError(f"torchrun started local rank {index} but this job sees {count} GPUs; "
+                             "start at most as many processes per node as the job has GPUs")
+        claim_gpu([f"gpu-{torch.cuda.get_device_properties(index).uuid}"], log=print)
+    elif count > 1:
         names = [f"gpu-{torch.cuda.get_device_properties(i).uuid}" for i in range(count)]
         index = claim_gpu(names, log=print)
     torch.cuda.set_device(index)

@@ -24,8 +24,8 @@ from dfnas.data import as_pixels
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.optim import cosine_lr, decay_groups, set_lr
-from dfnas.runtime import autocast, precision_name, progress
-from dfnas.streaming import batch_plan, stream
+from dfnas.runtime import autocast, derived_seed, precision_name, progress
+from dfnas.streaming import SEED_LIMIT, Batch, batch_plan, stream
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Recipe:
 
 def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: int, mean, std,
                      test_set=None, log=print, num_workers: int = 0, eval_batch_size: int = 500,
-                     checkpoint=None, identity=None, precision=None) -> list[dict]:
+                     checkpoint=None, identity=None, precision=None, dist=None) -> list[dict]:
     """Train ``model`` in place with cross-entropy on ``train_set``; return the per-epoch history.
 
     Prints one line per epoch with the loss, accuracy, learning rate and the ETA. With
@@ -68,14 +68,26 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
     the same size. The caller deletes the checkpoint. ``precision`` (torch.bfloat16, or None for
     float32) is the autocast dtype of the forward pass. Steps read nothing back to the host: the
     epoch's sums stay on the device until its line is printed.
+
+    With ``dist`` (a `dfnas.distributed.Dist`: this process is one rank of a torchrun job), every
+    batch of the plan is split over the ranks (its share per rank, augmented with the global batch's
+    draws), gradients are averaged by DistributedDataParallel, and the epoch's sums are added over
+    the ranks before its line; rank 0 writes the checkpoint and the log. ``recipe.batch_size`` is
+    the global batch.
     """
     model.to(device)
     fmt = torch.channels_last if uses_channels_last(recipe.channels_last, device) else torch.contiguous_format
     model.to(memory_format=fmt)
+    net = model
+    if dist is not None:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        log = log if dist.main else (lambda *_: None)
     norm = Normalize(mean, std).to(device)
     opt = torch.optim.SGD(decay_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
                           nesterov=recipe.nesterov and recipe.momentum > 0)
-    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+    # A last batch too small to give every rank two images (BatchNorm's minimum) is left out.
+    full, rest = divmod(len(train_set), recipe.batch_size)
+    steps_per_epoch = full + (rest >= (1 if dist is None else 2 * dist.world) or full == 0)
     total = recipe.epochs * steps_per_epoch
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
@@ -94,16 +106,21 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
         model.train()
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = recipe.drop_path * epoch / recipe.epochs
+        if dist is not None:  # dropout and drop-path masks of their own per rank, the same after a resume
+            torch.manual_seed(derived_seed(seed, "rank", dist.rank, epoch) % (2**63))
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        plan = batch_plan(len(train_set), recipe.batch_size, gen, shuffle=True, random_views=True)
-        for x, y in stream(train_set, plan, num_workers):
+        seen = torch.zeros((), dtype=torch.long, device=device)
+        plan = batch_plan(len(train_set), recipe.batch_size, gen, shuffle=True, random_views=True)[:steps_per_epoch]
+        sizes = [len(b.indices) for b in plan]
+        if dist is not None:
+            plan = [rank_share(b, dist) for b in plan]
+        for (x, y), size in zip(stream(train_set, plan, num_workers), sizes):
             x, y = as_pixels(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-            x = augment_batch(x, recipe, gen)
+            x = augment_batch(x, recipe, gen, None if dist is None else dist.share(size), size)
             set_lr(opt, cosine_lr(step, total, recipe.lr, warmup))
             with autocast(device, precision):
-                logits = model(norm(x).contiguous(memory_format=fmt))
+                logits = net(norm(x).contiguous(memory_format=fmt))
             aux = None
             if isinstance(logits, tuple):
                 logits, aux = logits
@@ -111,7 +128,8 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
             if aux is not None and recipe.aux_weight > 0:
                 loss = loss + recipe.aux_weight * F.cross_entropy(aux.float(), y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; weighted by share, that average is the global batch's.
+            (loss if dist is None else loss * (len(y) * dist.world / size)).backward()
             if recipe.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             opt.step()
@@ -119,17 +137,29 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+        if dist is not None:
+            dist.sum(loss_sum, correct, seen)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen.item(),
+               "train_top1": correct.item() / seen.item(), "lr": opt.param_groups[0]["lr"],
+               "seconds": time.time() - t0}
         if test_set is not None:
             row["test_top1"] = evaluate(model, test_set, device, mean, std, eval_batch_size, num_workers)["top1"]
         history.append(row)
-        if checkpoint is not None:
+        if checkpoint is not None and (dist is None or dist.main):
             checkpoint.save(stateful, gen, history, epoch + 1, step=step)
+        if dist is not None:
+            dist.barrier()  # no rank runs ahead of the saved epoch
         extra = f" test {row['test_top1']:.4f}" if "test_top1" in row else ""
         log(f"epoch {epoch + 1}/{recipe.epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.4f}{extra}"
             f"  lr {row['lr']:.4g}  {progress(t0, epoch + 1, recipe.epochs, start)}")
     return history
+
+
+def rank_share(batch: Batch, dist) -> Batch:
+    """One rank's part of a planned batch. Its view seed (random resized crops, per image in order)
+    is made the rank's own, so that ranks do not crop their images alike."""
+    seed = None if batch.seed is None else derived_seed(batch.seed, "rank", dist.rank) % SEED_LIMIT
+    return Batch(batch.indices[dist.share(len(batch.indices))], seed)
 
 
 def uses_channels_last(setting: bool | str, device) -> bool:

@@ -1,5 +1,7 @@
 """The config schema: presets validate, defaults are filled, bad keys and values are named."""
 
+import json
+
 import pytest
 import yaml
 
@@ -79,6 +81,19 @@ def test_text_values_from_snakemake_config_are_read_as_yaml():
     assert cfg["run"] == "42"  # a string key keeps its text
     with pytest.raises(DfnasError, match="config key 'synthesis.shards': 'two' is not of type 'integer'"):
         validate_config({"synthesis": {"shards": "two"}})
+
+
+def test_numbers_in_exponent_notation(tmp_path):
+    """`lr: 1e-4` is a number in a YAML config file, in a JSON one (as json.dumps writes 1e-05) and as
+    Snakemake's text; YAML 1.1 alone would read the first two as strings."""
+    path = tmp_path / "c.yaml"
+    path.write_text("retrain: {lr: 1e-4, weight_decay: 5.0e-5}\nsynthesis: {lr: 1.5E-1}\nrun: 1e5x\n")
+    cfg = load_config(path)
+    assert cfg["retrain"]["lr"] == 1e-4 and cfg["retrain"]["weight_decay"] == 5e-5
+    assert cfg["synthesis"]["lr"] == 0.15 and cfg["run"] == "1e5x"
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert load_config(tmp_path / "c.json")["synthesis"]["loss"]["l2"] == cfg["synthesis"]["loss"]["l2"] == 1e-5
+    assert validate_config({"retrain": {"lr": "2e-3"}})["retrain"]["lr"] == 0.002
 
 
 @pytest.mark.parametrize("config, message", [

@@ -1,0 +1,83 @@
+"""Data-parallel training across the GPUs of one job (torch.distributed, started by torchrun).
+
+A job given several GPUs runs its stage under ``torchrun --standalone --nproc_per_node N``; each
+process (rank) drives one GPU. `from_env` reads torchrun's variables and joins the process group
+(NCCL on CUDA, gloo on the CPU, which is how the tests run two ranks on one machine). Training then
+splits every batch of the single-process plan, not the dataset: all ranks draw the same shuffle,
+the same view seeds and the same augmentation parameters for the whole global batch, and each keeps
+its contiguous share (`share`). So ``batch_size`` stays the global batch, the learning-rate schedule
+and epoch length do not change with the number of GPUs, and a run on N GPUs follows the same
+curve as one on a single device up to BatchNorm statistics (computed per rank, as in the
+published multi-GPU recipes) and float reduction order. Rank 0 writes the checkpoint, the log and
+the outputs.
+
+Without torchrun's variables (or with WORLD_SIZE 1) nothing here is used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from dfnas.errors import DfnasError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous part of a global batch of ``n`` items (sizes differ by at most one;
+        a rank's part is empty when ``n`` < world size)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def sum(self, *tensors: torch.Tensor) -> None:
+        """Sum ``tensors`` over the ranks, in place (one collective per tensor; for per-epoch totals)."""
+        for t in tensors:
+            torch.distributed.all_reduce(t)
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+
+def world_from_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's variables; None outside torchrun or for one
+    process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    except (KeyError, ValueError) as exc:
+        raise DfnasError(f"torchrun's RANK / WORLD_SIZE / LOCAL_RANK are incomplete or not numbers ({exc}); "
+                         "start several processes with torchrun --nproc_per_node N") from None
+
+
+def from_env(device: torch.device) -> Dist | None:
+    """Join the process group of this torchrun job for training on ``device`` (the rank's GPU, or
+    the CPU); None when the job is a single process."""
+    world = world_from_env()
+    if world is None:
+        return None
+    rank, size, local = world
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        torch.distributed.init_process_group(backend, rank=rank, world_size=size, **kwargs)
+    return Dist(rank, size, local)
+
+
+def close(dist: Dist | None) -> None:
+    """Leave the process group (after the last collective of the job)."""
+    if dist is not None and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
