@@ -11,7 +11,6 @@ any number of workers.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, fields
 

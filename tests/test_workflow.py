@@ -2,12 +2,14 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
 import h5py
 import pytest
 import torch
+import yaml
 
 from conftest import REPO, planned_jobs
 from dfnas.config import load_config
@@ -150,6 +152,24 @@ rule host_all:
     assert planned_jobs(hosted.stdout) == {**{f"dfnas_{rule}": n for rule, n in jobs.items() if rule != "all"},
                                            "host_all": 1}
     assert planned_commands(hosted.stdout) == planned_commands(plain.stdout) != []
+
+
+def test_a_retrain_on_several_gpus_is_a_torchrun_job(tmp_path):
+    """retrain.gpus: 2 plans every retrain and fidelity truth under torchrun with 2 ranks and asks
+    Snakemake (and so SLURM) for 2 GPUs; device: cpu with several GPUs is refused before any job."""
+    cfg = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    cfg["retrain"] = {**cfg.get("retrain", {}), "gpus": 2}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "device": "auto"}))
+    result = snakemake("-n", "-p", "--configfile", str(tmp_path / "c.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = [c for c in result.stdout.splitlines() if "-m dfnas.retrain" in c]
+    assert commands and all("python -m torch.distributed.run --standalone --nproc_per_node 2 -m dfnas.retrain" in c
+                            for c in commands)
+    assert re.search(r"rule retrain:(?:\n    .*)*\n    resources: .*gpu=2", result.stdout)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "device": "cpu"}))
+    refused = snakemake("-n", "--configfile", str(tmp_path / "c.yaml"), cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "config key 'retrain.gpus': 2 GPUs per retrain job need device auto or cuda" in refused.stderr + refused.stdout
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -41,6 +41,13 @@ SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
 # sbatch --gpus): none when the config pins the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
+# A retrain job on several GPUs runs one rank per GPU under torchrun (dfnas.distributed).
+RETRAIN_GPUS = GPU * config["retrain"]["gpus"]
+RETRAIN_PYTHON = (
+    "python"
+    if RETRAIN_GPUS <= 1
+    else f"python -m torch.distributed.run --standalone --nproc_per_node {RETRAIN_GPUS}"
+)
 
 # Every job runs `python -m dfnas.<stage>`. Without conda, the interpreter that runs Snakemake comes
 # first on PATH, so that `.venv/bin/snakemake` works without an activated virtualenv (`make setup`

@@ -20,11 +20,12 @@ rule retrain:
         ENV
     threads: config["threads"]
     resources:
-        gpu=GPU,
+        gpu=RETRAIN_GPUS,
     params:
         cfg=job_params("retrain"),
+        python=RETRAIN_PYTHON,
     shell:
-        "python -m dfnas.retrain --config-json {params.cfg:q} --arch {input.arch} --out {output}"
+        "{params.python} -m dfnas.retrain --config-json {params.cfg:q} --arch {input.arch} --out {output}"
         " --threads {threads} 2>&1 | tee {log}"
 
 
