@@ -144,7 +144,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 def check_consistency(config: dict) -> None:
     """What the schema cannot say: a url: teacher has its checksum, every shard gets images, every
     synthetic search or fidelity source is a synthesized variant, a fidelity stage ranks at least 4
-    architectures, several GPUs per retrain job come with a device that can have them, and the
+    architectures, several GPUs per retrain or SPOS job come with a device that can have them, and the
     student's variant is searched on."""
     teacher = config["teacher"]
     if teacher["source"].startswith("url:") and not teacher["sha256"]:
@@ -166,10 +166,10 @@ def check_consistency(config: dict) -> None:
     for source in fidelity["sources"] or []:
         if source != "natural" and source not in variants:
             raise DfnasError(f"config key 'fidelity.sources': {source!r} is not in synthesis.variants {variants}")
-    gpus = config["retrain"]["gpus"]
-    if gpus > 1 and (config["device"] == "cpu" or config["device"].startswith("cuda:")):
-        raise DfnasError(f"config key 'retrain.gpus': {gpus} GPUs per retrain job need device auto or cuda, not "
-                         f"{config['device']!r} (one device)")
+    for key, gpus in (("retrain.gpus", config["retrain"]["gpus"]), ("search.spos.gpus", config["search"]["spos"]["gpus"])):
+        if gpus > 1 and (config["device"] == "cpu" or config["device"].startswith("cuda:")):
+            raise DfnasError(f"config key '{key}': {gpus} GPUs per job need device auto or cuda, not "
+                             f"{config['device']!r} (one device)")
     student = config["student"]["variant"]
     if student is not None and student not in config["search"]["sources"]:
         raise DfnasError(f"config key 'student.variant': {student!r} is not in search.sources "

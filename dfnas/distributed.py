@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from dfnas.errors import DfnasError
+from dfnas.runtime import derived_seed
+from dfnas.streaming import SEED_LIMIT, Batch
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,14 @@ class Dist:
 
     def barrier(self) -> None:
         torch.distributed.barrier()
+
+
+def rank_share(batch: Batch, dist: Dist) -> Batch:
+    """One rank's part of a planned batch. Its view seed (random resized crops and the search's
+    crops and flips, drawn per image in order) is made the rank's own, so that ranks do not
+    transform their images alike."""
+    seed = None if batch.seed is None else derived_seed(batch.seed, "rank", dist.rank) % SEED_LIMIT
+    return Batch(batch.indices[dist.share(len(batch.indices))], seed)
 
 
 def world_from_env() -> tuple[int, int, int] | None:

@@ -29,6 +29,7 @@ import json
 import time
 from pathlib import Path
 
+from dfnas import distributed
 from dfnas.checkpoint import CHECKPOINT_NAME
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import read_description
@@ -47,12 +48,20 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     if source == "random":
         return random_architecture(cfg, algorithm, seed, out_dir, dataset_json, log)
     device = resolve_device(cfg["device"])
+    if distributed.world_from_env() is not None and not strategy.data_parallel:
+        raise DfnasError(f"{algorithm} searches on one device; data-parallel search (torchrun, search.<algorithm>.gpus above 1) "
+                         f"is implemented for {', '.join(n for n in strategy_names() if get_strategy(n).data_parallel)}")
+    dist = distributed.from_env(device)
     scfg = cfg["search"][algorithm]
     data = SearchData(cfg, source, seed, dataset, labels, **strategy.data_options(scfg))
-    log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and {len(data.halves[1])}),"
-        f" seed {seed}, device {device}")
+    ranks = "" if dist is None else f" x {dist.world} ranks"
+    if dist is None or dist.main:
+        log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and "
+            f"{len(data.halves[1])}), seed {seed}, device {device}{ranks}")
     t0 = time.time()
-    result = strategy.search(cfg, data, seed, out_dir, device, log)
+    result = strategy.search(cfg, data, seed, out_dir, device, log, **({} if dist is None else {"dist": dist}))
+    if result is None:  # a rank other than 0 of a data-parallel search: rank 0 writes
+        return None
     arch = {
         "space": strategy.space,
         "space_args": result.space_args,
@@ -64,6 +73,7 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
             "config_hash": config_hash({"search": scfg, "source": source, "seed": seed}),
             "search_seconds": time.time() - t0, "device": str(device), "versions": versions(),
             "precision": precision_name(resolve_precision(cfg["precision"], device)),
+            "ranks": 1 if dist is None else dist.world,
         },
     }
     if data.synthetic:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas.data import as_pixels, data_identity, dataset_from_config
+from dfnas.distributed import rank_share
 from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
@@ -133,12 +134,15 @@ class SearchData:
         """How many batches one pass of `batches` over part ``half`` yields."""
         return max(1, len(self.halves[half]) // batch_size)
 
-    def batches(self, half: int, batch_size: int, generator: torch.Generator):
+    def batches(self, half: int, batch_size: int, generator: torch.Generator, dist=None):
         """One shuffled pass over part ``half`` in training views (random cached views of a synthetic
         source; augmented natural images), normalized, with their targets; an incomplete last batch
-        is dropped unless it is the only one. Streamed: a few batches in memory at a time."""
+        is dropped unless it is the only one. Streamed: a few batches in memory at a time. With
+        ``dist`` (a data-parallel rank), the rank's share of each batch of that plan."""
         source = self.data if half == 0 else self.heldout
         plan = batch_plan(self.halves[half], batch_size, generator, shuffle=True, drop_last=True, random_views=True)
+        if dist is not None:
+            plan = [rank_share(b, dist) for b in plan]
         for x, target in stream(source, plan, self.workers):
             yield self.norm(x).contiguous(memory_format=self.memory_format), target
 

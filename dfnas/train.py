@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas.checkpoint import Checkpoint, Resumed
+from dfnas.distributed import rank_share
 from dfnas.data import as_pixels
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.optim import cosine_lr, decay_groups, set_lr
 from dfnas.runtime import autocast, derived_seed, precision_name, progress
-from dfnas.streaming import SEED_LIMIT, Batch, batch_plan, stream
+from dfnas.streaming import batch_plan, stream
 
 
 @dataclass
@@ -152,13 +153,6 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
         log(f"epoch {epoch + 1}/{recipe.epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.4f}{extra}"
             f"  lr {row['lr']:.4g}  {progress(t0, epoch + 1, recipe.epochs, start)}")
     return history
-
-
-def rank_share(batch: Batch, dist) -> Batch:
-    """One rank's part of a planned batch. Its view seed (random resized crops, per image in order)
-    is made the rank's own, so that ranks do not crop their images alike."""
-    seed = None if batch.seed is None else derived_seed(batch.seed, "rank", dist.rank) % SEED_LIMIT
-    return Batch(batch.indices[dist.share(len(batch.indices))], seed)
 
 
 def uses_channels_last(setting: bool | str, device) -> bool:

@@ -2,6 +2,7 @@
 run with the same global batch, and `python -m dfnas.retrain` under torchrun writes one metrics file."""
 
 import copy
+import csv
 import json
 import os
 import socket
@@ -120,3 +121,40 @@ def test_retrain_under_torchrun(base_config, tmp_path):
     losses = [(a["train_loss"], b["train_loss"]) for a, b in zip(single["history"], ddp["history"])]
     assert len(losses) == 3 and all(abs(a - b) < 0.1 * a for a, b in losses), losses
     assert not (tmp_path / "two.json.ckpt").exists()
+
+
+def torchrun(args: list[str], env: dict, ranks: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(ranks), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_spos_supernet_under_torchrun(base_config, tmp_path):
+    """A natural-data SPOS search on two gloo ranks: one architecture written (by rank 0, recording
+    2 ranks), a supernet loss curve near the single-process one (the same paths and batches; BatchNorm
+    statistics per rank); DARTS under torchrun is refused with the reason."""
+    cfg = copy.deepcopy(base_config)
+    cfg["search"] = {"algorithms": ["spos"], "natural_images": 200, "spos": {
+        "stem": 4, "stem_stride": 1, "stage_blocks": [1, 2], "widths": [8, 16], "last_conv": 32, "epochs": 3,
+        "batch_size": 20, "lr": 0.1, "train_portion": 0.7, "train_flops": None, "bins": 2, "flops_bound": None,
+        "population": 4, "generations": 2, "topk": 2, "mutations": 2, "crossovers": 2, "bn_batches": 2}}
+    (tmp_path / "config.json").write_text(json.dumps(validate_config(cfg)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = ["-m", "dfnas.search", "--config", str(tmp_path / "config.json"), "--algorithm", "spos",
+            "--source", "natural", "--seed", "0"]
+    one = subprocess.run([sys.executable, *args, "--out-dir", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun([*args, "--out-dir", str(tmp_path / "two")], env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, ddp = (json.loads((tmp_path / n / "architecture.json").read_text()) for n in ("one", "two"))
+    assert single["found_by"]["ranks"] == 1 and ddp["found_by"]["ranks"] == 2
+    assert two.stdout.count("architecture written") == 1
+    curves = [[float(r["train_loss"]) for r in csv.DictReader(open(tmp_path / n / "history.csv")) if r["epoch"]]
+              for n in ("one", "two")]
+    assert len(curves[0]) == len(curves[1]) == 3
+    assert all(abs(a - b) < 0.1 * a for a, b in zip(*curves)), curves
+    refused = torchrun(["-m", "dfnas.search", "--config", str(tmp_path / "config.json"), "--algorithm", "darts",
+                        "--source", "natural", "--out-dir", str(tmp_path / "darts")], env)
+    assert refused.returncode != 0
+    assert "darts searches on one device; data-parallel search (torchrun" in refused.stderr
+    assert "is implemented for spos" in refused.stderr

@@ -29,10 +29,11 @@ def rule_blocks() -> dict[str, str]:
 
 
 RULES = rule_blocks()
-GPU_RULES = sorted(name for name, body in RULES.items() if re.search(r"^\s+gpu=(RETRAIN_GPUS|GPU)\b", body, flags=re.M))
-# Rules whose GPU count is the config's (retrain.gpus: several make a torchrun job); the GPU profile
-# leaves it to them.
-CONFIG_SIZED = {name for name, body in RULES.items() if re.search(r"^\s+gpu=RETRAIN_GPUS,", body, flags=re.M)}
+# Rules whose GPU count is the config's (retrain.gpus, search.spos.gpus: several make a torchrun job);
+# the GPU profile leaves it to them.
+CONFIG_SIZED = {name for name, body in RULES.items()
+                if re.search(r"^\s+gpu=(RETRAIN_GPUS|search_gpus),", body, flags=re.M)}
+GPU_RULES = sorted(CONFIG_SIZED | {name for name, body in RULES.items() if re.search(r"^\s+gpu=GPU\b", body, flags=re.M)})
 
 
 def profile(name: str, documented: bool = False) -> dict:
@@ -85,7 +86,7 @@ def test_every_gpu_rule_is_decided_in_the_gpu_profile_and_off_in_the_cpu_one():
     the training stages one, teacher-inference stages none; the CPU-only test cluster none at all."""
     gpu, local = profile("slurm")["set-resources"], profile("slurm-local")["set-resources"]
     inference = {"soft_labels", "natural_reference", "teacher_eval", "synthesis_quality"}
-    assert CONFIG_SIZED == {"retrain", "fidelity_truth"}
+    assert CONFIG_SIZED == {"retrain", "fidelity_truth", "search"}
     assert {rule: gpu[rule].get("gpu") for rule in GPU_RULES} == {
         rule: None if rule in CONFIG_SIZED else int(rule not in inference) for rule in GPU_RULES}
     assert {rule: local[rule]["gpu"] for rule in GPU_RULES} == dict.fromkeys(GPU_RULES, 0)

@@ -154,22 +154,32 @@ rule host_all:
     assert planned_commands(hosted.stdout) == planned_commands(plain.stdout) != []
 
 
-def test_a_retrain_on_several_gpus_is_a_torchrun_job(tmp_path):
-    """retrain.gpus: 2 plans every retrain and fidelity truth under torchrun with 2 ranks and asks
-    Snakemake (and so SLURM) for 2 GPUs; device: cpu with several GPUs is refused before any job."""
+def test_jobs_on_several_gpus_are_torchrun_jobs(tmp_path):
+    """retrain.gpus: 2 plans every retrain and fidelity truth, search.spos.gpus: 3 every SPOS search,
+    under torchrun with that many ranks, and asks Snakemake (and so SLURM) for that many GPUs; the
+    other searches stay single-process on one GPU; device: cpu with several GPUs is refused before
+    any job."""
     cfg = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     cfg["retrain"] = {**cfg.get("retrain", {}), "gpus": 2}
+    cfg["search"]["spos"] = {**cfg["search"].get("spos", {}), "gpus": 3}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "device": "auto"}))
     result = snakemake("-n", "-p", "--configfile", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    commands = [c for c in result.stdout.splitlines() if "-m dfnas.retrain" in c]
-    assert commands and all("python -m torch.distributed.run --standalone --nproc_per_node 2 -m dfnas.retrain" in c
-                            for c in commands)
-    assert re.search(r"rule retrain:(?:\n    .*)*\n    resources: .*gpu=2", result.stdout)
+    lines = result.stdout.splitlines()
+    retrains = [c for c in lines if "-m dfnas.retrain" in c]
+    assert retrains and all("python -m torch.distributed.run --standalone --nproc_per_node 2 -m dfnas.retrain" in c
+                            for c in retrains)
+    searches = [c for c in lines if "-m dfnas.search" in c and "--source random" not in c]
+    spos = [c for c in searches if "--algorithm spos" in c]
+    assert spos and all("--nproc_per_node 3 -m dfnas.search" in c for c in spos)
+    others = [c for c in searches if c not in spos]
+    assert others and all("torch.distributed.run" not in c for c in others)
+    resources = re.findall(r"^rule (\w+):\n(?:    (?!resources).*\n)*    resources: .*?gpu=(\d+)", result.stdout, re.M)
+    assert {("retrain", "2"), ("search", "3"), ("search", "1")} <= set(resources)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "device": "cpu"}))
     refused = snakemake("-n", "--configfile", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert refused.returncode != 0
-    assert "config key 'retrain.gpus': 2 GPUs per retrain job need device auto or cuda" in refused.stderr + refused.stdout
+    assert "config key 'retrain.gpus': 2 GPUs per job need device auto or cuda, not 'cpu'" in refused.stderr + refused.stdout
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

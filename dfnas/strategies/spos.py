@@ -8,7 +8,9 @@ paths under the FLOPs bound, each scored (`path_scorer`) by its accuracy on the 
 BatchNorm recalibration on training batches. On a synthetic source the held-out part is the merged
 set's validation split; on natural data ``train_portion`` of the subset trains. How well the
 supernet learned (``heldout_acc`` of the architecture's ``found_by``) is the mean score of the first
-generation: paths drawn at random under the bound, each recalibrated and scored.
+generation: paths drawn at random under the bound, each recalibrated and scored. Under torchrun
+the supernet trains data-parallel over the job's GPUs (`dfnas.distributed`); the evolution runs on
+rank 0.
 
 Evolution (Guo et al. 2020): a population of paths within the bound, scored; every generation
 keeps the ``topk`` best ever seen, and the next population is made of mutations (each block
@@ -25,8 +27,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
+from dfnas import distributed
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
+from dfnas.distributed import Dist
+from dfnas.errors import DfnasError
 from dfnas.flops import count_parameters
 from dfnas.optim import decay_groups, linear_lr, set_lr, step_budget
 from dfnas.runtime import autocast_forward, precision_name, progress, resolve_precision, seed_everything
@@ -142,9 +148,13 @@ def path_scorer(model, data: SearchData, scfg: dict, seed: int, device,
     return score
 
 
-def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
+def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print,
+           dist: Dist | None = None) -> SearchResult | None:
     """Train the supernet, then evolve paths under the FLOPs bound (``flops_bound``; none: the
-    largest path of the space)."""
+    largest path of the space). With ``dist`` (a rank of a torchrun job), the supernet trains
+    data-parallel: every rank draws the same path and the same batch plan and takes its share of
+    each batch (``batch_size`` is the global batch); rank 0 then runs the evolution and returns the
+    result, the other ranks None."""
     s = cfg["search"]["spos"]
     args = space_args(s, data.input_shape, data.num_classes)
     table = flops_table(args, data.input_shape)
@@ -152,12 +162,21 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     model = ShuffleNetOneShot(None, **args, dropout=0.0).to(device)
     precision = resolve_precision(cfg["precision"], device)
     autocast_forward(model, device, precision)
+    net = model
+    if dist is not None:  # one path a step: the other choice blocks get no gradient
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                  find_unused_parameters=True)
+        log = log if dist.main else (lambda *_: None)
     opt = torch.optim.SGD(decay_groups(model, s["weight_decay"]), lr=s["lr"], momentum=s["momentum"])
     gen = torch.Generator().manual_seed(seed)
     bs = s["batch_size"]
     steps_per_epoch = data.steps_per_epoch(0, bs)
     total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     low, high = s["train_flops"] or (None, None)
+    global_batch = min(bs, len(data.halves[0]))
+    if dist is not None and global_batch < 2 * dist.world:
+        raise DfnasError(f"config key 'search.spos.batch_size': a batch of {global_batch} cannot give each of "
+                         f"{dist.world} ranks the two images BatchNorm needs")
     checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed),
                                                               "precision": precision_name(precision)}, log)
     stateful = {"model": model, "opt": opt}
@@ -167,27 +186,38 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     for epoch in range(start, epochs):
         model.train()
         loss_sum, acc_sum, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for x, y in data.batches(0, bs, gen):
+        for x, y in data.batches(0, bs, gen, dist):
             if epoch * steps_per_epoch + steps == total:  # an update budget ends inside a pass
                 break
             set_lr(opt, linear_lr(epoch * steps_per_epoch + steps, total, s["lr"]))
             path = sample_path(table, gen, low, high, s["bins"])
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x, path)
+            logits = net(x, path)
             loss = data.loss_from_logits(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; weighted by share, that average is the global batch's.
+            (loss if dist is None else loss * (len(y) * dist.world / global_batch)).backward()
             opt.step()
             loss_sum += loss.detach()
             acc_sum += data.accuracy(logits.detach(), y)
             steps += 1
+        if dist is not None:  # the ranks' shares are equal (whole batches only): their mean is the batch's
+            dist.sum(loss_sum, acc_sum)
+            loss_sum, acc_sum = loss_sum / dist.world, acc_sum / dist.world
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, steps),
                "train_acc": acc_sum.item() / max(1, steps)}
         history.append(row)
-        checkpoint.save(stateful, gen, history, epoch + 1)
+        if dist is None or dist.main:
+            checkpoint.save(stateful, gen, history, epoch + 1)
+        if dist is not None:
+            dist.barrier()
         log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  {progress(t0, epoch + 1, epochs, start)}")
 
+    if dist is not None:
+        distributed.close(dist)
+        if not dist.main:
+            return None
     score = path_scorer(model, data, s, seed, device)
     bound = s["flops_bound"] if s["flops_bound"] is not None else table.bounds()[1]
     ecfg = Evolution(**{k: s[k] for k in ("population", "generations", "topk", "mutations", "crossovers",

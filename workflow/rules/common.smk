@@ -41,13 +41,25 @@ SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
 # sbatch --gpus): none when the config pins the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
-# A retrain job on several GPUs runs one rank per GPU under torchrun (dfnas.distributed).
+# A job on several GPUs (retrain.gpus, search.spos.gpus) runs one rank per GPU under torchrun
+# (dfnas.distributed).
 RETRAIN_GPUS = GPU * config["retrain"]["gpus"]
-RETRAIN_PYTHON = (
-    "python"
-    if RETRAIN_GPUS <= 1
-    else f"python -m torch.distributed.run --standalone --nproc_per_node {RETRAIN_GPUS}"
-)
+
+
+def launcher(gpus):
+    """How a job's Python starts: plain, or torchrun with one process per GPU."""
+    if gpus <= 1:
+        return "python"
+    return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+
+
+RETRAIN_PYTHON = launcher(RETRAIN_GPUS)
+
+
+def search_gpus(wildcards):
+    """GPUs of a search job: search.<algorithm>.gpus where the algorithm has the key (SPOS)."""
+    return GPU * config["search"][wildcards.algorithm].get("gpus", 1)
+
 
 # Every job runs `python -m dfnas.<stage>`. Without conda, the interpreter that runs Snakemake comes
 # first on PATH, so that `.venv/bin/snakemake` works without an activated virtualenv (`make setup`

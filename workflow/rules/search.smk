@@ -23,13 +23,14 @@ rule search:
         ENV
     threads: config["threads"]
     resources:
-        gpu=GPU,
+        gpu=search_gpus,
     params:
         cfg=job_params("search"),
         data=search_data_args,
         out_dir=lambda wc, output: os.path.dirname(output.arch),
+        python=lambda wc: launcher(search_gpus(wc)),
     shell:
-        "python -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
+        "{params.python} -m dfnas.search --config-json {params.cfg:q} --algorithm {wildcards.algorithm}"
         " --source {wildcards.source} --seed {wildcards.seed} {params.data} --out-dir {params.out_dir}"
         " --threads {threads} 2>&1 | tee {log}"
 
