@@ -133,7 +133,7 @@ def proxy_scores(cfg: dict, architectures: list[dict], source: str, dataset=None
     fcfg = cfg["fidelity"]
     device = resolve_device(cfg["device"])
     data = SearchData(cfg, source, cfg["seed"], dataset, labels, train_portion=fcfg["train_portion"],
-                      synthetic_holdout="val")
+                      synthetic_holdout="val", device=device)
     space = architectures[0]["space"]
     sizes = network_sizes(cfg, space)
     c, h = data.input_shape[0], data.input_shape[1]

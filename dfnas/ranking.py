@@ -78,7 +78,7 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     model = ShuffleNetOneShot(None, **space_args, dropout=0.0)
     model.load_state_dict(saved["state_dict"])
     model.to(device)
-    data = SearchData(cfg, source, seed, dataset_path, labels_path, **data_options(s))
+    data = SearchData(cfg, source, seed, dataset_path, labels_path, **data_options(s), device=device)
     table = flops_table(space_args, data.input_shape)
     paths = ranking_paths(cfg, table, seed)
     bs, n_recal = s["batch_size"], s["bn_batches"]

@@ -53,7 +53,7 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
                          f"is implemented for {', '.join(n for n in strategy_names() if get_strategy(n).data_parallel)}")
     dist = distributed.from_env(device)
     scfg = cfg["search"][algorithm]
-    data = SearchData(cfg, source, seed, dataset, labels, **strategy.data_options(scfg))
+    data = SearchData(cfg, source, seed, dataset, labels, **strategy.data_options(scfg), device=device)
     ranks = "" if dist is None else f" x {dist.world} ranks"
     if dist is None or dist.main:
         log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and "

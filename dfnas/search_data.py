@@ -26,7 +26,7 @@ from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.losses import kd_loss, kd_loss_from_log_probs
 from dfnas.sampling import stratified_subset
-from dfnas.soft_labels import SoftLabelData
+from dfnas.soft_labels import SoftLabelData, render_stored
 from dfnas.streaming import batch_plan, stream
 from dfnas.train import Recipe
 
@@ -66,11 +66,28 @@ class AugmentedImages:
         return (x if generator is None else augment_batch(x, self.recipe, generator)), y
 
 
+class _Stored:
+    """A soft-label split read as stored images with their view parameters (`SoftLabelData.read_stored`)."""
+
+    def __init__(self, data: SoftLabelData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def read(self, indices, generator=None):
+        return self.data.read_stored(indices, generator)
+
+    def close(self) -> None:
+        self.data.close()
+
+
 class SearchData:
     """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
 
     def __init__(self, cfg: dict, source: str, seed: int, dataset_path=None, labels_path=None,
-                 train_portion: float | None = None, label_smoothing: float = 0.0, synthetic_holdout: str = "portion"):
+                 train_portion: float | None = None, label_smoothing: float = 0.0, synthetic_holdout: str = "portion",
+                 device=None):
         scfg = cfg["search"]
         train_portion = scfg["train_portion"] if train_portion is None else train_portion
         self.label_smoothing = label_smoothing
@@ -118,6 +135,10 @@ class SearchData:
                              f"{self.temperature:g}; make the two equal")
         self.norm = Normalize(self.mean, self.std)
         self.memory_format = torch.contiguous_format
+        # Where training views of a synthetic source are rendered: the stored images (uint8) are
+        # read and uploaded, the crops, flips and lighting done there (`batches`).
+        self.device = None if device is None else torch.device(device)
+        self.device_norm = None if self.device is None else Normalize(self.mean, self.std).to(self.device)
 
     def fingerprint(self, seed: int) -> dict:
         """What a search's checkpoint on this data must match: the source and its size; for a synthetic
@@ -138,11 +159,19 @@ class SearchData:
         """One shuffled pass over part ``half`` in training views (random cached views of a synthetic
         source; augmented natural images), normalized, with their targets; an incomplete last batch
         is dropped unless it is the only one. Streamed: a few batches in memory at a time. With
-        ``dist`` (a data-parallel rank), the rank's share of each batch of that plan."""
+        ``dist`` (a data-parallel rank), the rank's share of each batch of that plan. With a
+        ``device``, a synthetic source's views are rendered there from the stored images, and the
+        batches are on it."""
         source = self.data if half == 0 else self.heldout
         plan = batch_plan(self.halves[half], batch_size, generator, shuffle=True, drop_last=True, random_views=True)
         if dist is not None:
             plan = [rank_share(b, dist) for b in plan]
+        if self.synthetic and self.device is not None:
+            for stored, boxes, flips, alphas, target in stream(_Stored(source), plan, self.workers):
+                x = render_stored(stored, boxes, flips, alphas, self.device)
+                yield (self.device_norm(x).contiguous(memory_format=self.memory_format),
+                       target.to(self.device, non_blocking=True))
+            return
         for x, target in stream(source, plan, self.workers):
             yield self.norm(x).contiguous(memory_format=self.memory_format), target
 

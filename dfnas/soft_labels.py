@@ -61,6 +61,16 @@ def render_views(pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
     return views if alphas is None else lighting(views, alphas)
 
 
+def render_stored(stored: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, alphas: torch.Tensor | None,
+                  device=None) -> torch.Tensor:
+    """Views of stored images (`SoftLabelData.get_stored`) as float pixels, rendered on ``device``
+    (default: where the images are); the stored bytes are what crosses to the device."""
+    if device is not None:
+        stored = stored.to(device, non_blocking=True)
+    pixels = stored.float().div_(255) if stored.dtype == torch.uint8 else stored.float()
+    return render_views(pixels, boxes, flips, alphas)
+
+
 @torch.no_grad()
 def cache_split(teacher, split: sh.SyntheticSplit, views: int, lcfg: dict, generator, group: h5py.Group,
                 batch_size: int, temperature: float) -> None:
@@ -174,27 +184,39 @@ class SoftLabelData:
 
     def get(self, idx: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``view[i]`` of images ``idx[i]`` and the cached teacher output on each."""
+        stored, boxes, flips, alphas, target = self.get_stored(idx, view)
+        return render_stored(stored, boxes, flips, alphas), target
+
+    def get_stored(self, idx: torch.Tensor, view: torch.Tensor) -> tuple:
+        """What `get` renders, before rendering: ``(stored images, boxes, flips, lighting alphas or
+        None, cached teacher output)``, the images as the dataset keeps them (uint8, or float16), so
+        that a GPU job uploads those bytes and renders the views there (`render_stored`)."""
         idx, view = torch.as_tensor(idx), torch.as_tensor(view)
         rows = torch.arange(len(idx))
         boxes = self._rows("boxes", idx)[rows, view]
         flips = self._rows("flips", idx)[rows, view]
         alphas = self._rows("lighting", idx)[rows, view] if self.has_lighting else None
-        x = render_views(self.images.pixels(idx), boxes, flips, alphas)
+        stored = torch.from_numpy(np.ascontiguousarray(self.images.rows("images", idx)))
         if not self.topk:
-            return x, self._rows("logits", idx)[rows, view].float()
+            return stored, boxes, flips, alphas, self._rows("logits", idx)[rows, view].float()
         vals = self._rows("topk_probs", idx)[rows, view].float()
         top = self._rows("topk_indices", idx)[rows, view].long()
         probs = torch.zeros(len(idx), self.num_classes)
         probs += (1 - vals.sum(1, keepdim=True)).clamp(min=0) / max(1, self.num_classes - self.topk)
         probs.scatter_(1, top, vals)
-        return x, probs.clamp(min=1e-8).log()
+        return stored, boxes, flips, alphas, probs.clamp(min=1e-8).log()
 
     def read(self, indices, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One cached view per image, drawn from ``generator`` (view 0 without one)."""
-        idx = torch.as_tensor(indices)
-        view = (torch.randint(0, self.views, (len(idx),), generator=generator) if generator is not None
-                else torch.zeros(len(idx), dtype=torch.long))
-        return self.get(idx, view)
+        return self.get(torch.as_tensor(indices), self.draw_view(len(indices), generator))
+
+    def read_stored(self, indices, generator: torch.Generator | None = None) -> tuple:
+        """`read` before rendering (`get_stored`): the same view per image for the same generator."""
+        return self.get_stored(torch.as_tensor(indices), self.draw_view(len(indices), generator))
+
+    def draw_view(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        return (torch.randint(0, self.views, (n,), generator=generator) if generator is not None
+                else torch.zeros(n, dtype=torch.long))
 
     def close(self) -> None:
         self.images.close()

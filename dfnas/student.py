@@ -64,12 +64,13 @@ def train_student(cfg: dict, arch_path, dataset, labels, out_dir, log=print) -> 
     search_seed = arch.get("found_by", {}).get("seed", 0)
     seed = derived_seed(cfg["seed"], "student", search_seed) % (2**31)
     seed_everything(seed)
-    data = SearchData(cfg, scfg["variant"], seed, dataset, labels, train_portion=0.5, synthetic_holdout="val")
+    device = resolve_device(cfg["device"])
+    data = SearchData(cfg, scfg["variant"], seed, dataset, labels, train_portion=0.5, synthetic_holdout="val",
+                      device=device)
     c, h, _ = data.input_shape
     sizes = network_sizes(cfg, arch["space"])
     model = build_architecture(arch, c, h, data.num_classes, sizes)
     params, macs = count_parameters(model), count_macs(model, data.input_shape)
-    device = resolve_device(cfg["device"])
     model.to(device).train()
     opt = torch.optim.SGD(decay_groups(model, scfg["weight_decay"]), lr=scfg["lr"], momentum=0.9, nesterov=True)
     gen = torch.Generator().manual_seed(seed)

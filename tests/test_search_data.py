@@ -92,6 +92,23 @@ def test_synthetic_source_holds_out_a_portion_or_the_validation_split(synthetic_
     assert torch.equal(val.labels_of(logits), logits.argmax(1))
 
 
+def test_views_rendered_on_the_device_are_the_streamed_ones(synthetic_set):
+    """With a device, a synthetic source reads its stored (uint8) images and renders the cached
+    views there: for the same generator the batches equal those rendered at read time, and the
+    bytes read are the stored ones, a quarter of the float pixels."""
+    plain = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")
+    on_device = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val", device="cpu")
+    on_device.data.read = None  # rendered views are not what this one reads
+    batches = [list(d.batches(0, 4, torch.Generator().manual_seed(5))) for d in (plain, on_device)]
+    assert len(batches[0]) == len(batches[1]) >= 2
+    for (x, t), (xd, td) in zip(*batches):
+        assert torch.equal(x, xd) and torch.equal(t, td)
+    stored, boxes, flips, alphas, target = on_device.data.read_stored([0, 1, 2], torch.Generator().manual_seed(1))
+    assert stored.dtype == torch.uint8 and stored.shape == (3, 1, 28, 28) and boxes.shape == (3, 4)
+    x, t = plain.data.read([0, 1, 2], torch.Generator().manual_seed(1))
+    assert torch.equal(t, target) and not torch.equal(boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3))
+
+
 def test_synthetic_evaluation_is_distillation_loss_and_agreement(synthetic_set):
     data = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")
     torch.manual_seed(0)
