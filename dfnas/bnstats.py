@@ -162,17 +162,24 @@ class BatchNormMatch:
             self._layouts[key] = (running.to(device), segment.to(device), weights.to(device), counts.to(device))
         return self._layouts[key]
 
-    def loss(self) -> torch.Tensor:
+    def loss(self, groups: list[slice] | None = None) -> torch.Tensor:
+        """The term of the last forward pass; with ``groups`` (slices of the batch), the sum of each
+        group's term, its moments over its own images (independent batches stacked in one pass)."""
         ran = tuple(i for i, x in enumerate(self.inputs) if x is not None)
         if not ran:
             raise RuntimeError("no BatchNorm layer ran in the last forward pass")
-        xs = [self.inputs[i] for i in ran]
-        running, segment, weights, counts = self._layout(ran, xs)
-        diff = _ChannelMoments.apply(counts, *xs) - running
+        inputs = [self.inputs[i] for i in ran]
         self.inputs = [None] * len(self.layers)  # the graph keeps what backward needs; no activation outlives its step
-        squares = torch.zeros(weights.numel(), device=diff.device).index_add_(0, segment, diff * diff)
-        # The l2 norm of each segment; its gradient is taken as 0 at 0, as linalg.vector_norm's.
-        return torch.dot(weights, squares.clamp_min(1e-30).sqrt())
+        total = None
+        for g in groups or [None]:
+            xs = inputs if g is None else [x[g] for x in inputs]
+            running, segment, weights, counts = self._layout(ran, xs)
+            diff = _ChannelMoments.apply(counts, *xs) - running
+            squares = torch.zeros(weights.numel(), device=diff.device).index_add_(0, segment, diff * diff)
+            # The l2 norm of each segment; its gradient is taken as 0 at 0, as linalg.vector_norm's.
+            term = torch.dot(weights, squares.clamp_min(1e-30).sqrt())
+            total = term if total is None else total + term
+        return total
 
 
 class MomentAccumulator:

@@ -163,37 +163,61 @@ def synthesize_batch(teacher: nn.Module, targets: torch.Tensor, shape, mean, std
     (torch.bfloat16) the teacher runs under autocast; pixels, the BatchNorm statistics and every
     loss term stay float32. A step reads nothing back to the host unless it logs.
     """
+    return synthesize_stacked(teacher, [targets], shape, mean, std, objective, schedule, region, generator,
+                              [init], log_every, log, precision)[0]
+
+
+def synthesize_stacked(teacher: nn.Module, targets: list[torch.Tensor], shape, mean, std, objective: Objective,
+                       schedule: Schedule, region: Region, generator: torch.Generator,
+                       inits: list[torch.Tensor | None] | None = None, log_every: int = 0, log=None,
+                       precision: torch.dtype | None = None) -> list[BatchResult]:
+    """Several independent batches (``targets[b]``, ``inits[b]``) optimized in one teacher pass a
+    step, each with its own objective: its cross-entropy, priors and BatchNorm statistics over its
+    own images (the teacher is in eval mode, so an image's output does not depend on the others).
+    The loss summed over the batches has, for each batch's pixels, that batch's gradient, and Adam
+    is elementwise: the images equal `synthesize_batch` run on each batch in turn with the same
+    generator (its draws are taken in that order: a batch's start, then its views stage by stage),
+    up to float summation order. On a GPU a small teacher then launches its kernels once for all."""
     device = next(teacher.parameters()).device
-    n = targets.shape[0]
     c, h, w = shape
     lo, hi = Normalize(mean, std).to(device).bounds()
-    if init is None:
-        init = torch.randn(n, c, h, w, generator=generator)
-    x = init.to(device).clone().clamp_(lo, hi).requires_grad_(True)
-    targets = targets.to(device)
+    inits = inits or [None] * len(targets)
+    starts, views = [], []
+    for t, init in zip(targets, inits):  # the draws of batch after batch
+        starts.append(torch.randn(t.shape[0], c, h, w, generator=generator) if init is None else init)
+        views.append([region.draw(t.shape[0], iterations, generator, half, device)
+                      for half, iterations in schedule.stages()])
+    bounds = torch.tensor([0] + [t.shape[0] for t in targets]).cumsum(0).tolist()
+    groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    x = torch.cat(starts).to(device).clamp_(lo, hi).requires_grad_(True)
+    target = torch.cat(targets).to(device)
     history = []
+
+    def per_group(term, v: torch.Tensor) -> torch.Tensor:
+        return term(v) if len(groups) == 1 else sum(term(v[g]) for g in groups)
+
     with BatchNormMatch(teacher, objective.first_bn_multiplier) as bn:
-        for half, iterations in schedule.stages():
+        for stage, (half, iterations) in enumerate(schedule.stages()):
             opt = torch.optim.Adam([x], lr=schedule.lr, betas=schedule.betas, fused=device.type == "cuda")
-            views = region.draw(n, iterations, generator, half, device)
             for it in range(iterations):
                 set_lr(opt, cosine_lr(it, iterations, schedule.lr, schedule.warmup))
                 base = F.avg_pool2d(x, 2) if half else x
-                v = views.apply(base, it)
+                v = (views[0][stage].apply(base, it) if len(groups) == 1
+                     else torch.cat([vb[stage].apply(base[g], it) for vb, g in zip(views, groups)]))
                 with autocast(device, precision):
                     logits = teacher(v)
                 logits = logits.float()
-                ce = soft_cross_entropy(logits, targets)
-                bn_term = bn.loss()
+                ce = (soft_cross_entropy(logits, target) if len(groups) == 1
+                      else sum(soft_cross_entropy(logits[g], target[g]) for g in groups))
+                bn_term = bn.loss(groups if len(groups) > 1 else None)
                 loss = objective.main * ce + objective.bn * bn_term
                 if objective.tv_l2 or objective.tv_l1:  # terms of weight 0 cost nothing
-                    diffs = tv_differences(v)
                     if objective.tv_l2:
-                        loss = loss + objective.tv_l2 * tv_l2(diffs)
+                        loss = loss + objective.tv_l2 * per_group(lambda u: tv_l2(tv_differences(u)), v)
                     if objective.tv_l1:
-                        loss = loss + objective.tv_l1 * tv_l1(diffs)
+                        loss = loss + objective.tv_l1 * per_group(lambda u: tv_l1(tv_differences(u)), v)
                 if objective.l2:
-                    loss = loss + objective.l2 * l2_prior(v)
+                    loss = loss + objective.l2 * per_group(l2_prior, v)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -201,12 +225,13 @@ def synthesize_batch(teacher: nn.Module, targets: torch.Tensor, shape, mean, std
                     x.clamp_(lo, hi)
                 if log_every and (it + 1) % log_every == 0:
                     row = {"stage": "half" if half else "full", "iteration": it + 1, "loss": loss.item(), "ce": ce.item(),
-                           "bn": float(bn_term), "acc": (logits.argmax(1) == targets.argmax(1)).float().mean().item()}
+                           "bn": float(bn_term), "acc": (logits.argmax(1) == target.argmax(1)).float().mean().item()}
                     history.append(row)
                     if log:
                         log(f"  {row['stage']} {row['iteration']}/{iterations}  loss {row['loss']:.3f}  ce {row['ce']:.3f}"
                             f"  bn {row['bn']:.3f}  acc {row['acc']:.2f}")
-    return BatchResult(x.detach(), history)
+    images = x.detach()
+    return [BatchResult(images[g], history) for g in groups]
 
 
 # Keys of the ``synthesis`` config that no shard reads: the list of variants and the merge's split.

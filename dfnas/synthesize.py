@@ -50,7 +50,7 @@ from dfnas.synthesis import (
     Schedule,
     noise_images,
     shard_keys,
-    synthesize_batch,
+    synthesize_stacked,
 )
 from dfnas.teacher import load_teacher
 
@@ -153,36 +153,48 @@ def run_shard(cfg: dict, teacher, variant: str, shard: int, out: Path, log=print
                 labels = balanced_labels(offset, n, num_classes, gen)
             warm = r > 0 and scfg["calibration"]["init"] == "warm" and spec.optimize
             agree = 0
-            for b, start in enumerate(range(0, n, bs)):
-                stop = min(start + bs, n)
-                prev = (sh.read_group(f, slice((r - 1) * n + start, (r - 1) * n + stop))
-                        if r > 0 and (spec.recursive or warm) else None)
-                if r > 0 and spec.recursive:
-                    tb = F.softmax(torch.from_numpy(prev["teacher_logits"]) / scfg["calibration"]["temperature"], dim=1)
-                else:
-                    tb = F.one_hot(labels[start:stop], num_classes).float()
+            starts = list(range(0, n, bs))
+            for first in range(0, len(starts), scfg["stack"]):  # batches optimized together
+                chunk = [(b, start, min(start + bs, n)) for b, start in enumerate(starts[first:first + scfg["stack"]], first)]
+                targets, inits = [], []
+                for _, start, stop in chunk:
+                    prev = (sh.read_group(f, slice((r - 1) * n + start, (r - 1) * n + stop))
+                            if r > 0 and (spec.recursive or warm) else None)
+                    if r > 0 and spec.recursive:
+                        targets.append(F.softmax(torch.from_numpy(prev["teacher_logits"])
+                                                 / scfg["calibration"]["temperature"], dim=1))
+                    else:
+                        targets.append(F.one_hot(labels[start:stop], num_classes).float())
+                    inits.append(Normalize(mean, std)(sh.from_storage(prev["images"])) if warm else None)
                 if spec.optimize:
-                    init = Normalize(mean, std)(sh.from_storage(prev["images"])) if warm else None
-                    x = synthesize_batch(teacher.model, tb, shape, mean, std, objective, schedule, region, gen,
-                                         init=init, precision=precision).images
+                    images = [res.images for res in synthesize_stacked(
+                        teacher.model, targets, shape, mean, std, objective, schedule, region, gen, inits,
+                        precision=precision)]
                 else:
-                    x = noise_images(len(tb), shape, mean, std, gen)
-                stored = sh.to_storage(x.cpu(), mean, std, scfg["storage"])
-                logits = teacher_logits(teacher.model, sh.from_storage(stored), mean, std, bs)
-                agree += int((logits.argmax(1) == tb.argmax(1)).sum())
-                sh.append(f, {"images": stored, "targets": tb.numpy().astype(np.float32),
-                              "labels": tb.argmax(1).numpy().astype(np.int64),
-                              "round": np.full(len(tb), r, np.int16),
-                              "teacher_logits": logits.numpy().astype(np.float32)})
-                steps_done = (r - done) * n + stop
-                log(f"{variant} shard {shard}: round {r + 1}/{rounds} batch {b + 1}/{-(-n // bs)} done"
-                    f"  {progress(t0, steps_done, (rounds - done) * n)}")
+                    images = [noise_images(len(tb), shape, mean, std, gen) for tb in targets]
+                for (b, start, stop), tb, x in zip(chunk, targets, images):
+                    agree += write_batch(f, x, tb, r, teacher, scfg)
+                    steps_done = (r - done) * n + stop
+                    log(f"{variant} shard {shard}: round {r + 1}/{rounds} batch {b + 1}/{len(starts)} done"
+                        f"  {progress(t0, steps_done, (rounds - done) * n)}")
             f.attrs["rounds_done"] = r + 1
             f.flush()
             log(f"{variant} shard {shard}: round {r + 1}/{rounds} written, teacher agrees with the targets' class "
                 f"on {agree / n:.1%} of {n} images")
     _finalize(partial, out)
     return out
+
+
+def write_batch(f, x: torch.Tensor, targets: torch.Tensor, r: int, teacher, scfg: dict) -> int:
+    """Append one finished batch of round ``r`` (images as stored, the teacher's logits on exactly
+    those) to the open partial shard; return how many the teacher puts in their target's class."""
+    stored = sh.to_storage(x.cpu(), teacher.mean, teacher.std, scfg["storage"])
+    logits = teacher_logits(teacher.model, sh.from_storage(stored), teacher.mean, teacher.std, scfg["batch_size"])
+    sh.append(f, {"images": stored, "targets": targets.numpy().astype(np.float32),
+                  "labels": targets.argmax(1).numpy().astype(np.int64),
+                  "round": np.full(len(targets), r, np.int16),
+                  "teacher_logits": logits.numpy().astype(np.float32)})
+    return int((logits.argmax(1) == targets.argmax(1)).sum())
 
 
 def _finalize(partial: Path, out: Path) -> None:

@@ -7,7 +7,7 @@ from torch import nn
 
 from dfnas.bnstats import BatchNormMatch
 from dfnas.imaging import Normalize, crop_resize
-from dfnas.synthesis import Objective, Region, Schedule, l2_prior, synthesize_batch, tv_losses
+from dfnas.synthesis import Objective, Region, Schedule, l2_prior, synthesize_batch, synthesize_stacked, tv_losses
 
 # ---------------------------------------------------------------------------------------------
 # Objective terms
@@ -145,6 +145,37 @@ def test_the_half_resolution_stage_comes_first_at_half_size(teacher):
     seen.clear()
     run_batch(teacher, Schedule(iterations_half=0, iterations_full=2, warmup=0), seen)
     assert seen == [(28, 28)] * 2
+
+
+def test_stacked_batches_equal_batches_run_in_turn(teacher):
+    """Three batches (5, 5 and 3 images: groups of unequal size) in one teacher pass a step, with
+    resized crops, flips, both stages, every prior and a warm start for one: the images of each equal
+    `synthesize_batch` on that batch in turn with the same generator, and the per-batch objective is
+    not the stacked batch's (13 images optimized as one batch end elsewhere)."""
+    targets = [torch.eye(10)[[0, 1, 2, 3, 4]], torch.eye(10)[[5, 6, 7, 8, 9]], torch.eye(10)[[1, 3, 5]]]
+    warm = [None, None, torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(9))]
+    args = ((1, 28, 28), teacher.mean, teacher.std, Objective(tv_l1=1e-3), Schedule(iterations_half=3, iterations_full=4, warmup=1),
+            Region(mode="resized_crop", flip=True))
+    gen = torch.Generator().manual_seed(4)
+    alone = [synthesize_batch(teacher.model, t, *args, gen, init=i).images for t, i in zip(targets, warm)]
+    stacked = [r.images for r in synthesize_stacked(teacher.model, targets, *args, torch.Generator().manual_seed(4), warm)]
+    for a, b in zip(alone, stacked):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-3 and (a - b).abs().mean() < 1e-6, (a - b).abs().max()
+    assert torch.equal(gen.get_state(), _after(targets, warm))  # the same draws were taken
+    one = synthesize_batch(teacher.model, torch.cat(targets), *args, torch.Generator().manual_seed(4)).images
+    assert (one[:5] - alone[0]).abs().max() > 1e-2
+
+
+def _after(targets, warm) -> torch.Tensor:
+    """The generator's state after the stacked run's draws."""
+    gen = torch.Generator().manual_seed(4)
+    region, schedule = Region(mode="resized_crop", flip=True), Schedule(iterations_half=3, iterations_full=4)
+    for t, init in zip(targets, warm):
+        if init is None:
+            torch.randn(t.shape[0], 1, 28, 28, generator=gen)
+        for half, iterations in schedule.stages():
+            region.draw(t.shape[0], iterations, gen, half)
+    return gen.get_state()
 
 
 def test_pixels_stay_in_the_valid_range_after_every_step(teacher):

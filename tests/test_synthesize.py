@@ -87,6 +87,21 @@ def test_same_seed_same_shard_bytes(teacher, tmp_path):
         assert not np.array_equal(fa["images"][...], fc["images"][...])
 
 
+def test_stacked_batches_write_the_shard_of_batches_in_turn(teacher, tmp_path):
+    """synthesis.stack: 2 optimizes a round's batches of 4, 2 (6 images) in one teacher pass a step:
+    the shard holds the same targets, labels and rounds, images within one storage level (float
+    summation order), in the same order, and the recursive targets follow from them."""
+    one = run_shard(syn_config(batch_size=4), teacher, "full", 0, tmp_path / "one.h5", log=quiet)
+    two = run_shard(syn_config(batch_size=4, stack=2), teacher, "full", 0, tmp_path / "two.h5", log=quiet)
+    with h5py.File(one) as fa, h5py.File(two) as fb:
+        a, b = sh.read_group(fa), sh.read_group(fb)
+        assert fb.attrs["config"]  # the stack is part of the shard's config
+    assert np.array_equal(a["labels"][:6], b["labels"][:6]) and np.array_equal(a["round"], b["round"])
+    assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1
+    assert (a["images"] != b["images"]).mean() < 0.01
+    np.testing.assert_allclose(a["targets"], b["targets"], atol=0.02)
+
+
 def test_killed_shard_resumes_from_its_last_round(teacher, tmp_path):
     cfg, reference, out, partial = shard_killed_after_round_2(teacher, tmp_path)
     assert not out.exists() and partial.exists()
