@@ -7,6 +7,7 @@ Timing (default): the time of each and their ratio, measured in one run (goal: <
 
     python benchmarks/synthesis_step.py [--batch 100] [--iterations 30] [--device auto]
     python benchmarks/synthesis_step.py --model torchvision:resnet50 --size 224 --batch 64 --device cuda --precision bf16
+    python benchmarks/synthesis_step.py --batch 50 --stack 4    # also 4 batches stacked (synthesis.stack)
 
 Operations (``--count-ops``): the kernel-launching operations of one synthesis step and of a bare
 forward + backward, counted on the CPU along the path a GPU takes (dfnas.opcount), ResNet-50 at
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfnas.models import build_model  # noqa: E402
 from dfnas.runtime import autocast, resolve_device, resolve_precision, set_threads  # noqa: E402
-from dfnas.synthesis import Objective, Region, Schedule, synthesize_batch  # noqa: E402
+from dfnas.synthesis import Objective, Region, Schedule, synthesize_batch, synthesize_stacked  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -121,6 +122,18 @@ def time_steps(args):
     ratio = results["synthesis iteration"] / results["bare teacher forward+backward"]
     print(f"images per second in synthesis: {args.batch / results['synthesis iteration']:.0f}")
     print(f"ratio synthesis / bare teacher: {ratio:.3f}  (goal <= 1.25)")
+    if args.stack > 1:
+        stacked = [targets] * args.stack
+        best = float("inf")
+        for _ in range(args.repeats + 1):  # the first is a warm-up
+            t0 = time.perf_counter()
+            synthesize_stacked(teacher, stacked, shape, mean, std, Objective(), schedule, Region(),
+                               torch.Generator().manual_seed(0), **extra)
+            sync(device)
+            best = min(best, (time.perf_counter() - t0) / args.iterations)
+        print(f"{args.stack} batches stacked            {best * 1000:8.2f} ms per iteration "
+              f"({args.stack * args.batch / best:.0f} images per second)")
+        print(f"ratio stacked / {args.stack} batches in turn: {best / (args.stack * results['synthesis iteration']):.3f}")
 
 
 def main():
@@ -138,6 +151,7 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32 or bf16")
     p.add_argument("--width", type=int, default=16, help="width of the resnet_cifar teacher (depth 8, 1 x 28 x 28)")
+    p.add_argument("--stack", type=int, default=1, help="also time this many batches in one pass (synthesis.stack)")
     args = p.parse_args()
     set_threads(args.threads)
     args.model = args.model or ("torchvision:resnet50" if args.count_ops else "resnet_cifar")
