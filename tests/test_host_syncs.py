@@ -130,3 +130,44 @@ def test_proxyless_search_reads_only_its_path_draws(base_config, host_reads, tmp
     for site in draws:
         few.pop(site), many.pop(site)
     assert few == many
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: torch's sync debug mode watches a GPU stream")
+def test_cuda_steps_do_not_synchronize(synthetic_set, tmp_path):
+    """The complement of the counts above on a GPU, where a blocking device-to-host copy or a
+    synchronizing kernel (``nonzero``, a boolean mask index) would stall the stream without any
+    Python-level read: under ``torch.cuda.set_sync_debug_mode("warn")`` a supervised training and a
+    DARTS search warn as often with many steps per epoch as with few."""
+    import warnings
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    images, labels = (torch.rand(48, 1, 8, 8) * 255).to(torch.uint8), torch.arange(48) % 3
+
+    def syncs(run) -> int:
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    def train(batch_size):
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        recipe = Recipe(epochs=2, batch_size=batch_size, crop_padding=1, cutout=2)
+        return syncs(lambda: train_classifier(model, TensorImages(images, labels), recipe, device, 0, [0.5], [0.5],
+                                              log=lambda *_: None))
+
+    def search(batch_size):
+        cfg = validate_config({"device": "cuda", "precision": "fp32", "search": {"darts": {
+            "cells": 3, "channels": 4, "epochs": 2, "batch_size": batch_size, "bn_batches": 1}}})
+        data = SearchData(cfg, "full", 0, *synthetic_set, device=device,
+                          **get_strategy("darts").data_options(cfg["search"]["darts"]))
+        out = tmp_path / f"darts{batch_size}"
+        return syncs(lambda: darts.search(cfg, data, 0, out, device, lambda *_: None))
+
+    assert train(24) == train(4)  # 2 and 12 steps per epoch
+    assert search(12) == search(4)
