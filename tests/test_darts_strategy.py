@@ -193,3 +193,26 @@ def test_an_update_budget_ends_inside_a_pass(synthetic_set, tmp_path):
     found = result.found_by
     assert found["weight_updates"] == 7 and found["heldout_acc"] == result.history[-1]["val_acc"]
     assert round(found["heldout_acc"] * 15, 6).is_integer()  # scored on the 15 held-out images
+
+
+@pytest.mark.slow
+def test_a_compiled_search_follows_the_eager_one(synthetic_set, tmp_path, order=1):
+    """search.darts.compile through a dynamo backend (aot_eager: the tracing and autograd of
+    torch.compile without code generation) gives the eager search's losses, architecture
+    parameters and genotype; the network's state dict keeps its own names. (Second order passed
+    too when written; tracing it costs minutes more.)"""
+    def run(setting):
+        torch._dynamo.reset()
+        cfg = validate_config({"device": "cpu", "search": {"darts": {
+            "cells": 3, "channels": 4, "epochs": 2, "batch_size": 8, "order": order, "compile": setting}}})
+        data = SearchData(cfg, "full", 0, *synthetic_set, **get_strategy("darts").data_options(cfg["search"]["darts"]))
+        return darts.search(cfg, data, 0, tmp_path / f"{setting}{order}", "cpu", quiet)
+
+    eager, compiled = run(False), run("aot_eager")
+    for a, b in zip(eager.history, compiled.history):
+        for key in ("train_loss", "arch_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    for a, b in zip(eager.network.arch_parameters(), compiled.network.arch_parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert compiled.choices == eager.choices
+    assert list(compiled.network.state_dict()) == list(eager.network.state_dict())

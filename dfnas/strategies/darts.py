@@ -38,10 +38,11 @@ from dfnas.spaces.darts import PRIMITIVES, SearchNetwork, genotype_to_dict, sear
 
 class Architect:
     def __init__(self, model, loss_fn, lr: float = 3e-4, betas=(0.5, 0.999), weight_decay: float = 1e-3,
-                 order: int = 1, network_momentum: float = 0.9, network_weight_decay: float = 3e-4):
+                 order: int = 1, network_momentum: float = 0.9, network_weight_decay: float = 3e-4, forward=None):
         if order not in (1, 2):
             raise ValueError("DARTS order is 1 or 2")
         self.model = model
+        self.forward = model if forward is None else forward  # the compiled network, where compiled
         self.loss_fn = loss_fn
         self.order = order
         self.momentum = network_momentum
@@ -53,7 +54,7 @@ class Architect:
         Returns the validation loss, detached, on the device."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.order == 1:
-            loss = self.loss_fn(self.model, val_batch)
+            loss = self.loss_fn(self.forward, val_batch)
             grads = torch.autograd.grad(loss, self.model.arch_parameters())
         else:
             loss, grads = self.unrolled_gradient(train_batch, val_batch, xi, w_optimizer)
@@ -68,7 +69,7 @@ class Architect:
         alphas = self.model.arch_parameters()
         original = [w.detach().clone() for w in weights]
         # Virtual step w' = w - xi * (momentum * buffer + dL_train/dw + wd * w)
-        train_loss = self.loss_fn(self.model, train_batch)
+        train_loss = self.loss_fn(self.forward, train_batch)
         grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
         with torch.no_grad():
             for w, g, w0 in zip(weights, grads, original):
@@ -80,7 +81,7 @@ class Architect:
                         buf = self.momentum * state["momentum_buffer"]
                 w.copy_(w0 - xi * (buf + g + self.weight_decay * w0))
         # Gradients of the validation loss at w'
-        val_loss = self.loss_fn(self.model, val_batch)
+        val_loss = self.loss_fn(self.forward, val_batch)
         dalpha_val = torch.autograd.grad(val_loss, alphas + weights, allow_unused=True)
         d_alpha = [g if g is not None else torch.zeros_like(a) for g, a in zip(dalpha_val[: len(alphas)], alphas)]
         v = [g if g is not None else torch.zeros_like(w) for g, w in zip(dalpha_val[len(alphas):], weights)]
@@ -91,7 +92,7 @@ class Architect:
             with torch.no_grad():
                 for w, w0, g in zip(weights, original, v):
                     w.copy_(w0 + sign * eps * g)
-            loss = self.loss_fn(self.model, train_batch)
+            loss = self.loss_fn(self.forward, train_batch)
             hessian.append(torch.autograd.grad(loss, alphas, allow_unused=True))
         with torch.no_grad():
             for w, w0 in zip(weights, original):
@@ -104,11 +105,21 @@ class Architect:
         return val_loss, result
 
 
+def compiled(model: nn.Module, setting: bool | str):
+    """``model`` through torch.compile (``setting``: true for the default backend, or a backend's
+    name), or ``model`` itself (false). The module keeps its parameters and state dict; only the
+    calls made through the returned one are compiled."""
+    if setting is False:
+        return model
+    return torch.compile(model, **({} if setting is True else {"backend": setting}))
+
+
 def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
     """Alternate architecture and weight steps for ``epochs`` passes or ``iterations`` steps (weight
     learning rate cosine-decayed per step); after every pass the search network is scored on the
     held-out part (BatchNorm recalibrated on ``bn_batches`` training batches). The architecture is
-    the genotype derived from the final architecture parameters."""
+    the genotype derived from the final architecture parameters. With ``compile``, the training
+    forward passes (weight and architecture steps) go through torch.compile; evaluation stays eager."""
     dcfg = cfg["search"]["darts"]
     seed_everything(seed)
     args = search_args(dcfg, data.input_shape, data.num_classes)
@@ -123,9 +134,11 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         data.memory_format = torch.channels_last
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=dcfg["lr"], momentum=dcfg["momentum"],
                             weight_decay=dcfg["weight_decay"])
+    forward = compiled(model, dcfg["compile"])
     architect = Architect(model, data.loss, lr=dcfg["arch_lr"], betas=dcfg["arch_betas"],
                           weight_decay=dcfg["arch_weight_decay"], order=dcfg["order"],
-                          network_momentum=dcfg["momentum"], network_weight_decay=dcfg["weight_decay"])
+                          network_momentum=dcfg["momentum"], network_weight_decay=dcfg["weight_decay"],
+                          forward=forward)
     bs = dcfg["batch_size"]
     steps_per_epoch = min(data.steps_per_epoch(0, bs), data.steps_per_epoch(1, bs))
     total, epochs = step_budget(dcfg["epochs"], dcfg["iterations"], steps_per_epoch)
@@ -151,7 +164,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             val_batch = tuple(t.to(device, non_blocking=True) for t in val_batch)
             if epoch >= dcfg["arch_warmup_epochs"]:
                 sums["arch_loss"] += architect.step(train_batch, val_batch, lr, w_opt)
-            logits = model(train_batch[0])
+            logits = forward(train_batch[0])
             loss = data.loss_from_logits(logits, train_batch[1])
             w_opt.zero_grad(set_to_none=True)
             loss.backward()
