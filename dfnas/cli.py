@@ -93,6 +93,7 @@ def stage_config(args) -> dict:
         value = getattr(args, name, None)
         if value:
             check_writable(Path(value) if name in OUTPUT_FOLDERS else Path(value).parent)
-    if hasattr(args, "threads"):
-        set_threads(args.threads or cfg["threads"])
+    if hasattr(args, "threads"):  # a job's threads, shared by the processes torchrun starts on this node
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        set_threads(max(1, (args.threads or cfg["threads"]) // max(1, ranks)))
     return cfg

@@ -57,15 +57,19 @@ def load_schema(path=SCHEMA_PATH) -> dict:
 
 def _coerce(value, schema: dict):
     """A string where the schema wants no string, read as YAML: Snakemake keeps the values nested in
-    ``--config 'synthesis={shards: 1}'`` as text ('1'), while top-level ``--config seed=1`` is a number."""
+    ``--config 'synthesis={shards: 1}'`` as text ('1'), while top-level ``--config seed=1`` is a number.
+    A whole float where the schema wants an integer (``steps: 1e3``) becomes that integer."""
     types = schema.get("type") if isinstance(schema, dict) else None
-    if not isinstance(value, str) or types is None or "string" in ([types] if isinstance(types, str) else types):
-        return value
-    try:
-        parsed = read_yaml(value)
-    except yaml.YAMLError:
-        return value
-    return value if isinstance(parsed, str) else parsed
+    types = [types] if isinstance(types, str) else (types or [])
+    if isinstance(value, str) and types and "string" not in types:
+        try:
+            parsed = read_yaml(value)
+        except yaml.YAMLError:
+            return value
+        value = value if isinstance(parsed, str) else parsed
+    if isinstance(value, float) and value.is_integer() and "integer" in types and "number" not in types:
+        return int(value)
+    return value
 
 
 def _with_defaults(validator_class):

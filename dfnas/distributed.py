@@ -3,19 +3,21 @@
 A job given several GPUs runs its stage under ``torchrun --standalone --nproc_per_node N``; each
 process (rank) drives one GPU. `from_env` reads torchrun's variables and joins the process group
 (NCCL on CUDA, gloo on the CPU, which is how the tests run two ranks on one machine). Training then
-splits every batch of the single-process plan, not the dataset: all ranks draw the same shuffle,
-the same view seeds and the same augmentation parameters for the whole global batch, and each keeps
-its contiguous share (`share`). So ``batch_size`` stays the global batch, the learning-rate schedule
-and epoch length do not change with the number of GPUs, and a run on N GPUs follows the same
-curve as one on a single device up to BatchNorm statistics (computed per rank, as in the
-published multi-GPU recipes) and float reduction order. Rank 0 writes the checkpoint, the log and
-the outputs.
+splits every batch of the single-process plan, not the dataset: all ranks draw the same shuffle and
+the same augmentation parameters for the whole global batch, and each keeps its contiguous share
+(`share`); random-view seeds (decoded crops) are made per rank (`rank_share`). So ``batch_size``
+stays the global batch, the learning-rate schedule and epoch length do not change with the number
+of GPUs (but for a last batch too small to give every rank two images, which is left out), and a
+run on N GPUs follows the same curve as one on a single device up to BatchNorm statistics
+(computed per rank, as in the published multi-GPU recipes), those view seeds and float reduction
+order. Rank 0 writes the checkpoint, the log and the outputs.
 
 Without torchrun's variables (or with WORLD_SIZE 1) nothing here is used.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -82,9 +84,18 @@ def from_env(device: torch.device) -> Dist | None:
     rank, size, local = world
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        kwargs = {}
+        if device.type == "cuda" and "device_id" in inspect.signature(torch.distributed.init_process_group).parameters:
+            kwargs["device_id"] = device  # binds NCCL to the rank's GPU (torch 2.3 and later)
         torch.distributed.init_process_group(backend, rank=rank, world_size=size, **kwargs)
     return Dist(rank, size, local)
+
+
+def check_batch(dist: Dist | None, batch: int, key: str) -> None:
+    """Refuse a global batch that cannot give every rank the two images BatchNorm needs."""
+    if dist is not None and batch < 2 * dist.world:
+        raise DfnasError(f"config key '{key}': a batch of {batch} cannot give each of {dist.world} ranks the two "
+                         "images BatchNorm needs; raise it or use fewer GPUs")
 
 
 def close(dist: Dist | None) -> None:

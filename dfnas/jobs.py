@@ -22,6 +22,28 @@ PRECISION_JOBS = ("teacher", "synthesize", "search", "retrain", "fidelity_proxy"
 READING_KEYS = ("workers", "eval_batch_size")
 # Keys of ``search`` that only list jobs.
 JOB_LISTS = ("algorithms", "sources", "seeds")
+# Keys whose default leaves a job as it was before the key existed: left out of a job's config at
+# that value, so that a finished run does not rerun its jobs for them (``retrain.<space>.epochs``:
+# null too).
+NEUTRAL = {("synthesis", "stack"): 1, ("retrain", "gpus"): 1, ("search", "spos", "gpus"): 1,
+           ("search", "darts", "compile"): False}
+
+
+def without_neutral(config: dict) -> dict:
+    """``config`` without the `NEUTRAL` keys at their neutral value (a copy where any is dropped)."""
+    out = json.loads(json.dumps(config))
+    for path, value in NEUTRAL.items():
+        section = out
+        for key in path[:-1]:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and path[-1] in section and section[path[-1]] == value \
+                and type(section[path[-1]]) is type(value):
+            del section[path[-1]]
+    for space in space_names():
+        own = out.get("retrain", {}).get(space)
+        if isinstance(own, dict) and own.get("epochs", 0) is None:
+            del own["epochs"]
+    return out
 
 
 def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | None = None) -> dict:
@@ -59,6 +81,11 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         others = set(space_names()) - {space}
         out["data"] = cfg["data"]
         out["retrain"] = {k: v for k, v in cfg["retrain"].items() if k not in others}
+        # The space's own epochs, resolved: the job then does not rerun when the shared value changes.
+        own = dict(out["retrain"].get(space, {}))
+        if own.get("epochs") is not None:
+            out["retrain"]["epochs"] = own.pop("epochs")
+            out["retrain"][space] = own
     elif job == "fidelity_draw":
         keys = get_space(algorithm).config_keys
         out["search"] = {algorithm: {k: v for k, v in cfg["search"][algorithm].items() if k in keys}}
@@ -85,7 +112,7 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
                    report=cfg["report"])
     else:
         raise ValueError(f"unknown job {job!r}")
-    return out
+    return without_neutral(out)
 
 
 def search_keys(cfg: dict, algorithm: str, source: str) -> dict:

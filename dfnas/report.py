@@ -367,11 +367,12 @@ def plot_fidelity(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("Kendall tau-b vs retrained top-1")
         ax.set_title(f"{NAMES.get(space, space)}: {group[0]['architectures']} architectures")
         ax = axes[1][col]
-        for r in group:
-            ax.plot([100 * t for t in r["truth"]], [100 * v for v in r["scores"]], "o", markersize=4,
-                    label=f"{r['source']} (tau {r['tau']:.2f})")
+        by_loss = group[0]["score"] == "loss"
+        for r in group:  # the ranking score as measured: held-out loss (lower ranks higher) or accuracy
+            ax.plot([100 * t for t in r["truth"]], [-v if by_loss else 100 * v for v in r["scores"]], "o",
+                    markersize=4, label=f"{r['source']} (tau {r['tau']:.2f})")
         ax.set_xlabel("retrained top-1 on natural test (%)")
-        ax.set_ylabel("proxy held-out accuracy (%)")
+        ax.set_ylabel("proxy held-out loss (lower ranks higher)" if by_loss else "proxy held-out accuracy (%)")
         ax.legend(fontsize=7)
     save_figure(fig, path)
 

@@ -97,7 +97,7 @@ def claim_gpu(names: list[str], wait: float | None = None, log=None) -> int:
 def cuda_device():
     """The CUDA device of this job: the one it sees, or, where it sees several (a workstation, or an
     allocation of several GPUs shared by parallel jobs), one that no other dfnas job holds
-    (`claim_gpu`); in a torchrun job, its local rank's GPU (claimed too)."""
+    (`claim_gpu`); in a torchrun job, each rank claims one the same way."""
     import torch
 
     from dfnas.distributed import world_from_env
@@ -105,13 +105,11 @@ def cuda_device():
     count = torch.cuda.device_count()
     index = 0
     world = world_from_env()
-    if world is not None:  # a rank of a torchrun job: the GPU of its local rank, claimed for the job
-        index = world[2]
-        if index >= count:
-            raise DfnasError(f"torchrun started local rank {index} but this job sees {count} GPUs; "
-                             "start at most as many processes per node as the job has GPUs")
-        claim_gpu([f"gpu-{torch.cuda.get_device_properties(index).uuid}"], log=print)
-    elif count > 1:
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world is not None else 1
+    if local_ranks > count:
+        raise DfnasError(f"torchrun started {local_ranks} processes on this node but the job sees {count} GPUs; "
+                         "start at most as many processes per node as the job has GPUs")
+    if count > 1:  # each rank of a torchrun job is a process of its own: the claims keep their GPUs apart
         names = [f"gpu-{torch.cuda.get_device_properties(i).uuid}" for i in range(count)]
         index = claim_gpu(names, log=print)
     torch.cuda.set_device(index)

@@ -239,8 +239,10 @@ NOT_IN_SHARDS = ("variants", "val_per_class")
 
 
 def shard_keys(cfg: dict) -> dict:
-    """The ``synthesis`` keys a shard depends on (what its config hash covers and its job reads)."""
-    return {k: v for k, v in cfg["synthesis"].items() if k not in NOT_IN_SHARDS}
+    """The ``synthesis`` keys a shard depends on (what its config hash covers and its job reads);
+    ``stack`` only where it is not 1, so that shards made before the key existed stay valid."""
+    return {k: v for k, v in cfg["synthesis"].items()
+            if k not in NOT_IN_SHARDS and not (k == "stack" and v == 1)}
 
 
 def noise_images(n: int, shape, mean, std, generator: torch.Generator) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfnas.checkpoint import Checkpoint, Resumed
-from dfnas.distributed import rank_share
+from dfnas.distributed import check_batch, rank_share
 from dfnas.data import as_pixels
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
@@ -80,6 +80,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
     model.to(memory_format=fmt)
     net = model
     if dist is not None:
+        check_batch(dist, min(recipe.batch_size, len(train_set)), "retrain.batch_size")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         log = log if dist.main else (lambda *_: None)
     norm = Normalize(mean, std).to(device)
@@ -96,7 +97,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
     if checkpoint is not None:
         checkpoint = Checkpoint(checkpoint, {
             "recipe": recipe.to_dict(), "seed": seed, "n": len(train_set), "identity": identity,
-            "precision": precision_name(precision),
+            "precision": precision_name(precision), **({"ranks": dist.world} if dist is not None else {}),
             "shapes": {k: list(p.shape) for k, p in model.state_dict().items()}}, log)
         resumed = checkpoint.resume(stateful, gen)
     else:

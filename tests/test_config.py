@@ -94,6 +94,12 @@ def test_numbers_in_exponent_notation(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     assert load_config(tmp_path / "c.json")["synthesis"]["loss"]["l2"] == cfg["synthesis"]["loss"]["l2"] == 1e-5
     assert validate_config({"retrain": {"lr": "2e-3"}})["retrain"]["lr"] == 0.002
+    # An integer key written in exponent notation is that integer, not a float that breaks range().
+    steps = validate_config({"fidelity": {"steps": "1e3"}, "search": {"spos": {"iterations": 1.5e5}}})
+    assert steps["fidelity"]["steps"] == 1000 and type(steps["fidelity"]["steps"]) is int
+    assert type(steps["search"]["spos"]["iterations"]) is int
+    with pytest.raises(DfnasError, match="config key 'fidelity.steps': 2.5 is not of type 'integer'"):
+        validate_config({"fidelity": {"steps": 2.5}})
 
 
 @pytest.mark.parametrize("config, message", [

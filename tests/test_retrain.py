@@ -84,7 +84,10 @@ def test_a_space_sets_its_own_epochs(retrain_config, tmp_path):
     assert [h["epoch"] for h in metrics["history"]] == [1]
     assert metrics["recipe"]["epochs"] == 1 and "epochs" not in metrics["sizes"]
     assert job_config(cfg, "retrain", "spos")["retrain"]["epochs"] == 3
-    assert job_config(cfg, "retrain", "darts")["retrain"]["darts"]["epochs"] == 1
+    darts_job = job_config(cfg, "retrain", "darts")["retrain"]  # resolved: the shared 3 is not in it
+    assert darts_job["epochs"] == 1 and darts_job["darts"] == {"cells": 3, "channels": 4}
+    assert retrain(validate_config({**copy.deepcopy(cfg), "retrain": darts_job}), tmp_path / "search" / "architecture.json",
+                   tmp_path / "m2.json", log=quiet)["recipe"]["epochs"] == 1
     assert job_config(cfg, "fidelity_proxy", "darts", "full")["retrain"] == {"darts": {"cells": 3, "channels": 4}}
 
 

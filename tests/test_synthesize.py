@@ -3,6 +3,7 @@ resumable shards, the noise floor, and a synthetic branch that never reads natur
 
 import copy
 import hashlib
+import json
 import sys
 
 import h5py
@@ -95,7 +96,8 @@ def test_stacked_batches_write_the_shard_of_batches_in_turn(teacher, tmp_path):
     two = run_shard(syn_config(batch_size=4, stack=2), teacher, "full", 0, tmp_path / "two.h5", log=quiet)
     with h5py.File(one) as fa, h5py.File(two) as fb:
         a, b = sh.read_group(fa), sh.read_group(fb)
-        assert fb.attrs["config"]  # the stack is part of the shard's config
+        assert json.loads(fb.attrs["config"])["synthesis"]["stack"] == 2  # the stack is part of the shard's config
+        assert sh.attrs_dict(fa)["config_hash"] != sh.attrs_dict(fb)["config_hash"]
     assert np.array_equal(a["labels"][:6], b["labels"][:6]) and np.array_equal(a["round"], b["round"])
     assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1
     assert (a["images"] != b["images"]).mean() < 0.01

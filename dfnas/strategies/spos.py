@@ -32,7 +32,6 @@ from torch import nn
 from dfnas import distributed
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.distributed import Dist
-from dfnas.errors import DfnasError
 from dfnas.flops import count_parameters
 from dfnas.optim import decay_groups, linear_lr, set_lr, step_budget
 from dfnas.runtime import autocast_forward, precision_name, progress, resolve_precision, seed_everything
@@ -174,9 +173,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     low, high = s["train_flops"] or (None, None)
     global_batch = min(bs, len(data.halves[0]))
-    if dist is not None and global_batch < 2 * dist.world:
-        raise DfnasError(f"config key 'search.spos.batch_size': a batch of {global_batch} cannot give each of "
-                         f"{dist.world} ranks the two images BatchNorm needs")
+    distributed.check_batch(dist, global_batch, "search.spos.batch_size")
     checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed),
                                                               "precision": precision_name(precision)}, log)
     stateful = {"model": model, "opt": opt}
@@ -201,7 +198,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             loss_sum += loss.detach()
             acc_sum += data.accuracy(logits.detach(), y)
             steps += 1
-        if dist is not None:  # the ranks' shares are equal (whole batches only): their mean is the batch's
+        if dist is not None:  # the mean of the ranks' means (equal to the batch's when the shares are equal)
             dist.sum(loss_sum, acc_sum)
             loss_sum, acc_sum = loss_sum / dist.world, acc_sum / dist.world
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, steps),
