@@ -18,13 +18,12 @@ Without torchrun's variables (or with WORLD_SIZE 1) nothing here is used.
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 
 import torch
 
 from dfnas.errors import DfnasError
-from dfnas.runtime import derived_seed
+from dfnas.runtime import derived_seed, world_from_env
 from dfnas.streaming import SEED_LIMIT, Batch
 
 
@@ -60,19 +59,6 @@ def rank_share(batch: Batch, dist: Dist) -> Batch:
     transform their images alike."""
     seed = None if batch.seed is None else derived_seed(batch.seed, "rank", dist.rank) % SEED_LIMIT
     return Batch(batch.indices[dist.share(len(batch.indices))], seed)
-
-
-def world_from_env() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) from torchrun's variables; None outside torchrun or for one
-    process."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return None
-        return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-    except (KeyError, ValueError) as exc:
-        raise DfnasError(f"torchrun's RANK / WORLD_SIZE / LOCAL_RANK are incomplete or not numbers ({exc}); "
-                         "start several processes with torchrun --nproc_per_node N") from None
 
 
 def from_env(device: torch.device) -> Dist | None:

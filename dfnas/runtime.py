@@ -94,13 +94,24 @@ def claim_gpu(names: list[str], wait: float | None = None, log=None) -> int:
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
+def world_from_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's variables; None outside torchrun or for one
+    process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    except (KeyError, ValueError) as exc:
+        raise DfnasError(f"torchrun's RANK / WORLD_SIZE / LOCAL_RANK are incomplete or not numbers ({exc}); "
+                         "start several processes with torchrun --nproc_per_node N") from None
+
+
 def cuda_device():
     """The CUDA device of this job: the one it sees, or, where it sees several (a workstation, or an
     allocation of several GPUs shared by parallel jobs), one that no other dfnas job holds
     (`claim_gpu`); in a torchrun job, each rank claims one the same way."""
     import torch
-
-    from dfnas.distributed import world_from_env
 
     count = torch.cuda.device_count()
     index = 0
