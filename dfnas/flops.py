@@ -63,6 +63,7 @@ class CostTable:
         self.n_blocks, self.n_choices = self.table.shape
         self.allowed = [tuple(a) for a in allowed] if allowed is not None else [tuple(range(self.n_choices))] * self.n_blocks
         self.unit = unit
+        self._placed = {}  # (device, dtype) -> the table there: copied once, not per architecture step
 
     def cost(self, path):
         total = self.base + sum(self.table[b, c].item() for b, c in enumerate(path))
@@ -70,7 +71,10 @@ class CostTable:
 
     def expected(self, probs: torch.Tensor) -> torch.Tensor:
         """``base + sum_b sum_k probs[b, k] * table[b, k]`` for probabilities of shape (blocks, choices)."""
-        return self.base + (probs * self.table.to(device=probs.device, dtype=probs.dtype)).sum()
+        key = (probs.device, probs.dtype)
+        if key not in self._placed:
+            self._placed[key] = self.table.to(device=probs.device, dtype=probs.dtype)
+        return self.base + (probs * self._placed[key]).sum()
 
     def bounds(self) -> tuple:
         lo = sum(min(self.table[b, c].item() for c in ops) for b, ops in enumerate(self.allowed))

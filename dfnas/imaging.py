@@ -43,7 +43,7 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size:
     """
     n, _, h, w = x.shape
     out_h, out_w = size
-    boxes = boxes.to(x.device, x.dtype)
+    boxes = boxes.to(x.device, x.dtype, non_blocking=True)  # drawn on the host: no wait for the stream
     top, left, bh, bw = (boxes[:, i : i + 1] for i in range(4))
     # Pixel-centre coordinates of the box's first and last pixel.
     r0 = torch.floor(top * h + 0.5)
@@ -55,7 +55,7 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size:
     jc = (torch.arange(out_w, device=x.device, dtype=x.dtype) + 0.5)[None]
     rows = (r0 - 0.5 + jr * (r1 - r0 + 1) / out_h).clamp(min=r0, max=r1)
     cols = (c0 - 0.5 + jc * (c1 - c0 + 1) / out_w).clamp(min=c0, max=c1)
-    cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)
+    cols = torch.where(flips.to(x.device, non_blocking=True)[:, None], cols.flip(1), cols)
     # grid_sample with align_corners=True maps -1..1 to the first..last pixel centre.
     gy = rows / max(h - 1, 1) * 2 - 1
     gx = cols / max(w - 1, 1) * 2 - 1
@@ -128,7 +128,9 @@ LIGHTING_EIGVEC = ((-0.5675, 0.7192, 0.4009),
 def lighting(x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """PCA colour noise on RGB pixels: image i gets ``eigvec @ (alphas[i] * eigval)`` added to every
     pixel (``alphas`` is N x 3, drawn from N(0, std)); not clipped, as in the original."""
-    eigval = torch.tensor(LIGHTING_EIGVAL, dtype=x.dtype, device=x.device)
-    eigvec = torch.tensor(LIGHTING_EIGVEC, dtype=x.dtype, device=x.device)
-    shift = (alphas.to(x.device, x.dtype) * eigval) @ eigvec.T
+    # The N x 3 shift is computed where the alphas are (on the host when drawn there) and copied
+    # without waiting: no constant is built on the device per batch.
+    eigval = torch.tensor(LIGHTING_EIGVAL, dtype=alphas.dtype, device=alphas.device)
+    eigvec = torch.tensor(LIGHTING_EIGVEC, dtype=alphas.dtype, device=alphas.device)
+    shift = ((alphas * eigval) @ eigvec.T).to(x.device, x.dtype, non_blocking=True)
     return x + shift[:, :, None, None]

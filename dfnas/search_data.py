@@ -228,7 +228,7 @@ class SearchData:
         weights."""
         forward = model if path is None else (lambda x: model(x, path))
         if recalibrate is not None:
-            recalibrate_bn(model, recalibrate, lambda m, x: forward(x.to(device)))
+            recalibrate_bn(model, recalibrate, lambda m, x: forward(x.to(device, non_blocking=True)))
         model.eval()
         scores = evaluate_batches(forward, self.heldout_batches(batch_size) if batches is None else batches,
                                   self.loss_from_logits, self.labels_of, device)

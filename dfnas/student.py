@@ -91,7 +91,7 @@ def train_student(cfg: dict, arch_path, dataset, labels, out_dir, log=print) -> 
         loss_sum = torch.zeros((), device=device)
         for i, (x, y) in enumerate(data.batches(0, bs, gen)):
             set_lr(opt, cosine_lr(epoch * per_epoch + i, total, scfg["lr"]))
-            loss = data.loss(model, (x.to(device), y.to(device)))
+            loss = data.loss(model, (x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
