@@ -4,7 +4,10 @@
    another) at a fixed configuration: dfnas's search network in the default memory format and in
    channels_last, in float32 and (``--precision``, bf16 on CUDA by default) under autocast, against
    the plain PyTorch formulation that NNI's DARTS layer choice uses (all eight operations computed,
-   the zero one included, stacked and summed with the softmax weights), float32.
+   the zero one included, stacked and summed with the softmax weights), float32. With
+   ``--compile BACKEND`` (e.g. inductor), also dfnas's network through torch.compile
+   (``search.darts.compile``) in float32 and in ``--precision``; its first step (the compilation)
+   is printed apart.
 2. Producing the distillation targets of one batch: replaying cached views and logits
    (dfnas.soft_labels) against running the teacher online on freshly augmented views.
 
@@ -12,6 +15,7 @@ Every figure comes from this one run; the ratios are what to read.
 
     python benchmarks/darts_step.py [--channels 8 --cells 5 --batch 64 --size 32 --in-channels 3]
     python benchmarks/darts_step.py --device cuda --channels 16 --cells 8 --batch 64   # the DARTS paper's search network
+    python benchmarks/darts_step.py --device cuda --channels 16 --cells 8 --batch 64 --compile inductor
 """
 
 import argparse
@@ -30,7 +34,7 @@ from dfnas.runtime import autocast_forward, resolve_device, resolve_precision, s
 from dfnas.losses import kd_loss  # noqa: E402
 from dfnas.soft_labels import draw_views, render_views  # noqa: E402
 from dfnas.spaces.darts import MixedOp, SearchNetwork  # noqa: E402
-from dfnas.strategies.darts import Architect  # noqa: E402
+from dfnas.strategies.darts import Architect, compiled  # noqa: E402
 
 
 def stacked_forward(self, x, weights):
@@ -48,9 +52,12 @@ def reference_network(*args) -> SearchNetwork:
 
 
 def timed(fn, repeats: int, device) -> float:
-    fn()  # warm-up
+    """Best of ``repeats`` timed calls after one untimed warm-up call (its seconds: ``timed.warmup``)."""
+    t0 = time.perf_counter()
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    timed.warmup = time.perf_counter() - t0
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -72,6 +79,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32 or bf16: the last dfnas line")
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="also time the network through torch.compile with this backend (inductor, eager, ...)")
     args = p.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -84,12 +93,15 @@ def main():
         return F.cross_entropy(model(batch[0]), batch[1])
 
     dtype = resolve_precision(args.precision, device)
-    runs = [("NNI-style reference", reference_network, "contiguous", None),
-            ("dfnas", SearchNetwork, "contiguous", None), ("dfnas", SearchNetwork, "channels_last", None)]
+    runs = [("NNI-style reference", reference_network, "contiguous", None, False),
+            ("dfnas", SearchNetwork, "contiguous", None, False), ("dfnas", SearchNetwork, "channels_last", None, False)]
     if dtype is not None:
-        runs += [("dfnas", SearchNetwork, fmt, dtype) for fmt in ("contiguous", "channels_last")]
+        runs += [("dfnas", SearchNetwork, fmt, dtype, False) for fmt in ("contiguous", "channels_last")]
+    if args.compile:
+        runs += [(f"dfnas {args.compile}", SearchNetwork, "contiguous", d, args.compile)
+                 for d in dict.fromkeys([None, dtype])]
     times = {}
-    for name, build, fmt, run_dtype in runs:
+    for name, build, fmt, run_dtype, backend in runs:
         net = autocast_forward(build(args.in_channels, args.size, 10, args.cells, args.channels).to(device), device,
                                run_dtype)
         xb = x
@@ -97,24 +109,28 @@ def main():
             net = net.to(memory_format=torch.channels_last)
             xb = x.contiguous(memory_format=torch.channels_last)
         w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-        architect = Architect(net, loss_fn, order=1)
+        forward = compiled(net, backend)
+        architect = Architect(net, loss_fn, order=1, forward=forward)
 
         def step():
             architect.step((xb, y), (xb, y), 0.025, w_opt)
             w_opt.zero_grad(set_to_none=True)
-            loss_fn(net, (xb, y)).backward()
+            loss_fn(forward, (xb, y)).backward()
             w_opt.step()
 
         label = f"{name}, {fmt}, {'fp32' if run_dtype is None else 'bf16'}"
         times[label] = timed(step, args.repeats, device)
+        first = f"; first step {timed.warmup:.1f} s" if forward is not net else ""
         print(f"DARTS step ({label:38s}) {times[label]:8.3f} s   ({args.cells} cells, {args.channels} channels, "
-              f"batch {args.batch}, {'x'.join(map(str, shape))}, {device})")
+              f"batch {args.batch}, {'x'.join(map(str, shape))}, {device}{first})", flush=True)
     reference = times["NNI-style reference, contiguous, fp32"]
     plain = times["dfnas, contiguous, fp32"]
     best = min(v for k, v in times.items() if k.startswith("dfnas"))
     print(f"ratio channels_last / contiguous (fp32): {times['dfnas, channels_last, fp32'] / plain:.3f}")
     print(f"ratio dfnas fp32 / NNI-style reference: {plain / reference:.3f}")
     print(f"ratio best dfnas setting / NNI-style reference: {best / reference:.3f}")
+    if args.compile:
+        print(f"ratio compiled ({args.compile}) / eager, fp32: {times[f'dfnas {args.compile}, contiguous, fp32'] / plain:.3f}")
 
     # Targets of one batch: cached replay against the teacher online.
     teacher = build_model("resnet_cifar", depth=20, width=16, num_classes=10, in_channels=args.in_channels).to(device).eval()
