@@ -124,16 +124,25 @@ def time_steps(args):
     print(f"ratio synthesis / bare teacher: {ratio:.3f}  (goal <= 1.25)")
     if args.stack > 1:
         stacked = [targets] * args.stack
-        best = float("inf")
-        for _ in range(args.repeats + 1):  # the first is a warm-up
-            t0 = time.perf_counter()
-            synthesize_stacked(teacher, stacked, shape, mean, std, Objective(), schedule, Region(),
-                               torch.Generator().manual_seed(0), **extra)
-            sync(device)
-            best = min(best, (time.perf_counter() - t0) / args.iterations)
+
+        def per_iteration(run) -> float:
+            best = float("inf")
+            for _ in range(args.repeats + 1):  # the first is a warm-up
+                t0 = time.perf_counter()
+                run()
+                sync(device)
+                best = min(best, (time.perf_counter() - t0) / args.iterations)
+            return best
+
+        best = per_iteration(lambda: synthesize_stacked(teacher, stacked, shape, mean, std, Objective(), schedule,
+                                                        Region(), torch.Generator().manual_seed(0), **extra))
+        one = per_iteration(lambda: synthesize_batch(teacher, torch.cat(stacked), shape, mean, std, Objective(),
+                                                     schedule, Region(), torch.Generator().manual_seed(0), **extra))
         print(f"{args.stack} batches stacked            {best * 1000:8.2f} ms per iteration "
               f"({args.stack * args.batch / best:.0f} images per second)")
+        print(f"one batch of {args.stack * args.batch} images         {one * 1000:8.2f} ms per iteration (the floor)")
         print(f"ratio stacked / {args.stack} batches in turn: {best / (args.stack * results['synthesis iteration']):.3f}")
+        print(f"ratio stacked / one batch of as many images: {best / one:.3f}")
 
 
 def main():

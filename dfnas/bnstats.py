@@ -67,51 +67,65 @@ SPATIAL_SUMS_ON_CPU = True
 
 
 class _ChannelMoments(torch.autograd.Function):
-    """Per-channel mean and biased variance of each input, as one float32 vector
-    ``[mean_1, ..., mean_L, var_1, ..., var_L]``.
+    """Per-channel mean and biased variance of each input over each of ``k`` equal groups of its
+    batch (consecutive images: ``k`` independent batches stacked), as a ``k x 2L`` float32 matrix,
+    row ``g`` = ``[mean_1, ..., mean_L, var_1, ..., var_L]`` of group g.
 
-    Forward: one ``var_mean`` per input on a GPU. Backward: with ``g_m`` and ``g_v`` the gradients of a
-    channel's mean and variance over its ``n`` values, ``dL/dx = a x + b`` with ``a = 2 g_v / n``
-    and ``b = g_m / n - a mean``: the per-channel factors of every layer are computed at once on the
-    concatenated vectors, then one ``addcmul`` per input. Autograd's own formulas would take about
-    ten launches per layer instead of two, which bounds a synthesis step on a GPU.
+    Forward: one ``var_mean`` per input on a GPU, whatever ``k`` (the batch dimension is split, not
+    sliced). Backward: with ``g_m`` and ``g_v`` the gradients of a channel's mean and variance over
+    its ``n`` values in a group, ``dL/dx = a x + b`` with ``a = 2 g_v / n`` and
+    ``b = g_m / n - a mean``: the per-channel factors of every layer and group are computed at once,
+    then one ``addcmul`` per input. Autograd's own formulas would take about ten launches per layer
+    instead of two, which bounds a synthesis step on a GPU.
     """
 
     @staticmethod
-    def forward(ctx, counts, *xs):
+    def forward(ctx, counts, k, *xs):
         means, variances = [], []
         for x in xs:
-            xf = x if x.dtype == torch.float32 else x.float()
+            xf = (x if x.dtype == torch.float32 else x.float()).unflatten(0, (k, -1))  # groups x images x C x ...
             if x.device.type == "cpu" and SPATIAL_SUMS_ON_CPU and x.ndim > 2:
                 # Per-sample spatial sums first: several times faster on the CPU than var_mean over
                 # (N, H, W) of an NCHW tensor.
-                spatial = tuple(range(2, x.ndim))
-                n = x.numel() // x.shape[1]
-                mean = xf.sum(spatial).sum(0) / n
-                var = (xf * xf).sum(spatial).sum(0) / n - mean * mean
+                spatial = tuple(range(3, xf.ndim))
+                n = x.numel() // (k * x.shape[1])
+                mean = xf.sum(spatial).sum(1) / n
+                var = (xf * xf).sum(spatial).sum(1) / n - mean * mean
             else:  # one Welford kernel
-                var, mean = torch.var_mean(xf, (0, *range(2, x.ndim)), correction=0)
+                var, mean = torch.var_mean(xf, (1, *range(3, xf.ndim)), correction=0)
             means.append(mean)
             variances.append(var)
-        mean_all = torch.cat(means)
+        mean_all = torch.cat(means, 1)
+        ctx.k = k
         ctx.save_for_backward(counts, mean_all, *xs)
-        return torch.cat([mean_all, *variances])
+        return torch.cat([mean_all, *variances], 1)
 
     @staticmethod
     def backward(ctx, grad):
         counts, mean_all, *xs = ctx.saved_tensors
-        total = mean_all.numel()
-        a = grad[total:] * 2 / counts
-        b = grad[:total] / counts - a * mean_all
+        k, total = ctx.k, mean_all.shape[1]
+        a = grad[:, total:] * 2 / counts
+        b = grad[:, :total] / counts - a * mean_all
         grads, start = [], 0
         for x in xs:
             c = x.shape[1]
-            shape = (1, c) + (1,) * (x.ndim - 2)
-            a_l, b_l = a[start:start + c].view(shape), b[start:start + c].view(shape)
+            shape = (k, 1, c) + (1,) * (x.ndim - 2)
+            a_l, b_l = a[:, start:start + c].reshape(shape), b[:, start:start + c].reshape(shape)
             # In float32 and rounded once: bfloat16 factors would lose 1-2% where |mean| >> std.
-            grads.append(torch.addcmul(b_l, x, a_l).to(x.dtype))
+            grads.append(torch.addcmul(b_l, x.unflatten(0, (k, -1)), a_l).flatten(0, 1).to(x.dtype))
             start += c
-        return (None, *grads)
+        return (None, None, *grads)
+
+
+def equal_runs(groups: list[slice]) -> list[tuple[int, int, int]]:
+    """``(start, stop, k)``: consecutive groups of one size merged into runs of ``k`` groups."""
+    runs = []
+    for g in groups:
+        if runs and runs[-1][1] == g.start and (runs[-1][1] - runs[-1][0]) // runs[-1][2] == g.stop - g.start:
+            runs[-1] = (runs[-1][0], g.stop, runs[-1][2] + 1)
+        else:
+            runs.append((g.start, g.stop, 1))
+    return runs
 
 
 class BatchNormMatch:
@@ -147,10 +161,11 @@ class BatchNormMatch:
         self.handles.clear()
         self.inputs = [None] * len(self.layers)
 
-    def _layout(self, ran: tuple[int, ...], xs: list[torch.Tensor]):
-        """Per set of layers and input shapes (made once): the running statistics as one vector, each
-        entry's segment (layer and moment), the segments' weights and the values per channel."""
-        key = (ran, tuple(tuple(x.shape) for x in xs))
+    def _layout(self, ran: tuple[int, ...], xs: list[torch.Tensor], k: int):
+        """Per set of layers, input shapes and groups (made once): the running statistics as one
+        vector, each entry's segment (layer and moment), the segments' weights and the values per
+        channel in a group."""
+        key = (ran, tuple(tuple(x.shape) for x in xs), k)
         if key not in self._layouts:
             device = xs[0].device
             layers = [self.layers[i] for i in ran]
@@ -158,26 +173,29 @@ class BatchNormMatch:
             sizes = [m.running_mean.numel() for m in layers]
             segment = torch.repeat_interleave(torch.arange(2 * len(layers)), torch.tensor(sizes * 2))
             weights = torch.tensor([self.first_multiplier] + [1.0] * (len(ran) - 1)).repeat(2)
-            counts = torch.cat([torch.full((c,), x.numel() // c, dtype=torch.float32) for x, c in zip(xs, sizes)])
+            counts = torch.cat([torch.full((c,), x.numel() // (k * c), dtype=torch.float32) for x, c in zip(xs, sizes)])
             self._layouts[key] = (running.to(device), segment.to(device), weights.to(device), counts.to(device))
         return self._layouts[key]
 
     def loss(self, groups: list[slice] | None = None) -> torch.Tensor:
-        """The term of the last forward pass; with ``groups`` (slices of the batch), the sum of each
-        group's term, its moments over its own images (independent batches stacked in one pass)."""
+        """The term of the last forward pass; with ``groups`` (consecutive slices covering the batch),
+        the sum of each group's term, its moments over its own images (independent batches stacked
+        in one pass). Groups of one size are measured together, the batch split rather than sliced."""
         ran = tuple(i for i, x in enumerate(self.inputs) if x is not None)
         if not ran:
             raise RuntimeError("no BatchNorm layer ran in the last forward pass")
         inputs = [self.inputs[i] for i in ran]
         self.inputs = [None] * len(self.layers)  # the graph keeps what backward needs; no activation outlives its step
+        n = inputs[0].shape[0]
         total = None
-        for g in groups or [None]:
-            xs = inputs if g is None else [x[g] for x in inputs]
-            running, segment, weights, counts = self._layout(ran, xs)
-            diff = _ChannelMoments.apply(counts, *xs) - running
-            squares = torch.zeros(weights.numel(), device=diff.device).index_add_(0, segment, diff * diff)
+        for start, stop, k in equal_runs(groups) if groups else [(0, n, 1)]:
+            xs = inputs if (start, stop) == (0, n) else [x[start:stop] for x in inputs]
+            running, segment, weights, counts = self._layout(ran, xs, k)
+            diff = _ChannelMoments.apply(counts, k, *xs) - running
+            squares = torch.zeros(k, weights.numel(), device=diff.device).index_add_(1, segment, diff * diff)
             # The l2 norm of each segment; its gradient is taken as 0 at 0, as linalg.vector_norm's.
-            term = torch.dot(weights, squares.clamp_min(1e-30).sqrt())
+            norms = squares.clamp_min(1e-30).sqrt()
+            term = torch.dot(weights, norms[0]) if k == 1 else torch.mv(norms, weights).sum()
             total = term if total is None else total + term
         return total
 

@@ -1,6 +1,8 @@
 """Synthesis (dfnas.synthesis, with the crops of dfnas.imaging): the objective's terms against hand
 computations, and the regional update's views."""
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -13,10 +15,8 @@ from dfnas.synthesis import Objective, Region, Schedule, l2_prior, synthesize_ba
 # Objective terms
 
 
-def test_bn_loss_and_its_gradient_against_a_hand_computation():
-    """The fused term (one var_mean per layer forward, one addcmul backward) equals the per-layer
-    formula in value and in gradient, image and vector BatchNorm layers alike."""
-    torch.manual_seed(0)
+def bn_network() -> nn.Sequential:
+    """Image and vector BatchNorm layers with set running statistics, float64, eval mode."""
     net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 3, 2), nn.BatchNorm2d(3),
                         nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4)).double()
     net[1].running_mean.copy_(torch.tensor([0.5, -1.0]))
@@ -25,13 +25,11 @@ def test_bn_loss_and_its_gradient_against_a_hand_computation():
     net[4].running_var.copy_(torch.tensor([1.0, 1.5, 0.25]))
     net[7].running_mean.copy_(torch.tensor([0.0, 0.3, -0.2, 1.0]))
     net[7].running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 0.25]))
-    net.eval()
-    x = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    with BatchNormMatch(net, first_multiplier=10.0) as bn:
-        net(x)
-        loss = bn.loss()
-    fused, = torch.autograd.grad(loss, x)
+    return net.eval()
 
+
+def bn_term_by_hand(net, x):
+    """The per-layer formula (mean and biased variance by autograd's own operations)."""
     def term(inp, bn):
         dims = (0, 2, 3) if inp.ndim == 4 else (0,)
         mu = inp.mean(dim=dims)
@@ -41,12 +39,52 @@ def test_bn_loss_and_its_gradient_against_a_hand_computation():
     a1 = net[0](x)
     a2 = net[3](net[2](net[1](a1)))
     a3 = net[6](net[5](net[4](a2)))
-    expected = 10.0 * term(a1, net[1]) + term(a2, net[4]) + term(a3, net[7])
+    return 10.0 * term(a1, net[1]) + term(a2, net[4]) + term(a3, net[7])
+
+
+def test_bn_loss_and_its_gradient_against_a_hand_computation():
+    """The fused term (one var_mean per layer forward, one addcmul backward) equals the per-layer
+    formula in value and in gradient, image and vector BatchNorm layers alike."""
+    torch.manual_seed(0)
+    net = bn_network()
+    x = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    with BatchNormMatch(net, first_multiplier=10.0) as bn:
+        net(x)
+        loss = bn.loss()
+    fused, = torch.autograd.grad(loss, x)
+    expected = bn_term_by_hand(net, x)
     by_hand, = torch.autograd.grad(expected, x)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the moments are float32
     torch.testing.assert_close(fused, by_hand, rtol=1e-5, atol=1e-7)
     # The hooks are gone after the block, and no activation is kept.
     assert not net[1]._forward_hooks and bn.inputs == [None] * 3
+
+
+@pytest.mark.parametrize("spatial_sums", [True, False])
+@pytest.mark.parametrize("sizes", [(3, 3, 3), (3, 3, 2, 2, 4)])
+def test_grouped_bn_loss_is_the_sum_over_the_groups(monkeypatch, spatial_sums, sizes):
+    """With groups (stacked batches: equal ones measured by splitting the batch, unequal runs by
+    slicing), the term and its gradient are the sum of each group's own term by hand, on both ways
+    of measuring moments (CPU spatial sums, the GPU's var_mean)."""
+    from dfnas import bnstats
+
+    monkeypatch.setattr(bnstats, "SPATIAL_SUMS_ON_CPU", spatial_sums)
+    torch.manual_seed(0)
+    net = bn_network()
+    x = torch.randn(sum(sizes), 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    bounds = [0, *itertools.accumulate(sizes)]
+    groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    with BatchNormMatch(net, first_multiplier=10.0) as bn:
+        net(x)
+        loss = bn.loss(groups)
+    fused, = torch.autograd.grad(loss, x)
+    expected = sum(bn_term_by_hand(net, x[g]) for g in groups)
+    by_hand, = torch.autograd.grad(expected, x)
+    assert bnstats.equal_runs(groups) == ([(0, 9, 3)] if len(sizes) == 3 else [(0, 6, 2), (6, 10, 2), (10, 14, 1)])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(fused, by_hand, rtol=1e-5, atol=1e-7)
+    whole = bn_term_by_hand(net, x)  # one batch of all the images is another objective
+    assert abs(whole.item() - expected.item()) > 0.1
 
 
 def test_bn_loss_in_bfloat16_keeps_float32_statistics():
@@ -147,13 +185,15 @@ def test_the_half_resolution_stage_comes_first_at_half_size(teacher):
     assert seen == [(28, 28)] * 2
 
 
-def test_stacked_batches_equal_batches_run_in_turn(teacher):
-    """Three batches (5, 5 and 3 images: groups of unequal size) in one teacher pass a step, with
-    resized crops, flips, both stages, every prior and a warm start for one: the images of each equal
-    `synthesize_batch` on that batch in turn with the same generator, and the per-batch objective is
-    not the stacked batch's (13 images optimized as one batch end elsewhere)."""
-    targets = [torch.eye(10)[[0, 1, 2, 3, 4]], torch.eye(10)[[5, 6, 7, 8, 9]], torch.eye(10)[[1, 3, 5]]]
-    warm = [None, None, torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(9))]
+@pytest.mark.parametrize("last", [[1, 3, 5], [1, 3, 5, 7, 9]])
+def test_stacked_batches_equal_batches_run_in_turn(teacher, last):
+    """Three batches (5, 5 and 3 images: a run of two equal groups and one of another size; or three
+    of 5: the batch split in three) in one teacher pass a step, with resized crops, flips, both
+    stages, every prior and a warm start for one: the images of each equal `synthesize_batch` on
+    that batch in turn with the same generator, and the per-batch objective is not the stacked
+    batch's (the images optimized as one batch end elsewhere)."""
+    targets = [torch.eye(10)[[0, 1, 2, 3, 4]], torch.eye(10)[[5, 6, 7, 8, 9]], torch.eye(10)[last]]
+    warm = [None, None, torch.randn(len(last), 1, 28, 28, generator=torch.Generator().manual_seed(9))]
     args = ((1, 28, 28), teacher.mean, teacher.std, Objective(tv_l1=1e-3), Schedule(iterations_half=3, iterations_full=4, warmup=1),
             Region(mode="resized_crop", flip=True))
     gen = torch.Generator().manual_seed(4)
