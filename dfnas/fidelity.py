@@ -8,7 +8,8 @@ on it rank the way their true accuracies do. Per search space:
              near its cost target), spread over sizes: K x ``candidates`` draws sorted by
              multiply-adds, K of them taken at evenly spaced ranks. Each is written as an
              architecture JSON; its true accuracy is the retrain stage's top-1 on the natural test
-             split (the same recipe as every found architecture).
+             split (the same recipe as every found architecture), the mean of
+             ``fidelity.truth_repeats`` retrains with their own seeds (`dfnas.retrain --repeat`).
     proxy    on one source (natural data, or a synthesis variant by distillation from its cached
              soft labels: the search's own data, `dfnas.search_data`), every architecture is trained
              from scratch for ``steps`` updates (SGD, cosine learning rate, the same seed for every

@@ -100,8 +100,8 @@ class Layout:
     def fidelity_proxy(self, space, source) -> str:
         return self.fidelity(space, f"proxy_{source}.json")
 
-    def fidelity_truth(self, space, index) -> str:
-        return self.fidelity(space, "retrain", f"arch{index}.json")
+    def fidelity_truth(self, space, index, repeat) -> str:
+        return self.fidelity(space, "retrain", f"arch{index}_repeat{repeat}.json")
 
     # Retrain and report
     def metrics(self, algorithm, source, seed) -> str:

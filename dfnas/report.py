@@ -281,13 +281,17 @@ def proxy_score(row: dict, score: str) -> float:
 
 def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
     """Per space and source: Kendall tau-b and top-fraction overlap of the proxy scores
-    (``fidelity.score``) against the retrained top-1, with percentile-bootstrap 95% intervals over
-    the architectures."""
-    k, score = cfg["fidelity"]["architectures"], cfg["fidelity"]["score"]
+    (``fidelity.score``) against the retrained top-1 (the mean of ``fidelity.truth_repeats``
+    retrains), with percentile-bootstrap 95% intervals over the architectures. ``truth_sd``: the
+    retrains' standard deviation (pooled over the architectures, points), the truth's own noise."""
+    k, score, repeats = cfg["fidelity"]["architectures"], cfg["fidelity"]["score"], cfg["fidelity"]["truth_repeats"]
     fraction, resamples = cfg["report"]["top_fraction"], cfg["report"]["bootstrap"]
     rows = []
     for space in fidelity_spaces(cfg):
-        truth = np.array([read_json(layout.fidelity_truth(space, i), *NEEDED, numbers=("top1",))["top1"] for i in range(k)])
+        retrains = np.array([[read_json(layout.fidelity_truth(space, i, r), *NEEDED, numbers=("top1",))["top1"]
+                              for r in range(repeats)] for i in range(k)])
+        truth = retrains.mean(1)
+        truth_sd = float(100 * np.sqrt(retrains.var(1, ddof=1).mean())) if repeats > 1 else None
         for source in fidelity_sources(cfg):
             proxy = read_json(layout.fidelity_proxy(space, source), *NEEDED)
             by_index = {r["index"]: r for r in proxy["scores"]}
@@ -304,6 +308,8 @@ def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
                          "top_overlap": top_overlap(scores, truth, fraction), "overlap_low": ov_lo,
                          "overlap_high": ov_hi, "proxy_mean_acc": float(accuracy.mean()), "score": score,
                          "heldout_images": proxy["heldout_images"], "steps": proxy["steps"],
+                         "truth_repeats": repeats, "truth_sd": truth_sd,
+                         "truth_span": float(100 * (truth.max() - truth.min())),
                          "scores": scores.tolist(), "truth": truth.tolist()})
     return rows
 
@@ -321,6 +327,13 @@ def fidelity_markdown(rows: list[dict], fraction: float) -> str:
                      f"{interval(r['tau'], r['tau_low'], r['tau_high'])} | "
                      f"{interval(r['top_overlap'], r['overlap_low'], r['overlap_high'])} | "
                      f"{100 * r['proxy_mean_acc']:.1f}% | {r['heldout_images']} |")
+    lines.append("")
+    for r in {r["space"]: r for r in rows}.values():  # one line per space: the truth it was ranked against
+        noise = ("" if r["truth_sd"] is None else
+                 f"; one retrain's standard deviation {r['truth_sd']:.2f} points (pooled over the architectures)")
+        lines.append(f"{NAMES.get(r['space'], r['space'])} truth: top-1 after the retrain recipe, the mean of "
+                     f"{r['truth_repeats']} retrain(s) per architecture; the {r['architectures']} architectures span "
+                     f"{r['truth_span']:.2f} points{noise}.")
     return "\n".join(lines) + "\n"
 
 

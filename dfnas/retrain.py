@@ -35,7 +35,7 @@ from dfnas.spaces import build_architecture, get_space, read_architecture, retra
 from dfnas.train import Recipe, evaluate, train_classifier
 
 
-def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
+def retrain(cfg: dict, arch_path, out: Path, log=print, repeat: int = 0) -> dict:
     arch = read_architecture(arch_path, "retrain")
     rcfg = cfg["retrain"]
     space = get_space(arch["space"])
@@ -45,7 +45,8 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
         "train": rcfg["train_images"], "test": cfg["data"]["subset"].get("test")}}})
     c, h, _ = data.info.input_shape
     search_seed = arch.get("found_by", {}).get("seed", 0)
-    seed = derived_seed(cfg["seed"], "retrain", search_seed) % (2**31)  # the same for every arm of a seed
+    # The same for every arm of a seed; a repeat (the fidelity truth's further retrains) draws its own.
+    seed = derived_seed(cfg["seed"], "retrain", search_seed, *(("repeat", repeat) if repeat else ())) % (2**31)
     seed_everything(seed)
     model = build_architecture(arch, c, h, data.info.num_classes, sizes)
     device = resolve_device(cfg["device"])
@@ -79,7 +80,8 @@ def retrain(cfg: dict, arch_path, out: Path, log=print) -> dict:
         "space": arch["space"], "choices": arch["choices"], "found_by": arch.get("found_by", {}),
         "top1": scores["top1"], "top5": scores["top5"], "test_images": scores["n"],
         "parameters": params, "multiply_adds": macs, "train_seconds": seconds, "train_images": len(data.train),
-        "recipe": recipe.to_dict(), "sizes": sizes, "seed": seed, "history": history, "device": str(device),
+        "recipe": recipe.to_dict(), "sizes": sizes, "seed": seed, "repeat": repeat, "history": history,
+        "device": str(device),
         "precision": precision_name(precision), "ranks": 1 if dist is None else dist.world,
         "versions": versions(),
     }
@@ -90,10 +92,14 @@ def main(argv=None):
     parser = stage_parser("retrain", __doc__)
     parser.add_argument("--arch", required=True, help="architecture JSON written by python -m dfnas.search")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="a further retrain of the same architecture with its own seed (0: the architecture's own)")
     args = parser.parse_args(argv)
+    if args.repeat < 0:
+        parser.error(f"--repeat: {args.repeat} is negative")
     cfg = stage_config(args)
     out = Path(args.out)
-    metrics = retrain(cfg, args.arch, out)
+    metrics = retrain(cfg, args.arch, out, repeat=args.repeat)
     if metrics is not None:
         write_json(out, metrics)
 

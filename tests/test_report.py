@@ -108,11 +108,13 @@ def test_one_seed_has_no_interval(tmp_path):
 
 
 def fake_fidelity(run_dir, truth, proxies, losses=None):
-    """Proxy scores per source: held-out accuracies, and losses (default: 2 - accuracy, the same order)."""
+    """Proxy scores per source: held-out accuracies, and losses (default: 2 - accuracy, the same order).
+    ``truth[i]``: architecture i's retrained top-1, or a list of them (one per repeat)."""
     for i, top1 in enumerate(truth):
-        path = run_dir / "fidelity" / "darts" / "retrain" / f"arch{i}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"top1": top1}))
+        for r, value in enumerate(top1 if isinstance(top1, list) else [top1]):
+            path = run_dir / "fidelity" / "darts" / "retrain" / f"arch{i}_repeat{r}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"top1": value}))
     for source, scores in proxies.items():
         loss = (losses or {}).get(source) or [2 - v for v in scores]
         (run_dir / "fidelity" / "darts" / f"proxy_{source}.json").write_text(json.dumps({
@@ -150,11 +152,35 @@ def test_fidelity_table_by_hand(tmp_path):
         in " ".join(result["goals"])
     table = (tmp_path / "report" / "fidelity.md").read_text()
     assert "| DARTS | natural | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 45.0% | 100 |" in table
+    assert ("DARTS truth: top-1 after the retrain recipe, the mean of 1 retrain(s) per architecture; the 8 "
+            "architectures span 14.00 points.") in table
     assert (tmp_path / "report" / "figures" / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
     assert [r["source"] for r in csv.DictReader(open(tmp_path / "report" / "fidelity.csv"))] == list(rows)
     # A proxy file that misses an architecture is named.
     fake_fidelity(tmp_path, truth, {"full": proxies["full"][:7]})
     with pytest.raises(DfnasError, match=r"proxy_full.json: scores for architectures .* expected 0..7"):
+        make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)
+
+
+def test_fidelity_truth_is_the_mean_of_its_repeats(tmp_path):
+    """With ``truth_repeats: 2`` each architecture's truth is the mean of its two retrains: one
+    retrain alone ranks the architectures in reverse of the proxy, their means in its order; the
+    pooled standard deviation is reported."""
+    fake_run(tmp_path)
+    # Repeat 0 alone falls with the index, the means rise (0.70, 0.71, 0.72, 0.73).
+    truth = [[0.76, 0.64], [0.75, 0.67], [0.74, 0.70], [0.73, 0.73]]
+    fake_fidelity(tmp_path, truth, {"natural": [0.1, 0.2, 0.3, 0.4]})
+    cfg = report_config()
+    cfg["fidelity"] = {**cfg["fidelity"], "architectures": 4, "truth_repeats": 2, "sources": ["natural"]}
+    row = make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)["fidelity"][0]
+    assert row["tau"] == 1.0 and row["truth"] == pytest.approx([0.70, 0.71, 0.72, 0.73])
+    # Per architecture the two retrains differ by d: variance d^2 / 2; d = 12, 8, 4, 0 points.
+    assert row["truth_sd"] == pytest.approx(((144 + 64 + 16 + 0) / 2 / 4) ** 0.5)
+    assert row["truth_span"] == pytest.approx(3.0)
+    assert "the mean of 2 retrain(s) per architecture; the 4 architectures span 3.00 points; one retrain's " \
+        "standard deviation 5.29 points" in (tmp_path / "report" / "fidelity.md").read_text()
+    cfg["fidelity"]["truth_repeats"] = 3  # a repeat that was never retrained is named
+    with pytest.raises(DfnasError, match=r"arch0_repeat2.json"):
         make_report(cfg, tmp_path, tmp_path / "report", log=lambda *_: None)
 
 

@@ -3,14 +3,17 @@ training that resumes after a kill."""
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
-from conftest import assert_resumes_after_a_kill, dataset_json, quiet
+from conftest import REPO, assert_resumes_after_a_kill, dataset_json, quiet
 from dfnas.config import validate_config
 from dfnas.errors import DfnasError
 from dfnas.flops import count_macs, count_parameters
 from dfnas.retrain import retrain
+from dfnas.runtime import derived_seed
 from dfnas.search import run_search
 from dfnas.spaces import build_architecture, get_space
 from dfnas.spaces.darts import DARTS_V2, PRIMITIVES, genotype_to_dict, random_choices
@@ -102,6 +105,23 @@ def test_same_recipe_seed_for_every_arm_of_a_search_seed(retrain_config, tmp_pat
                                               "retrain": {**retrain_config["retrain"], "epochs": 1}}),
                              tmp_path / "a.json", tmp_path / "m.json", log=quiet)["seed"])
     assert seeds[0] == seeds[1]
+
+
+def test_a_repeat_retrains_with_its_own_seed(retrain_config, tmp_path):
+    """`--repeat r` (the fidelity truth's further retrains): repeat 0 is the architecture's own seed,
+    each further repeat another one, recorded; a negative repeat is refused in one line."""
+    run_search(retrain_config, "darts", "random", 3, tmp_path / "search", log=quiet,
+               dataset_json=dataset_json(retrain_config, tmp_path))
+    cfg = validate_config({**copy.deepcopy(retrain_config), "retrain": {**retrain_config["retrain"], "epochs": 1}})
+    arch = tmp_path / "search" / "architecture.json"
+    runs = [retrain(cfg, arch, tmp_path / f"m{r}.json", log=quiet, repeat=r) for r in (0, 1, 2)]
+    search_seed = json.loads(arch.read_text())["found_by"]["seed"]
+    assert runs[0]["seed"] == derived_seed(cfg["seed"], "retrain", search_seed) % (2**31)
+    assert len({m["seed"] for m in runs}) == 3 and [m["repeat"] for m in runs] == [0, 1, 2]
+    refused = subprocess.run([sys.executable, "-m", "dfnas.retrain", "--config", "config.yaml", "--arch", str(arch),
+                              "--out", str(tmp_path / "x.json"), "--repeat", "-1"], capture_output=True, text=True,
+                             cwd=REPO)
+    assert refused.returncode != 0 and "--repeat: -1 is negative" in refused.stderr
 
 
 def test_bad_architecture_files(retrain_config, tmp_path):

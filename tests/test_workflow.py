@@ -52,7 +52,7 @@ def test_dry_run_of_every_preset(preset, tmp_path):
         "soft_labels": variants, "synthesis_quality": variants, "natural_reference": 1, "search": arms - randoms,
         "random_architecture": randoms, "retrain": arms, "ranking": ranked, "report": 1, "all": 1,
         "fidelity_draw": spaces, "fidelity_proxy": spaces * fidelity_sources,
-        "fidelity_truth": spaces * f["architectures"],
+        "fidelity_truth": spaces * f["architectures"] * f["truth_repeats"],
         "student": len(s["algorithms"]) * len(s["seeds"]) if cfg["student"]["variant"] else 0,
     }
     assert planned_jobs(result.stdout) == {k: v for k, v in expected.items() if v}
@@ -109,9 +109,9 @@ PRESET_JOBS = {
     "paper-imagenet.yaml": {"synthesize": 80, "merge": 4, "search": 10, "random_architecture": 2, "retrain": 12,
                             "ranking": 4},
     # 5 variants x 2 shards; 3 algorithms x 2 sources x 3 seeds; 3 x 3 random; full x 3 seeds ranked;
-    # fidelity: the SPOS space x (natural + 5 variants), 12 architectures retrained
+    # fidelity: the SPOS space x (natural + 5 variants), 12 architectures retrained 3 times each
     "fmnist-study.yaml": {"synthesize": 10, "merge": 5, "search": 18, "random_architecture": 9, "retrain": 27,
-                          "ranking": 3, "fidelity_draw": 1, "fidelity_proxy": 6, "fidelity_truth": 12},
+                          "ranking": 3, "fidelity_draw": 1, "fidelity_proxy": 6, "fidelity_truth": 36},
 }
 
 
@@ -300,7 +300,7 @@ def test_smoke_preset_end_to_end(tmp_path):
     for source in ("natural", "full"):
         proxy = json.loads((out / "fidelity" / "spos" / f"proxy_{source}.json").read_text())
         assert [r["index"] for r in proxy["scores"]] == [0, 1, 2, 3] and proxy["steps"] == 6
-    truth = [json.loads((out / "fidelity" / "spos" / "retrain" / f"arch{k}.json").read_text()) for k in range(4)]
+    truth = [json.loads((out / "fidelity" / "spos" / "retrain" / f"arch{k}_repeat0.json").read_text()) for k in range(4)]
     assert [t["choices"] for t in truth] == [a["choices"] for a in archs]
     fidelity = list(csv.DictReader(open(out / "report" / "fidelity.csv")))
     assert [(r["space"], r["source"]) for r in fidelity] == [("spos", "natural"), ("spos", "full")]
@@ -384,12 +384,13 @@ def test_smoke_folder_preset_end_to_end(tmp_path):
     width, height = Image.open(out / "synthesis" / "full" / "samples.png").size
     assert height == 18 + 10 * (48 * 2 + 2)  # 10 named class rows of 48-px images shown at 96 px
 
-    for algorithm in ("darts", "spos", "proxyless"):
+    for algorithm in ("spos", "proxyless"):
         for source in ("natural", "full", "random"):
             metrics = json.loads((out / "retrain" / algorithm / source / "seed0" / "metrics.json").read_text())
             assert metrics["test_images"] == 100 and 0 <= metrics["top1"] <= 1
+    assert not (out / "search" / "darts").exists()
     spos = json.loads((out / "search" / "spos" / "natural" / "seed0" / "architecture.json").read_text())
     assert spos["found_by"]["data_images"] == 60
     ranking = json.loads((out / "search" / "spos" / "full" / "seed0" / "ranking.json").read_text())
     assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40
-    assert (out / "report" / "summary.md").read_text().count("searched on synthetic data (full) ") == 3
+    assert (out / "report" / "summary.md").read_text().count("searched on synthetic data (full) ") == 2

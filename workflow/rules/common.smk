@@ -33,9 +33,10 @@ FIDELITY_SPACES = fidelity_spaces(config)
 FIDELITY_SOURCES = fidelity_sources(config)
 FIDELITY = [(space, source) for space in FIDELITY_SPACES for source in FIDELITY_SOURCES]
 FIDELITY_TRUTH = [
-    (space, k)
+    (space, k, r)
     for space in FIDELITY_SPACES
     for k in range(config["fidelity"]["architectures"])
+    for r in range(config["fidelity"]["truth_repeats"])
 ]
 SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into

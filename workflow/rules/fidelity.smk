@@ -1,7 +1,7 @@
 # Fidelity: is each source a faithful proxy for NAS, apart from any single search's luck? Per search
 # space (named like its algorithm), K architectures drawn with the run's seed are trained briefly on
-# every source (natural data, each synthetic variant by distillation) and, once, with the retrain
-# recipe on natural data (their true accuracy); the report ranks one against the other.
+# every source (natural data, each synthetic variant by distillation) and with the retrain recipe on
+# natural data (their true accuracy); the report ranks one against the other.
 
 
 rule fidelity_draw:
@@ -54,20 +54,22 @@ rule fidelity_proxy:
         " --source {wildcards.source} --architectures {input.archs} {params.data} --out {output} 2>&1 | tee {log}"
 
 
-# The truth: each architecture retrained with the recipe of every found architecture.
+# The truth: each architecture retrained with the recipe of every found architecture,
+# `fidelity.truth_repeats` times with their own seeds (the report takes the mean).
 rule fidelity_truth:
     input:
         arch=L.fidelity_architecture("{algorithm}", "{index}"),
         natural=rules.data.output[0],
     output:
-        L.fidelity_truth("{algorithm}", "{index}"),
+        L.fidelity_truth("{algorithm}", "{index}", "{repeat}"),
     log:
-        L.log("fidelity/{algorithm}_retrain{index}"),
+        L.log("fidelity/{algorithm}_retrain{index}_repeat{repeat}"),
     benchmark:
-        L.benchmark("fidelity/{algorithm}_retrain{index}")
+        L.benchmark("fidelity/{algorithm}_retrain{index}_repeat{repeat}")
     wildcard_constraints:
         algorithm="|".join(ALGORITHMS),
         index=r"\d+",
+        repeat=r"\d+",
     conda:
         ENV
     threads: config["threads"]
@@ -78,4 +80,4 @@ rule fidelity_truth:
         python=RETRAIN_PYTHON,
     shell:
         "{params.python} -m dfnas.retrain --config-json {params.cfg:q} --arch {input.arch} --out {output}"
-        " --threads {threads} 2>&1 | tee {log}"
+        " --repeat {wildcards.repeat} --threads {threads} 2>&1 | tee {log}"

@@ -12,7 +12,7 @@ rule report:
         quality=[L.quality(v) for v in VARIANTS],
         rankings=[L.ranking(source, seed) for source, seed in RANKED],
         fidelity=[L.fidelity_proxy(space, source) for space, source in FIDELITY],
-        truth=[L.fidelity_truth(space, k) for space, k in FIDELITY_TRUTH],
+        truth=[L.fidelity_truth(*truth) for truth in FIDELITY_TRUTH],
         students=[L.student(*student) for student in STUDENTS],
     output:
         summary=report(
