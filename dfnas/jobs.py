@@ -93,7 +93,8 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         out["retrain"] = {algorithm: retrain_sizes(cfg["retrain"], algorithm)}
     elif job == "fidelity_proxy":
         out["fidelity"] = {k: v for k, v in cfg["fidelity"].items()
-                           if k not in ("architectures", "candidates", "sources", "algorithms", "score")}
+                           if k not in ("architectures", "candidates", "sources", "algorithms", "score",
+                                        "truth_repeats")}
         out["search"] = {k: v for k, v in cfg["search"].items() if k not in JOB_LISTS and k not in strategy_names()}
         out["retrain"] = {algorithm: retrain_sizes(cfg["retrain"], algorithm)}
         if source == NATURAL:

@@ -67,6 +67,16 @@ def test_merge_shards_and_retrain_read_no_job_lists(smoke):
     assert retrain["epochs"] == smoke["retrain"]["epochs"]
 
 
+def test_only_the_truth_and_the_report_read_truth_repeats(smoke):
+    """More retrains per fidelity architecture: the brief trainings and the draw are as before."""
+    more = json.loads(json.dumps(smoke))
+    more["fidelity"]["truth_repeats"] = 3
+    for job in ("fidelity_draw", "fidelity_proxy"):
+        assert job_json(smoke, job, algorithm="spos", source="full") == job_json(more, job, algorithm="spos",
+                                                                                  source="full")
+    assert job_config(more, "report")["fidelity"]["truth_repeats"] == 3
+
+
 def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
     """synthesis.stack 1, retrain.gpus 1, search.spos.gpus 1, search.darts.compile false and
     retrain.<space>.epochs null are not in any job's config (a finished run is not rerun for keys
