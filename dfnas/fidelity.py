@@ -4,8 +4,8 @@ Apart from any single search's luck, a source is a good proxy when architectures
 on it rank the way their true accuracies do. Per search space:
 
     draw     ``fidelity.architectures`` (K) architectures drawn with the run's seed from the space as
-             the search sees it (the random baseline's draw: SPOS under its FLOPs bound, ProxylessNAS
-             near its cost target), spread over sizes: K x ``candidates`` draws sorted by
+             the search sees it (the random baseline's draw: SPOS under its FLOPs bound, or over the
+             whole space with ``fidelity.bounded: false``; ProxylessNAS near its cost target), spread over sizes: K x ``candidates`` draws sorted by
              multiply-adds, K of them taken at evenly spaced ranks. Each is written as an
              architecture JSON; its true accuracy is the retrain stage's top-1 on the natural test
              split (the same recipe as every found architecture), the mean of
@@ -77,11 +77,14 @@ def draw_architectures(cfg: dict, space: str, input_shape, num_classes: int, log
     """The K architectures of a space (see the module's doc), smallest first."""
     fcfg = cfg["fidelity"]
     k, seed = fcfg["architectures"], cfg["seed"]
+    scfg = cfg["search"][space]
+    if not fcfg["bounded"] and "flops_bound" in scfg:  # the whole space, not the search's FLOPs bound
+        scfg = {**scfg, "flops_bound": None}
     sizes = network_sizes(cfg, space)
     c, h = input_shape[0], input_shape[1]
     drawn, seen = [], set()
     for i in range(k * fcfg["candidates"] * 4):  # distinct draws; a small space may repeat itself
-        arch = get_space(space).random(cfg["search"][space], derived_seed(seed, "fidelity", space, i) % (2**31),
+        arch = get_space(space).random(scfg, derived_seed(seed, "fidelity", space, i) % (2**31),
                                        tuple(input_shape), num_classes)
         key = json.dumps(arch["choices"], sort_keys=True)
         if key in seen:

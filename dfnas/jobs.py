@@ -26,7 +26,7 @@ JOB_LISTS = ("algorithms", "sources", "seeds")
 # that value, so that a finished run does not rerun its jobs for them (``retrain.<space>.epochs``:
 # null too).
 NEUTRAL = {("synthesis", "stack"): 1, ("retrain", "gpus"): 1, ("search", "spos", "gpus"): 1,
-           ("search", "darts", "compile"): False}
+           ("search", "darts", "compile"): False, ("fidelity", "bounded"): True}
 
 
 def without_neutral(config: dict) -> dict:
@@ -89,11 +89,11 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
     elif job == "fidelity_draw":
         keys = get_space(algorithm).config_keys
         out["search"] = {algorithm: {k: v for k, v in cfg["search"][algorithm].items() if k in keys}}
-        out["fidelity"] = {k: cfg["fidelity"][k] for k in ("architectures", "candidates")}
+        out["fidelity"] = {k: cfg["fidelity"][k] for k in ("architectures", "candidates", "bounded")}
         out["retrain"] = {algorithm: retrain_sizes(cfg["retrain"], algorithm)}
     elif job == "fidelity_proxy":
         out["fidelity"] = {k: v for k, v in cfg["fidelity"].items()
-                           if k not in ("architectures", "candidates", "sources", "algorithms", "score",
+                           if k not in ("architectures", "candidates", "bounded", "sources", "algorithms", "score",
                                         "truth_repeats")}
         out["search"] = {k: v for k, v in cfg["search"].items() if k not in JOB_LISTS and k not in strategy_names()}
         out["retrain"] = {algorithm: retrain_sizes(cfg["retrain"], algorithm)}

@@ -45,6 +45,24 @@ def test_draw_is_spread_over_sizes_and_seeded():
     assert [a["choices"] for a in other] != [a["choices"] for a in archs]
 
 
+def test_an_unbounded_draw_ignores_the_search_flops_bound():
+    """``fidelity.bounded: false`` draws SPOS architectures from the whole space: with a bound halfway
+    through the space's multiply-adds, the bounded draw keeps to the smaller paths and the unbounded
+    one is the draw of a search without a bound."""
+    from dfnas.spaces.shufflenet import flops_table, space_args
+
+    free = fidelity_config()
+    whole = draw_architectures(free, "spos", (1, 28, 28), 10, log=quiet)
+    lo, hi = flops_table(space_args(free["search"]["spos"], (1, 28, 28), 10), (1, 28, 28)).bounds()
+    bounded = copy.deepcopy(free)
+    bounded["search"]["spos"]["flops_bound"] = (lo + hi) // 2
+    kept = draw_architectures(bounded, "spos", (1, 28, 28), 10, log=quiet)
+    bounded["fidelity"]["bounded"] = False
+    unbounded = draw_architectures(bounded, "spos", (1, 28, 28), 10, log=quiet)
+    assert [a["choices"] for a in unbounded] == [a["choices"] for a in whole]
+    assert kept[-1]["found_by"]["multiply_adds"] < whole[-1]["found_by"]["multiply_adds"]
+
+
 def test_proxy_on_natural_and_synthetic_with_one_budget(synthetic_set, base_config, tmp_path):
     cfg = fidelity_config(base_config)
     archs = draw_architectures(cfg, "spos", (1, 28, 28), 10, log=quiet)

@@ -75,6 +75,10 @@ def test_only_the_truth_and_the_report_read_truth_repeats(smoke):
         assert job_json(smoke, job, algorithm="spos", source="full") == job_json(more, job, algorithm="spos",
                                                                                   source="full")
     assert job_config(more, "report")["fidelity"]["truth_repeats"] == 3
+    more["fidelity"]["bounded"] = False  # a draw over the whole space: the draw's own key
+    assert job_config(more, "fidelity_draw", algorithm="spos")["fidelity"]["bounded"] is False
+    assert "bounded" not in job_config(smoke, "fidelity_draw", algorithm="spos")["fidelity"]  # neutral default
+    assert "bounded" not in job_config(more, "fidelity_proxy", algorithm="spos", source="full")["fidelity"]
 
 
 def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
