@@ -195,6 +195,7 @@ class BatchNormMatch:
             squares = torch.zeros(k, weights.numel(), device=diff.device).index_add_(1, segment, diff * diff)
             # The l2 norm of each segment; its gradient is taken as 0 at 0, as linalg.vector_norm's.
             norms = squares.clamp_min(1e-30).sqrt()
+            # One group: the dot product of the unstacked term, so that its images stay bit for bit.
             term = torch.dot(weights, norms[0]) if k == 1 else torch.mv(norms, weights).sum()
             total = term if total is None else total + term
         return total

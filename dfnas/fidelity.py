@@ -5,8 +5,9 @@ on it rank the way their true accuracies do. Per search space:
 
     draw     ``fidelity.architectures`` (K) architectures drawn with the run's seed from the space as
              the search sees it (the random baseline's draw: SPOS under its FLOPs bound, or over the
-             whole space with ``fidelity.bounded: false``; ProxylessNAS near its cost target), spread over sizes: K x ``candidates`` draws sorted by
-             multiply-adds, K of them taken at evenly spaced ranks. Each is written as an
+             whole space with ``fidelity.bounded: false``; ProxylessNAS near its cost target),
+             spread over sizes: K x ``candidates`` draws sorted by multiply-adds, K of them taken
+             at evenly spaced ranks. Each is written as an
              architecture JSON; its true accuracy is the retrain stage's top-1 on the natural test
              split (the same recipe as every found architecture), the mean of
              ``fidelity.truth_repeats`` retrains with their own seeds (`dfnas.retrain --repeat`).
