@@ -170,7 +170,9 @@ def check_consistency(config: dict) -> None:
     for source in fidelity["sources"] or []:
         if source != "natural" and source not in variants:
             raise DfnasError(f"config key 'fidelity.sources': {source!r} is not in synthesis.variants {variants}")
-    for key, gpus in (("retrain.gpus", config["retrain"]["gpus"]), ("search.spos.gpus", config["search"]["spos"]["gpus"])):
+    gpu_keys = [("retrain.gpus", config["retrain"]["gpus"])] + [
+        (f"search.{name}.gpus", config["search"][name]["gpus"]) for name in ("darts", "spos", "proxyless")]
+    for key, gpus in gpu_keys:
         if gpus > 1 and (config["device"] == "cpu" or config["device"].startswith("cuda:")):
             raise DfnasError(f"config key '{key}': {gpus} GPUs per job need device auto or cuda, not "
                              f"{config['device']!r} (one device)")

@@ -17,6 +17,7 @@ Without torchrun's variables (or with WORLD_SIZE 1) nothing here is used.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -52,6 +53,35 @@ class Dist:
     def barrier(self) -> None:
         torch.distributed.barrier()
 
+    def batch_gradients(self, grads: list, count: int) -> list:
+        """The gradients of the global batch's mean loss, given each rank's ``grads`` of the mean loss
+        over its own ``count`` items: sum_r count_r g_r / sum_r count_r, in one all-reduce (a flat
+        buffer, as DistributedDataParallel's buckets). A None entry (a tensor the rank's loss does not
+        reach) stays None; it must be None on every rank."""
+        present = [g for g in grads if g is not None]
+        if not present:
+            return list(grads)
+        dtype = functools.reduce(torch.promote_types, (g.dtype for g in present))
+        flat = torch.cat([g.detach().reshape(-1).to(dtype) * count for g in present]
+                         + [torch.full((1,), float(count), dtype=dtype, device=present[0].device)])
+        torch.distributed.all_reduce(flat)
+        flat = flat[:-1] / flat[-1]
+        out, offset = [], 0
+        for g in grads:
+            if g is None:
+                out.append(None)
+                continue
+            out.append(flat[offset:offset + g.numel()].view_as(g).to(g.dtype))
+            offset += g.numel()
+        return out
+
+    def reduce_grads(self, params, count: int) -> None:
+        """`batch_gradients` of the parameters' ``.grad``, written back in place."""
+        params = list(params)
+        for p, g in zip(params, self.batch_gradients([p.grad for p in params], count)):
+            if g is not None:
+                p.grad.copy_(g)
+
 
 def rank_share(batch: Batch, dist: Dist) -> Batch:
     """One rank's part of a planned batch. Its view seed (random resized crops and the search's
@@ -82,6 +112,31 @@ def check_batch(dist: Dist | None, batch: int, key: str) -> None:
     if dist is not None and batch < 2 * dist.world:
         raise DfnasError(f"config key '{key}': a batch of {batch} cannot give each of {dist.world} ranks the two "
                          "images BatchNorm needs; raise it or use fewer GPUs")
+
+
+def epoch_means(dist: Dist | None, means: torch.Tensor) -> list[float]:
+    """A rank's per-epoch means (a tensor on the device) as floats, averaged over the ranks (the mean
+    of the ranks' means: the batch's when their shares are equal); one read from the device."""
+    if dist is not None:
+        dist.sum(means)
+        means = means / dist.world
+    return means.tolist()
+
+
+def on_main(dist: Dist | None, work) -> None:
+    """``work()`` on rank 0 (or in a single process); then every rank waits for it, so that none runs
+    ahead of what rank 0 saves."""
+    if dist is None or dist.main:
+        work()
+    if dist is not None:
+        dist.barrier()
+
+
+def finish(dist: Dist | None) -> bool:
+    """Leave the process group; True where the caller goes on to write the result (rank 0, or a
+    single process)."""
+    close(dist)
+    return dist is None or dist.main
 
 
 def close(dist: Dist | None) -> None:

@@ -26,6 +26,7 @@ JOB_LISTS = ("algorithms", "sources", "seeds")
 # that value, so that a finished run does not rerun its jobs for them (``retrain.<space>.epochs``:
 # null too).
 NEUTRAL = {("synthesis", "stack"): 1, ("retrain", "gpus"): 1, ("search", "spos", "gpus"): 1,
+           ("search", "darts", "gpus"): 1, ("search", "proxyless", "gpus"): 1,
            ("search", "darts", "compile"): False, ("fidelity", "bounded"): True}
 
 

@@ -48,9 +48,6 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
     if source == "random":
         return random_architecture(cfg, algorithm, seed, out_dir, dataset_json, log)
     device = resolve_device(cfg["device"])
-    if distributed.world_from_env() is not None and not strategy.data_parallel:
-        raise DfnasError(f"{algorithm} searches on one device; data-parallel search (torchrun, search.<algorithm>.gpus above 1) "
-                         f"is implemented for {', '.join(n for n in strategy_names() if get_strategy(n).data_parallel)}")
     dist = distributed.from_env(device)
     scfg = cfg["search"][algorithm]
     data = SearchData(cfg, source, seed, dataset, labels, **strategy.data_options(scfg), device=device)
@@ -59,7 +56,7 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
         log(f"{algorithm} on {source} ({data.images} images, halves of {len(data.halves[0])} and "
             f"{len(data.halves[1])}), seed {seed}, device {device}{ranks}")
     t0 = time.time()
-    result = strategy.search(cfg, data, seed, out_dir, device, log, **({} if dist is None else {"dist": dist}))
+    result = strategy.search(cfg, data, seed, out_dir, device, log, dist=dist)
     if result is None:  # a rank other than 0 of a data-parallel search: rank 0 writes
         return None
     arch = {

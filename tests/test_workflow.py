@@ -156,12 +156,13 @@ rule host_all:
 
 def test_jobs_on_several_gpus_are_torchrun_jobs(tmp_path):
     """retrain.gpus: 2 plans every retrain and fidelity truth, search.spos.gpus: 3 every SPOS search,
-    under torchrun with that many ranks, and asks Snakemake (and so SLURM) for that many GPUs; the
-    other searches stay single-process on one GPU; device: cpu with several GPUs is refused before
-    any job."""
+    search.darts.gpus: 2 every DARTS search, under torchrun with that many ranks, and asks Snakemake
+    (and so SLURM) for that many GPUs; ProxylessNAS at gpus 1 stays single-process on one GPU;
+    device: cpu with several GPUs is refused before any job."""
     cfg = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     cfg["retrain"] = {**cfg.get("retrain", {}), "gpus": 2}
     cfg["search"]["spos"] = {**cfg["search"].get("spos", {}), "gpus": 3}
+    cfg["search"]["darts"] = {**cfg["search"].get("darts", {}), "gpus": 2}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "device": "auto"}))
     result = snakemake("-n", "-p", "--configfile", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -172,10 +173,12 @@ def test_jobs_on_several_gpus_are_torchrun_jobs(tmp_path):
     searches = [c for c in lines if "-m dfnas.search" in c and "--source random" not in c]
     spos = [c for c in searches if "--algorithm spos" in c]
     assert spos and all("--nproc_per_node 3 -m dfnas.search" in c for c in spos)
-    others = [c for c in searches if c not in spos]
+    darts = [c for c in searches if "--algorithm darts" in c]
+    assert darts and all("--nproc_per_node 2 -m dfnas.search" in c for c in darts)
+    others = [c for c in searches if c not in spos + darts]
     assert others and all("torch.distributed.run" not in c for c in others)
     resources = re.findall(r"^rule (\w+):\n(?:    (?!resources).*\n)*    resources: .*?gpu=(\d+)", result.stdout, re.M)
-    assert {("retrain", "2"), ("search", "3"), ("search", "1")} <= set(resources)
+    assert {("retrain", "2"), ("search", "3"), ("search", "2"), ("search", "1")} <= set(resources)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, "device": "cpu"}))
     refused = snakemake("-n", "--configfile", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert refused.returncode != 0

@@ -7,9 +7,9 @@ A `Strategy` is a whole NAS algorithm with one signature:
 ``cfg`` is the validated config (the strategy reads ``search.<name>``), ``data`` a
 `dfnas.search_data.SearchData` (natural or synthetic, the strategy does not ask which), ``out_dir``
 where it keeps its checkpoint; the search stage (`dfnas.search`) writes the files. ``data_options``
-says how the strategy wants its data split. A strategy that can train data-parallel (``data_parallel``)
-also takes ``dist``, the rank of a torchrun job, and returns None on ranks other than 0. A new algorithm is one module and one `register_strategy`
-line below.
+says how the strategy wants its data split. ``search`` also takes ``dist``, the rank of a torchrun
+job (None in a single process): it then trains data-parallel and returns None on ranks other than 0.
+A new algorithm is one module and one `register_strategy` line below.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class Strategy:
     search: Callable
     data_options: Callable[[dict], dict] = lambda scfg: {}  # SearchData options from search.<name>
     other_rules_keys: tuple[str, ...] = ()  # keys of search.<name> read by other rules, not by the search
-    data_parallel: bool = False  # search(..., dist=) trains across the ranks of a torchrun job
 
 
 STRATEGIES: Registry[Strategy] = Registry("search algorithm")
@@ -51,6 +50,5 @@ from dfnas.strategies import proxyless as _proxyless  # noqa: E402
 from dfnas.strategies import spos as _spos  # noqa: E402
 
 register_strategy(Strategy("darts", "darts", _darts.search))
-register_strategy(Strategy("spos", "spos", _spos.search, _spos.data_options, other_rules_keys=("ranking",),
-                           data_parallel=True))
+register_strategy(Strategy("spos", "spos", _spos.search, _spos.data_options, other_rules_keys=("ranking",)))
 register_strategy(Strategy("proxyless", "proxyless", _proxyless.search, _proxyless.data_options))

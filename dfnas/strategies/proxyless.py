@@ -38,6 +38,12 @@ elasticity of 0.3 / ln(3e8) = 0.015 at E = target. ``target`` only normalizes (a
 which Adam is blind).
 
 The weights train on ``train_portion`` of the data, the architecture parameters on the rest.
+
+Data-parallel (a torchrun job, `dfnas.distributed`): every rank draws the same paths, pairs and
+batch plan from the same generator and takes its share of each batch; the weight, gate and alpha
+gradients are reduced to the global batch's (`Dist.batch_gradients`: L is linear in CE, so the
+shares' gradients weighted by their sizes are exactly the batch's), and the ranks take the same
+steps.
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfnas import distributed
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
+from dfnas.distributed import Dist
 from dfnas.flops import count_parameters
 from dfnas.latency import latency_table
 from dfnas.optim import cosine_lr, set_lr, step_budget
@@ -148,21 +156,26 @@ def hardware_loss(ce: torch.Tensor, cost: torch.Tensor | None, target: float | N
     return ce * (cost / target) ** weight
 
 
-def weight_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_from_logits, generator):
+def weight_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_from_logits, generator,
+                dist: Dist | None = None):
     """Draw one path, train the weights on it; return (loss, logits, path)."""
     path = arch.sample_path(generator)
     logits = model(x, path)
     loss = loss_from_logits(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if dist is not None:
+        dist.reduce_grads(model.parameters(), len(y))
     optimizer.step()
     return loss.detach(), logits.detach(), path
 
 
 def arch_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_from_logits, generator,
-              cost_table=None, target: float | None = None, weight: float = 0.0, precision=None) -> dict:
+              cost_table=None, target: float | None = None, weight: float = 0.0, precision=None,
+              dist: Dist | None = None) -> dict:
     """One architecture step on a batch; see the module docstring. Returns the loss, CE and E[cost]
-    (detached tensors on the device). ``precision``: the autocast dtype of the gated forward pass."""
+    (detached tensors on the device; the rank's share's when data-parallel). ``precision``: the
+    autocast dtype of the gated forward pass."""
     pairs, q = arch.sample_pairs(generator)
     gates = torch.zeros(len(pairs), 2, device=x.device)
     gates[:, 0] = 1.0
@@ -175,6 +188,8 @@ def arch_step(model: ProxylessNet, arch: ArchParameters, optimizer, x, y, loss_f
         cost = cost_table.expected(arch.scatter_pairs(pairs, q))
     loss = hardware_loss(ce, cost, target, weight)
     gate_grad, alpha_grad = torch.autograd.grad(loss, [gates, arch.alpha], allow_unused=True)
+    if dist is not None:
+        gate_grad, alpha_grad = dist.batch_gradients([gate_grad, alpha_grad], len(y))
     alpha_grad = torch.zeros_like(arch.alpha) if alpha_grad is None else alpha_grad.clone()
     two = binary_gate_grad(gate_grad.to(q.dtype), q.detach())
     for b, (a, i) in enumerate(pairs):
@@ -215,22 +230,34 @@ def data_options(scfg: dict) -> dict:
     return {"train_portion": scfg["train_portion"], "label_smoothing": scfg["label_smoothing"]}
 
 
-def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print) -> SearchResult:
+def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print,
+           dist: Dist | None = None) -> SearchResult | None:
     """Warm up the supernet's weights (one sampled path per step), then alternate weight steps with an
     architecture step every ``arch_every`` of them; the architecture is the argmax per block. After
     every epoch the argmax path is scored on the held-out part, BatchNorm recalibrated for it on
     ``bn_batches`` training batches.
 
-    A checkpoint after every epoch; a resumed search ends as an uninterrupted one on the CPU.
+    A checkpoint after every epoch; a resumed search ends as an uninterrupted one on the CPU. With
+    ``dist`` (a rank of a torchrun job), data-parallel (module docstring; ``batch_size`` is the global
+    batch): rank 0 measures the latency table (the others read it), scores, saves and returns the
+    result; the other ranks return None.
     """
     s = cfg["search"]["proxyless"]
     hw = s["hardware"]
     out_dir = Path(out_dir)
+    if dist is not None:
+        for half in (0, 1):
+            distributed.check_batch(dist, min(s["batch_size"], len(data.halves[half])), "search.proxyless.batch_size")
+        log = log if dist.main else (lambda *_: None)
     args = space_args(s, data.input_shape, data.num_classes)
     flops = flops_table(args, data.input_shape)
     latency = None
     if hw["metric"] == "latency" or hw["latency_table"]:  # a given table also prices a FLOPs search's result
+        if dist is not None and not dist.main:
+            dist.barrier()  # rank 0 measures and writes the table first: every rank prices with it
         latency = latency_table(hw, args, data.input_shape, device, out_dir, log)
+        if dist is not None and dist.main:
+            dist.barrier()
     cost_table = {"flops": flops, "latency": latency}.get(hw["metric"])
     seed_everything(seed)
     model = ProxylessNet(None, **args, dropout=0.0).to(device)
@@ -266,33 +293,36 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         model.train()
         zero = torch.zeros((), device=device)
         sums = {"loss": zero, "acc": zero, "steps": 0, "arch_loss": zero, "arch_steps": 0}
-        arch_batches = _cycle(lambda: data.batches(1, bs, gen)) if searching else None
+        arch_batches = _cycle(lambda: data.batches(1, bs, gen, dist)) if searching else None
         phase_step = ((epoch - warmup) if searching else epoch) * steps_per_epoch
         arch_steps_on = searching and epoch - warmup >= s["arch_skip_epochs"]
         phase_total = search_total if searching else warmup_total
-        for x, y in data.batches(0, bs, gen):
+        for x, y in data.batches(0, bs, gen, dist):
             if phase_step + sums["steps"] == phase_total:  # an update budget ends inside a pass
                 break
             lr = cosine_lr(phase_step + sums["steps"], phase_total, s["lr"] if searching else s["warmup_lr"])
             set_lr(w_opt, lr)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen)
+            loss, logits, _ = weight_step(model, arch, w_opt, x, y, data.loss_from_logits, gen, dist)
             sums["loss"] = sums["loss"] + loss
             sums["acc"] = sums["acc"] + data.accuracy(logits, y)
             sums["steps"] += 1
             if arch_steps_on and sums["steps"] % s["arch_every"] == 0:
                 ax, ay = next(arch_batches)
                 out = arch_step(model, arch, a_opt, ax.to(device, non_blocking=True), ay.to(device, non_blocking=True), data.loss_from_logits, gen,
-                                cost_table, target, hw["weight"], precision)
+                                cost_table, target, hw["weight"], precision, dist)
                 sums["arch_loss"] = sums["arch_loss"] + out["loss"]
                 sums["arch_steps"] += 1
         steps = max(1, sums["steps"])
+        train_loss, train_acc, arch_loss = distributed.epoch_means(
+            dist, torch.stack([sums["loss"] / steps, sums["acc"] / steps,
+                               sums["arch_loss"] / max(1, sums["arch_steps"])]))
         ops = arch.argmax()
-        val = data.evaluate(model, device, bs, ops, recalibrate=recal)
+        val = data.evaluate(model, device, bs, ops, recalibrate=recal) if dist is None or dist.main else {}
         probs = arch.probs().detach().cpu()
         row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
-               "train_loss": sums["loss"].item() / steps, "train_acc": sums["acc"].item() / steps,
-               "arch_loss": sums["arch_loss"].item() / sums["arch_steps"] if sums["arch_steps"] else "",
+               "train_loss": train_loss, "train_acc": train_acc,
+               "arch_loss": arch_loss if sums["arch_steps"] else "",
                "arch_steps": sums["arch_steps"], **val,
                "expected_macs": float(flops.expected(probs.double())), "argmax_macs": flops.cost(ops),
                "argmax_ops": " ".join(OPS[c] for c in ops)}
@@ -302,11 +332,14 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             for k in allowed:
                 row[f"p_{b}_{OPS[k]}"] = round(probs[b, k].item(), 6)
         history.append(row)
-        checkpoint.save(stateful, gen, history, epoch + 1)
+        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1))
         log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
-            f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row['val_loss']:.3f}"
-            f"  acc {row['val_acc']:.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M  argmax {''.join(map(str, ops))}"
+            f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row.get('val_loss', 0):.3f}"
+            f"  acc {row.get('val_acc', 0):.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M"
+            f"  argmax {''.join(map(str, ops))}"
             f"  {progress(t0, epoch + 1, total_epochs, start)}")
+    if not distributed.finish(dist):
+        return None
     ops = arch.argmax()
     fixed = ProxylessNet(ops, **args)
     return SearchResult(space_args=args, choices={"ops": ops}, history=history, network=model, search_args=args,

@@ -42,7 +42,7 @@ SHARD_IDS = [f"{s:03d}" for s in range(config["synthesis"]["shards"])]
 # GPUs a training job asks for (Snakemake's `gpu` resource; the SLURM profile turns it into
 # sbatch --gpus): none when the config pins the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
-# A job on several GPUs (retrain.gpus, search.spos.gpus) runs one rank per GPU under torchrun
+# A job on several GPUs (retrain.gpus, search.<algorithm>.gpus) runs one rank per GPU under torchrun
 # (dfnas.distributed).
 RETRAIN_GPUS = GPU * config["retrain"]["gpus"]
 
@@ -58,8 +58,8 @@ RETRAIN_PYTHON = launcher(RETRAIN_GPUS)
 
 
 def search_gpus(wildcards):
-    """GPUs of a search job: search.<algorithm>.gpus where the algorithm has the key (SPOS)."""
-    return GPU * config["search"][wildcards.algorithm].get("gpus", 1)
+    """GPUs of a search job: search.<algorithm>.gpus."""
+    return GPU * config["search"][wildcards.algorithm]["gpus"]
 
 
 # Every job runs `python -m dfnas.<stage>`. Without conda, the interpreter that runs Snakemake comes
