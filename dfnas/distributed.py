@@ -114,13 +114,14 @@ def check_batch(dist: Dist | None, batch: int, key: str) -> None:
                          "images BatchNorm needs; raise it or use fewer GPUs")
 
 
-def epoch_means(dist: Dist | None, means: torch.Tensor) -> list[float]:
-    """A rank's per-epoch means (a tensor on the device) as floats, averaged over the ranks (the mean
-    of the ranks' means: the batch's when their shares are equal); one read from the device."""
+def epoch_sums(dist: Dist | None, sums: torch.Tensor) -> list[float]:
+    """A rank's per-epoch sums of batch means (a tensor on the device) as floats, averaged over the
+    ranks (divided by the steps, the mean of the ranks' means: the batch's when their shares are
+    equal); one read from the device."""
     if dist is not None:
-        dist.sum(means)
-        means = means / dist.world
-    return means.tolist()
+        dist.sum(sums)
+        sums = sums / dist.world
+    return sums.tolist()
 
 
 def on_main(dist: Dist | None, work) -> None:

@@ -218,9 +218,10 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             sums["train_acc"] += data.accuracy(logits, train_batch[1])
             sums["steps"] += 1
         steps = max(1, sums["steps"])
-        train_loss, train_acc, arch_loss = distributed.epoch_means(
-            dist, torch.stack([sums["train_loss"], sums["train_acc"], sums["arch_loss"]]) / steps)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
+        train_loss, train_acc, arch_loss = distributed.epoch_sums(
+            dist, torch.stack([sums["train_loss"], sums["train_acc"], sums["arch_loss"]]))
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / steps, "train_acc": train_acc / steps,
+               "arch_loss": arch_loss / steps,
                **(data.evaluate(model, device, bs, recalibrate=recal) if dist is None or dist.main else {})}
         for kind, alphas in (("normal", model.alphas_normal), ("reduce", model.alphas_reduce)):
             probs = F.softmax(alphas.detach().cpu(), dim=-1)

@@ -314,15 +314,14 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                 sums["arch_loss"] = sums["arch_loss"] + out["loss"]
                 sums["arch_steps"] += 1
         steps = max(1, sums["steps"])
-        train_loss, train_acc, arch_loss = distributed.epoch_means(
-            dist, torch.stack([sums["loss"] / steps, sums["acc"] / steps,
-                               sums["arch_loss"] / max(1, sums["arch_steps"])]))
+        train_loss, train_acc, arch_loss = distributed.epoch_sums(
+            dist, torch.stack([sums["loss"], sums["acc"], sums["arch_loss"]]))
         ops = arch.argmax()
         val = data.evaluate(model, device, bs, ops, recalibrate=recal) if dist is None or dist.main else {}
         probs = arch.probs().detach().cpu()
         row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
-               "train_loss": train_loss, "train_acc": train_acc,
-               "arch_loss": arch_loss if sums["arch_steps"] else "",
+               "train_loss": train_loss / steps, "train_acc": train_acc / steps,
+               "arch_loss": arch_loss / sums["arch_steps"] if sums["arch_steps"] else "",
                "arch_steps": sums["arch_steps"], **val,
                "expected_macs": float(flops.expected(probs.double())), "argmax_macs": flops.cost(ops),
                "argmax_ops": " ".join(OPS[c] for c in ops)}

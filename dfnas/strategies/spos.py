@@ -198,23 +198,16 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             loss_sum += loss.detach()
             acc_sum += data.accuracy(logits.detach(), y)
             steps += 1
-        if dist is not None:  # the mean of the ranks' means (equal to the batch's when the shares are equal)
-            dist.sum(loss_sum, acc_sum)
-            loss_sum, acc_sum = loss_sum / dist.world, acc_sum / dist.world
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, steps),
-               "train_acc": acc_sum.item() / max(1, steps)}
+        loss_sum, acc_sum = distributed.epoch_sums(dist, torch.stack([loss_sum, acc_sum]))
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps),
+               "train_acc": acc_sum / max(1, steps)}
         history.append(row)
-        if dist is None or dist.main:
-            checkpoint.save(stateful, gen, history, epoch + 1)
-        if dist is not None:
-            dist.barrier()
+        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1))
         log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  {progress(t0, epoch + 1, epochs, start)}")
 
-    if dist is not None:
-        distributed.close(dist)
-        if not dist.main:
-            return None
+    if not distributed.finish(dist):
+        return None
     score = path_scorer(model, data, s, seed, device)
     bound = s["flops_bound"] if s["flops_bound"] is not None else table.bounds()[1]
     ecfg = Evolution(**{k: s[k] for k in ("population", "generations", "topk", "mutations", "crossovers",
