@@ -55,4 +55,5 @@ rule all:
         [L.metrics(*arm) for arm in ARMS],
         [L.student(*student) for student in STUDENTS],
         [L.ranking(source, seed) for source, seed in RANKED],
+        [L.supernet_test(*arm) for arm in SUPERNET_TESTED],
         rules.report.output.summary,

@@ -20,8 +20,8 @@ SHARED = ("seed", "device", "threads")
 PRECISION_JOBS = ("teacher", "synthesize", "search", "retrain", "fidelity_proxy", "fidelity_truth")
 # Keys of ``data`` that say how batches are read, not what the data is.
 READING_KEYS = ("workers", "eval_batch_size")
-# Keys of ``search`` that only list jobs.
-JOB_LISTS = ("algorithms", "sources", "seeds")
+# Keys of ``search`` that only list jobs, or are read by other jobs than the searches.
+JOB_LISTS = ("algorithms", "sources", "seeds", "supernet_test")
 # Keys whose default leaves a job as it was before the key existed: left out of a job's config at
 # that value, so that a finished run does not rerun its jobs for them (``retrain.<space>.epochs``:
 # null too).
@@ -77,6 +77,9 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
         out["data"] = cfg["data"]
         out["search"] = {"algorithms": ["spos"], "temperature": cfg["search"]["temperature"],
                          "spos": cfg["search"]["spos"]}
+    elif job == "supernet_test":
+        out["data"] = cfg["data"]
+        out["search"] = {"supernet_test": cfg["search"]["supernet_test"], **search_keys(cfg, algorithm, source)["search"]}
     elif job == "retrain":
         space = get_strategy(algorithm).space
         others = set(space_names()) - {space}

@@ -84,6 +84,9 @@ class Layout:
     def search_network(self, algorithm, source, seed) -> str:
         return os.path.join(self.search_dir(algorithm, source, seed), "search_network.pt")
 
+    def supernet_test(self, algorithm, source, seed) -> str:
+        return os.path.join(self.search_dir(algorithm, source, seed), "supernet_test.json")
+
     def ranking(self, source, seed, ext: str = "json") -> str:
         return os.path.join(self.search_dir("spos", source, seed), f"ranking.{ext}")
 
@@ -146,6 +149,14 @@ def ranked(cfg: dict) -> list[tuple[str, int]]:
     if "spos" not in s["algorithms"] or not s["spos"]["ranking"]["paths"]:
         return []
     return [(src, seed) for src in synthetic_sources(cfg) for seed in s["seeds"]]
+
+
+def supernet_tested(cfg: dict) -> list[tuple[str, str, int]]:
+    """The searches (not the random baselines) whose trained search network is scored on natural
+    test images (``search.supernet_test.images``; none when 0)."""
+    if not cfg["search"]["supernet_test"]["images"]:
+        return []
+    return [arm for arm in arms(cfg) if arm[1] != RANDOM]
 
 
 def students(cfg: dict) -> list[tuple[str, str, int]]:

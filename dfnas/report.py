@@ -4,8 +4,9 @@ Per algorithm, one row per data source the search ran on (natural data, each syn
 the random architecture): top-1 on the natural test split as mean +- the half-width of its 95%
 confidence interval over seeds (Student t), the paired difference to the search on natural data
 (per seed, then mean +- 95% interval), the search's final held-out accuracy (how well its supernet
-learned; a search whose supernet stayed near chance is flagged: its pick is a random pick),
-parameters, multiply-adds, search time, weight updates and data; as CSV (numbers) and Markdown.
+learned; a search whose supernet stayed near chance is flagged: its pick is a random pick), the
+same search networks' accuracy on natural test images (`dfnas.supernet_test`: one scale for every
+source, where the held-out accuracy of a synthetic search is agreement with the teacher), parameters, multiply-adds, search time, weight updates and data; as CSV (numbers) and Markdown.
 
 ``summary.md`` says what the intervals say, in sentences computed from them ("better by", "worse
 by", "indistinguishable within"), checks the comparison's goals (synthetic on par with natural
@@ -35,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from dfnas.cli import cli_main, stage_config, stage_parser
-from dfnas.layout import Layout, arms, fidelity_sources, fidelity_spaces, ordered_sources, ranked, students
+from dfnas.layout import (Layout, arms, fidelity_sources, fidelity_spaces, ordered_sources, ranked, students,
+                          supernet_tested)
 from dfnas.plots import pyplot, save_figure
 from dfnas.errors import DfnasError
 from dfnas.runtime import derived_seed, read_json, write_csv, write_text
@@ -61,6 +63,7 @@ STUDENT_METRICS = ("teacher_agreement", "synthetic_training_images", "parameters
 def collect(layout: Layout, cfg: dict) -> list[dict]:
     """One record per (algorithm, source, seed): the retrain metrics and how the search found it."""
     records = []
+    tested = set(supernet_tested(cfg))
     for algorithm, source, seed in arms(cfg):
         metrics = read_json(layout.metrics(algorithm, source, seed), *NEEDED, numbers=METRICS)
         arch = read_json(layout.architecture(algorithm, source, seed), *NEEDED)
@@ -73,6 +76,9 @@ def collect(layout: Layout, cfg: dict) -> list[dict]:
             "weight_updates": found.get("weight_updates", 0),
             "heldout_acc": found.get("heldout_acc"), "chance": found.get("chance"),
             "retrain_seconds": metrics.get("train_seconds"),
+            "supernet_test_acc": (read_json(layout.supernet_test(algorithm, source, seed), *NEEDED,
+                                            numbers=("test_top1",))["test_top1"]
+                                  if (algorithm, source, seed) in tested else None),
         })
     return records
 
@@ -106,6 +112,8 @@ def arm_rows(records: list[dict], algorithm: str, threshold: float = 0.25) -> li
                 if source != "natural" else None)
         heldout = [100 * r["heldout_acc"] for r in group if r["heldout_acc"] is not None]
         h_mean, h_half = mean_ci(heldout)
+        tested = [100 * r["supernet_test_acc"] for r in group if r.get("supernet_test_acc") is not None]
+        t_mean, t_half = mean_ci(tested)
         images = int(group[0]["data_images"])
         data = ("none" if source == "random" else
                 f"{images} natural images" if source == "natural" else f"{images} synthetic images")
@@ -116,6 +124,8 @@ def arm_rows(records: list[dict], algorithm: str, threshold: float = 0.25) -> li
             "minus_natural_ci95": _round(diff["half"]) if diff else None,
             "heldout_acc_mean": _round(h_mean, 2) if heldout else None,
             "heldout_acc_ci95": _round(h_half, 2) if heldout else None,
+            "supernet_test_mean": _round(t_mean, 2) if tested else None,
+            "supernet_test_ci95": _round(t_half, 2) if tested else None,
             "near_chance_seeds": " ".join(str(r["seed"]) for r in group if near_chance(r, threshold)),
             "parameters": round(sum(r["parameters"] for r in group) / len(group)),
             "multiply_adds": round(sum(r["multiply_adds"] for r in group) / len(group)),
@@ -135,7 +145,8 @@ def format_top1(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ["searched on", "top-1 (%)", "minus natural (points)", "search held-out acc. (%)", "seeds",
+    header = ["searched on", "top-1 (%)", "minus natural (points)", "search held-out acc. (%)",
+              "search network on natural test (%)", "seeds",
               "parameters", "multiply-adds", "search time", "weight updates", "data used for the search"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -145,7 +156,8 @@ def markdown_table(rows: list[dict]) -> str:
         heldout = "" if r["heldout_acc_mean"] is None else _ci(r["heldout_acc_mean"], r["heldout_acc_ci95"], 1)
         if r["near_chance_seeds"]:
             heldout += f" (near chance: seed {r['near_chance_seeds']})"
-        cells = [r["searched_on"], format_top1(r), diff, heldout, str(r["seeds"]), f"{r['parameters']:,}",
+        tested = "" if r["supernet_test_mean"] is None else _ci(r["supernet_test_mean"], r["supernet_test_ci95"], 1)
+        cells = [r["searched_on"], format_top1(r), diff, heldout, tested, str(r["seeds"]), f"{r['parameters']:,}",
                  f"{r['multiply_adds'] / 1e6:.2f}M", format_seconds_short(r["search_seconds"]),
                  f"{r['weight_updates']:,}" if r["weight_updates"] else "none", r["data"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -186,6 +198,10 @@ def summary_sentence(records: list[dict], algorithm: str, table: list[dict], ran
                for source, row in rows.items() if row["heldout_acc_mean"] is not None]
     if learned:
         text += f". Search held-out accuracy: {', '.join(learned)}"
+    tested = [f"{source} {_ci(row['supernet_test_mean'], row['supernet_test_ci95'], 1)}%"
+              for source, row in rows.items() if row["supernet_test_mean"] is not None]
+    if tested:
+        text += f"; the search networks on natural test images: {', '.join(tested)}"
     stuck = [f"{source} (seed {row['near_chance_seeds']})" for source, row in rows.items() if row["near_chance_seeds"]]
     if stuck:
         text += (f". Near chance, so their pick is a random pick: {', '.join(stuck)}")
@@ -446,7 +462,8 @@ def plot_entropy(qualities: dict[str, dict], path: Path) -> None:
 
 # The workflow's rules in the order they run, for the job-time table.
 RULE_ORDER = ("data", "teacher", "teacher_eval", "synthesize", "merge", "soft_labels", "natural_reference",
-              "synthesis_quality", "search", "random_architecture", "ranking", "retrain", "fidelity", "student")
+              "synthesis_quality", "search", "random_architecture", "ranking", "supernet_test", "retrain", "fidelity",
+              "student")
 
 
 def job_stage(path: Path) -> str:

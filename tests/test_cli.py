@@ -6,7 +6,8 @@ import yaml
 from conftest import run_cli
 
 STAGES = ["dfnas.data", "dfnas.teacher", "dfnas.teacher_eval", "dfnas.synthesize", "dfnas.merge", "dfnas.soft_labels",
-          "dfnas.synthesis_quality", "dfnas.search", "dfnas.retrain", "dfnas.student", "dfnas.ranking", "dfnas.report"]
+          "dfnas.synthesis_quality", "dfnas.search", "dfnas.retrain", "dfnas.student", "dfnas.ranking",
+          "dfnas.supernet_test", "dfnas.report"]
 
 
 @pytest.mark.parametrize("module", STAGES)

@@ -17,7 +17,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "dfnas"
 LEAVES = ("teacher_eval", "synthesize", "merge", "synthesis_quality", "search", "retrain", "student", "ranking",
-          "report")
+          "supernet_test", "report")
 REGISTRIES = ("dfnas.spaces", "dfnas.strategies", "dfnas.models")
 MAX_FUNCTION_IMPORTS = 5
 

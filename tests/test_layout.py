@@ -44,7 +44,11 @@ def test_a_search_reads_its_algorithm_and_the_shared_keys_only(smoke):
     cfg = job_config(smoke, "search", algorithm="darts", source="full")
     assert set(cfg) == {"seed", "device", "precision", "threads", "search"}  # a synthetic search reads no natural data
     assert set(cfg["search"]) == {k for k in smoke["search"] if k not in ("algorithms", "sources", "seeds", "darts",
-                                                                          "spos", "proxyless")} | {"darts"}
+                                                                          "spos", "proxyless", "supernet_test")} | {"darts"}
+    # The supernet test reads the search's keys, its own and natural data (it scores on the test split).
+    tested = job_config(smoke, "supernet_test", algorithm="darts", source="full")
+    assert tested["search"] == {**cfg["search"], "supernet_test": smoke["search"]["supernet_test"]}
+    assert tested["data"] == smoke["data"]
     natural = job_config(smoke, "search", algorithm="spos", source="natural")
     assert natural["data"] == smoke["data"] and "ranking" not in natural["search"]["spos"]  # read by rule ranking
     with pytest.raises(ValueError, match="random_architecture"):
@@ -111,6 +115,7 @@ def test_job_configs_are_valid_configs_and_stable_json(smoke):
     for job, kw in [("data", {}), ("teacher", {}), ("synthesize", {}), ("merge", {}), ("soft_labels", {}),
                     ("synthesis_quality", {}), ("search", {"algorithm": "proxyless", "source": "natural"}),
                     ("random_architecture", {"algorithm": "darts"}), ("ranking", {}),
+                    ("supernet_test", {"algorithm": "spos", "source": "full"}),
                     ("retrain", {"algorithm": "darts", "source": "random"}), ("report", {})]:
         text = job_json(smoke, job, **kw)
         validate_config(json.loads(text))  # what the module gets must pass the schema

@@ -17,6 +17,7 @@ TOP1 = {  # (source, seed) -> top-1
 }
 
 HELDOUT = {("natural", 0): 0.70, ("natural", 1): 0.80, ("full", 0): 0.60, ("full", 1): 0.12}
+SUPERNET_TEST = {("natural", 0): 0.71, ("natural", 1): 0.73, ("full", 0): 0.55, ("full", 1): 0.15}
 
 
 def fake_run(run_dir, algorithms=("darts",), seeds=(0, 1)):
@@ -36,6 +37,9 @@ def fake_run(run_dir, algorithms=("darts",), seeds=(0, 1)):
                     "data_images": 0 if source == "random" else 520,
                     "weight_updates": 0 if source == "random" else 1000 * (seed + 1),
                     **({} if source == "random" else {"heldout_acc": HELDOUT[source, seed], "chance": 0.1})}}))
+            if source != "random":
+                (run_dir / "search" / arm / "supernet_test.json").write_text(json.dumps({
+                    "test_top1": SUPERNET_TEST[source, seed], "test_images": 2000}))
             epochs = [] if source == "random" else [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]
             with open(run_dir / "search" / arm / "history.csv", "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=["epoch", "val_acc"])
@@ -72,19 +76,26 @@ def test_tables_and_summary_by_hand(tmp_path):
     # held-out accuracy in percent; full seed 1 (12% with chance 10%) stayed near chance
     assert float(natural["heldout_acc_mean"]) == pytest.approx(75.0) and natural["near_chance_seeds"] == ""
     assert full["near_chance_seeds"] == "1" and random["heldout_acc_mean"] == ""
+    # the search networks on natural test images: 71 and 73 -> 72 +- 12.706; 55 and 15 -> 35 +- 254.1
+    assert float(natural["supernet_test_mean"]) == pytest.approx(72.0)
+    assert float(natural["supernet_test_ci95"]) == pytest.approx(12.706, abs=1e-2)
+    assert float(full["supernet_test_mean"]) == pytest.approx(35.0) and random["supernet_test_mean"] == ""
     assert int(natural["parameters"]) == 1050 and int(natural["multiply_adds"]) == 3_000_000
     assert float(natural["search_seconds"]) == pytest.approx(60.5) and natural["data"] == "520 natural images"
     assert full["data"] == "520 synthetic images" and random["data"] == "none"
     md = (tmp_path / "report" / "darts.md").read_text()
-    assert ("| natural data | 81.00 ± 12.71 |  | 75.0 ± 63.5 | 2 | 1,050 | 3.00M | 60 s | 1,500 | "
+    assert ("| natural data | 81.00 ± 12.71 |  | 75.0 ± 63.5 | 72.0 ± 12.7 | 2 | 1,050 | 3.00M | 60 s | 1,500 | "
             "520 natural images |") in md
-    assert "| synthetic data (full) | 80.25 ± 15.88 | -0.75 ± 3.18 | 36.0 ± 304.9 (near chance: seed 1) |" in md
+    assert ("| synthetic data (full) | 80.25 ± 15.88 | -0.75 ± 3.18 | 36.0 ± 304.9 (near chance: seed 1) | "
+            "35.0 ± 254.1 |") in md
+    assert "| random architecture | 76.00 ± 12.71 | -5.00 ± 0.00 |  |  | 2 |" in md
     assert int(natural["weight_updates"]) == 1500 and int(random["weight_updates"]) == 0
     sentence = result["summary"][0]
     # full - natural: [-3.93, 2.43]; full - random: 4.0 and 4.5 -> [1.07, 7.43]
     assert sentence.startswith("DARTS (2 seeds): searched on synthetic data (full) 80.25 ± 15.88% top-1, on natural "
                                "data 81.00 ± 12.71%; synthetic minus natural is indistinguishable within 3.93 points")
     assert "against a random architecture (76.00 ± 12.71%) synthetic is better by 1.07 to 7.43 points" in sentence
+    assert "; the search networks on natural test images: natural 72.0 ± 12.7%, full 35.0 ± 254.1%" in sentence
     assert "Near chance, so their pick is a random pick: full (seed 1)" in sentence
     assert result["goals"] == [
         "- DARTS, search on full within 0.5 points of natural data or better: missed (95% interval of full minus "

@@ -51,6 +51,7 @@ def test_dry_run_of_every_preset(preset, tmp_path):
         "data": 1, "teacher": 1, "teacher_eval": 1, "synthesize": variants * shards, "merge": variants,
         "soft_labels": variants, "synthesis_quality": variants, "natural_reference": 1, "search": arms - randoms,
         "random_architecture": randoms, "retrain": arms, "ranking": ranked, "report": 1, "all": 1,
+        "supernet_test": arms - randoms if s["supernet_test"]["images"] else 0,
         "fidelity_draw": spaces, "fidelity_proxy": spaces * fidelity_sources,
         "fidelity_truth": spaces * f["architectures"] * f["truth_repeats"],
         "student": len(s["algorithms"]) * len(s["seeds"]) if cfg["student"]["variant"] else 0,
@@ -70,6 +71,10 @@ def test_dry_run_of_every_preset(preset, tmp_path):
     # The ranking check is an evaluation: it takes the supernet, the synthetic set and natural data.
     for listed in inputs.get("ranking", []):
         assert "search_network.pt" in listed and "soft_labels.h5" in listed and "data/dataset.json" in listed
+    # So is the supernet test: every search network, with its own data and natural data.
+    tested = inputs.get("supernet_test", [])
+    assert len([x for x in tested if "soft_labels.h5" in x]) == len(synthetic_searches)
+    assert all("search_network.pt" in x and "architecture.json" in x and "data/dataset.json" in x for x in tested)
 
 
 def planned_commands(output: str) -> list[str]:

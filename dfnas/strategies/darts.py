@@ -156,6 +156,12 @@ def search_precision(name: str, device, order: int, log=print):
     return precision
 
 
+def trained_network(search_args: dict, space_args: dict, choices: dict):
+    """The search network (its state to be loaded) and the forward that scores it: the whole mixed
+    network, as the search's own held-out evaluation scores it."""
+    return SearchNetwork(**search_args, **space_args), lambda model, x: model(x)
+
+
 def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=print,
            dist: Dist | None = None) -> SearchResult | None:
     """Alternate architecture and weight steps for ``epochs`` passes or ``iterations`` steps (weight

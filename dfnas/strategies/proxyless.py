@@ -226,6 +226,13 @@ def _cycle(make):
             raise RuntimeError("the architecture part yields no batch")
 
 
+def trained_network(search_args: dict, space_args: dict, choices: dict):
+    """The supernet (its state to be loaded) and the forward that scores it: the found path (the
+    argmax operation of every block), as the search's own held-out evaluation scores it."""
+    ops = list(choices["ops"])
+    return ProxylessNet(None, **search_args, dropout=0.0), lambda model, x: model(x, ops)
+
+
 def data_options(scfg: dict) -> dict:
     return {"train_portion": scfg["train_portion"], "label_smoothing": scfg["label_smoothing"]}
 

@@ -116,6 +116,12 @@ def evolve(score: Callable[[tuple], float], macs: Callable[[tuple], float], n_bl
     return top[0], history
 
 
+def trained_network(search_args: dict, space_args: dict, choices: dict):
+    """The supernet (its state to be loaded) and the forward that scores it: the found path."""
+    path = tuple(choices["path"])
+    return ShuffleNetOneShot(None, **search_args, dropout=0.0), lambda model, x: model(x, path)
+
+
 def data_options(scfg: dict) -> dict:
     return {"train_portion": scfg["train_portion"], "label_smoothing": scfg["label_smoothing"],
             "synthetic_holdout": "val"}

@@ -15,6 +15,7 @@ from dfnas.layout import (
     fidelity_spaces,
     ranked,
     students,
+    supernet_tested,
 )
 
 L = Layout(config["run"])
@@ -29,6 +30,7 @@ SEEDS = config["search"]["seeds"]
 ARMS = arms(config)
 RANKED = ranked(config)
 STUDENTS = students(config)
+SUPERNET_TESTED = supernet_tested(config)
 FIDELITY_SPACES = fidelity_spaces(config)
 FIDELITY_SOURCES = fidelity_sources(config)
 FIDELITY = [(space, source) for space in FIDELITY_SPACES for source in FIDELITY_SOURCES]
@@ -96,6 +98,11 @@ def search_inputs(wildcards):
         "dataset": L.dataset(wildcards.source),
         "labels": L.soft_labels(wildcards.source),
     }
+
+
+def supernet_test_inputs(wildcards):
+    """A search's data, and natural data (its test split) for every source."""
+    return {**search_inputs(wildcards), "natural": rules.data.output[0]}
 
 
 def search_data_args(wildcards, input):

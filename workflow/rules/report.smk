@@ -11,6 +11,7 @@ rule report:
         histories=[L.history(*arm) for arm in ARMS],
         quality=[L.quality(v) for v in VARIANTS],
         rankings=[L.ranking(source, seed) for source, seed in RANKED],
+        supernet_tests=[L.supernet_test(*arm) for arm in SUPERNET_TESTED],
         fidelity=[L.fidelity_proxy(space, source) for space, source in FIDELITY],
         truth=[L.fidelity_truth(*truth) for truth in FIDELITY_TRUTH],
         students=[L.student(*student) for student in STUDENTS],

@@ -63,6 +63,36 @@ rule random_architecture:
         " --threads {threads} 2>&1 | tee {log}"
 
 
+# Did each search network learn the task? Scored on natural test images after its search has
+# ended, for the report; an evaluation, like retrain: the synthetic search never reads them.
+rule supernet_test:
+    input:
+        unpack(supernet_test_inputs),
+        network=L.search_network("{algorithm}", "{source}", "{seed}"),
+        arch=L.architecture("{algorithm}", "{source}", "{seed}"),
+    output:
+        L.supernet_test("{algorithm}", "{source}", "{seed}"),
+    log:
+        L.log("search/{algorithm}_{source}_seed{seed}_supernet_test"),
+    benchmark:
+        L.benchmark("supernet_test/{algorithm}_{source}_seed{seed}")
+    wildcard_constraints:
+        algorithm="|".join(ALGORITHMS),
+        source="|".join(s for s in SOURCES if s != "random"),
+        seed=r"\d+",
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    params:
+        cfg=job_params("supernet_test"),
+        data=search_data_args,
+    shell:
+        "python -m dfnas.supernet_test --config-json {params.cfg:q} --network {input.network}"
+        " --architecture {input.arch} {params.data} --out {output} --threads {threads} 2>&1 | tee {log}"
+
+
 # How faithfully a synthetic variant ranks SPOS paths: the supernet searched on it scores fixed
 # paths on synthetic and on natural validation data (Kendall tau). An evaluation, like retrain: it
 # reads natural data, which the synthetic search itself never does.
