@@ -5,8 +5,9 @@ the random architecture): top-1 on the natural test split as mean +- the half-wi
 confidence interval over seeds (Student t), the paired difference to the search on natural data
 (per seed, then mean +- 95% interval), the search's final held-out accuracy (how well its supernet
 learned; a search whose supernet stayed near chance is flagged: its pick is a random pick), the
-same search networks' accuracy on natural test images (`dfnas.supernet_test`: one scale for every
-source, where the held-out accuracy of a synthetic search is agreement with the teacher), parameters, multiply-adds, search time, weight updates and data; as CSV (numbers) and Markdown.
+search networks' accuracy on natural test images (`dfnas.supernet_test`: one scale for every
+source, where a synthetic search's held-out accuracy is agreement with the teacher; for SPOS the
+found path, where its held-out figure is the first generation's mean), parameters, multiply-adds, search time, weight updates and data; as CSV (numbers) and Markdown.
 
 ``summary.md`` says what the intervals say, in sentences computed from them ("better by", "worse
 by", "indistinguishable within"), checks the comparison's goals (synthetic on par with natural

@@ -6,15 +6,18 @@ held-out synthetic images, many of which recursive label calibration drew near t
 decision boundaries on purpose (their teacher confidence is lower, and the top class of a calibrated
 image is ambiguous by design). The two arms' figures are then not on one scale. This stage scores
 every trained search network the same way: on a class-balanced subset of the natural test split
-(``search.supernet_test.images``), with the forward its search scores (DARTS: the mixed network;
-SPOS and ProxylessNAS: the found path) and BatchNorm recalibrated, as in the search, on the
-search's own training batches. The search has ended and its choices are written: the test images
+(``search.supernet_test.images``), with the forward its search scores last (DARTS: the mixed
+network; ProxylessNAS: the found path; SPOS: the found path, whereas its ``heldout_acc`` is the
+mean over the evolution's first generation of random paths) and BatchNorm recalibrated, as in the
+search, on the search's own training batches, in the precision the search recorded. The search has ended and its choices are written: the test images
 inform the report only, never a synthetic search (which reads no natural image).
 
 Output: ``supernet_test.json`` beside the architecture: top-1 on the test subset and its size, the
 search's own held-out accuracy, and that held-out part scored again by this stage
 (``heldout_acc_rescored``; for DARTS and ProxylessNAS the search's final figure, for SPOS the found
-path's score in the evolution), which shows that the rebuilt network is the one the search scored.
+path's score in the evolution: equal on the CPU, up to rounding where a GPU search rendered its
+views on the device or ran channels-last), which shows that the rebuilt network is the one the
+search scored.
 
     python -m dfnas.supernet_test --config config.yaml --network results/default/search/darts/full/seed0/search_network.pt \\
         --architecture results/default/search/darts/full/seed0/architecture.json \\
@@ -26,11 +29,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import as_pixels, dataset_from_config
 from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
-from dfnas.runtime import derived_seed, read_json, resolve_device, seed_everything, versions, write_json
+from dfnas.runtime import (
+    autocast_forward,
+    config_hash,
+    derived_seed,
+    read_json,
+    resolve_device,
+    seed_everything,
+    versions,
+    write_json,
+)
 from dfnas.sampling import stratified_subset
 from dfnas.search_data import SearchData, recalibrate_bn
 from dfnas.search_result import load_search_network
@@ -49,11 +63,16 @@ def supernet_test(cfg: dict, network_path, architecture_path, dataset_path=None,
                          f"(their config hashes differ); rerun that search")
     strategy = get_strategy(algorithm)
     scfg = cfg["search"][algorithm]
+    if config_hash({"search": scfg, "source": source, "seed": seed}) != found.get("config_hash"):
+        raise DfnasError(f"{network_path} was searched with other search.{algorithm} keys than this config's "
+                         f"(config hashes differ); score it with the config that ran the search")
     device = resolve_device(cfg["device"])
     seed_everything(seed)
     model, forward = strategy.trained_network(saved["search_args"], saved["space_args"], arch["choices"])
     model.load_state_dict(saved["state_dict"])
-    model.to(device)
+    # The arithmetic the search scored in: bf16 autocast where it recorded bf16.
+    bf16 = arch["found_by"].get("precision") == "bf16"
+    model = autocast_forward(model.to(device), device, torch.bfloat16 if bf16 else None)
 
     # BatchNorm as the search's own evaluation had it: recalibrated on its training batches.
     data = SearchData(cfg, source, seed, dataset_path, labels_path, **strategy.data_options(scfg))

@@ -109,6 +109,19 @@ def test_tables_and_summary_by_hand(tmp_path):
         assert (tmp_path / "report" / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_without_the_supernet_test_the_column_stays_empty(tmp_path):
+    fake_run(tmp_path)
+    for path in tmp_path.glob("search/*/*/*/supernet_test.json"):
+        path.unlink()
+    make_report(report_config(supernet_test={"images": 0}), tmp_path, tmp_path / "report", log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "report" / "darts.csv")))
+    assert [r["supernet_test_mean"] for r in rows] == ["", "", ""]
+    assert float(rows[0]["heldout_acc_mean"]) == pytest.approx(75.0)
+    # With the stage on, a missing file is named.
+    with pytest.raises(DfnasError, match="supernet_test.json"):
+        make_report(report_config(), tmp_path, tmp_path / "report2", log=lambda *_: None)
+
+
 def test_one_seed_has_no_interval(tmp_path):
     fake_run(tmp_path, seeds=(0,))
     result = make_report(report_config(seeds=[0]), tmp_path, tmp_path / "report", log=lambda *_: None)

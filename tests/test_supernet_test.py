@@ -49,15 +49,21 @@ def test_scores_the_search_network_the_search_scored(algorithm, base_config, tmp
     assert result["test_top1"] == pytest.approx(hand_top1(cfg, algorithm, tmp_path, arch), abs=1e-12)
 
 
-def test_a_synthetic_search_is_recalibrated_on_its_synthetic_views(base_config, synthetic_set, tmp_path):
-    cfg = config_for(base_config, "darts", images=40)
-    arch = run_search(cfg, "darts", "full", 0, tmp_path, *synthetic_set, log=quiet)
+@pytest.mark.parametrize("algorithm", ["darts", "spos"])
+def test_a_synthetic_search_is_recalibrated_on_its_synthetic_views(algorithm, base_config, synthetic_set, tmp_path):
+    cfg = config_for(base_config, algorithm, images=40)
+    arch = run_search(cfg, algorithm, "full", 0, tmp_path, *synthetic_set, log=quiet)
     result = supernet_test(cfg, tmp_path / "search_network.pt", tmp_path / "architecture.json", *synthetic_set,
                            log=quiet)
-    assert result["heldout_acc_rescored"] == pytest.approx(arch["found_by"]["heldout_acc"], abs=1e-9)
+    # DARTS holds out part of the training split, SPOS scores on the merged set's validation split.
+    if algorithm == "spos":
+        expected = float([r for r in csv_rows(tmp_path / "history.csv") if r["generation"]][-1]["best_score"])
+    else:
+        expected = arch["found_by"]["heldout_acc"]
+    assert result["heldout_acc_rescored"] == pytest.approx(expected, abs=1e-9)
     # 40 of the 100 test images, 4 per class; the accuracy counts whole images.
     assert result["test_images"] == 40 and result["source"] == "full"
-    assert result["test_top1"] == pytest.approx(hand_top1(cfg, "darts", tmp_path, arch, *synthetic_set, images=40))
+    assert result["test_top1"] == pytest.approx(hand_top1(cfg, algorithm, tmp_path, arch, *synthetic_set, images=40))
     assert round(result["test_top1"] * 40, 9) == int(round(result["test_top1"] * 40))
 
 
@@ -69,6 +75,12 @@ def test_refuses_an_architecture_of_another_search(base_config, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(DfnasError, match="other.json was not found by the search that wrote .*search_network.pt"):
         supernet_test(cfg, tmp_path / "a" / "search_network.pt", tmp_path / "other.json", log=quiet)
+    # A config with other search keys than the search's would recalibrate on other batches.
+    other_cfg = copy.deepcopy(cfg)
+    other_cfg["search"]["spos"]["bn_batches"] += 1
+    with pytest.raises(DfnasError, match=r"search_network.pt was searched with other search.spos keys than this"):
+        supernet_test(other_cfg, tmp_path / "a" / "search_network.pt", tmp_path / "a" / "architecture.json",
+                      log=quiet)
 
 
 def csv_rows(path):

@@ -293,6 +293,15 @@ def test_smoke_preset_end_to_end(tmp_path):
     for algorithm in ("darts", "spos", "proxyless"):
         arch = json.loads((out / "search" / algorithm / "full" / "seed0" / "architecture.json").read_text())
         assert 0 <= arch["found_by"]["heldout_acc"] <= 1 and arch["found_by"]["chance"] == 0.1
+    # Every search network scored on natural test images, its held-out figure rescored as the search had it.
+    for algorithm in ("darts", "spos", "proxyless"):
+        for source in ("natural", "full"):
+            tested = json.loads((out / "search" / algorithm / source / "seed0" / "supernet_test.json").read_text())
+            assert 0 <= tested["test_top1"] <= 1 and tested["test_images"] == 500, (algorithm, source)
+            if algorithm != "spos":
+                assert tested["heldout_acc_rescored"] == pytest.approx(tested["heldout_acc"], abs=1e-9)
+        rows = list(csv.DictReader(open(out / "report" / f"{algorithm}.csv")))
+        assert [r["supernet_test_mean"] != "" for r in rows] == [True, True, False]  # natural, full, random
     # The data-free student of each search on `full`: no natural training image, a program that loads.
     for algorithm in ("darts", "spos", "proxyless"):
         folder = out / "student" / algorithm / "full" / "seed0"
@@ -330,7 +339,8 @@ def test_smoke_preset_end_to_end(tmp_path):
     changed.write_text(text.replace("darts: {cells: 3, channels: 4, epochs: 2, batch_size: 10}",
                                     "darts: {cells: 3, channels: 4, epochs: 3, batch_size: 10}"))
     plan = snakemake("-n", "--configfile", str(changed), cwd=tmp_path)
-    assert planned_jobs(plan.stdout) == {"search": 2, "retrain": 2, "student": 1, "report": 1, "all": 1}
+    assert planned_jobs(plan.stdout) == {"search": 2, "supernet_test": 2, "retrain": 2, "student": 1, "report": 1,
+                                         "all": 1}
     assert "search/darts/natural/seed0" in plan.stdout and "search/darts/full/seed0" in plan.stdout
 
     # Growing a finished run plans only the new jobs (and the report, which aggregates them all):
@@ -340,9 +350,10 @@ def test_smoke_preset_end_to_end(tmp_path):
         "a variant": (("variants: [full, noise]", "variants: [full, noise, deepinversion]"),
                       {"synthesize": 2, "merge": 1, "soft_labels": 1, "synthesis_quality": 1}),
         "a source": (("sources: [natural, full, random]", "sources: [natural, full, noise, random]"),
-                     {"search": 3, "retrain": 3, "ranking": 1}),
+                     {"search": 3, "supernet_test": 3, "retrain": 3, "ranking": 1}),
         "a seed": (("algorithms: [darts, spos, proxyless]", "algorithms: [darts, spos, proxyless]\n  seeds: [0, 1]"),
-                   {"search": 6, "random_architecture": 3, "retrain": 9, "ranking": 1, "student": 3}),
+                   {"search": 6, "supernet_test": 6, "random_architecture": 3, "retrain": 9, "ranking": 1,
+                    "student": 3}),
         "an algorithm less": (("algorithms: [darts, spos, proxyless]", "algorithms: [darts, spos]"), {}),
     }
     for what, ((old, new), jobs) in grown.items():
