@@ -79,7 +79,9 @@ def job_config(cfg: dict, job: str, algorithm: str | None = None, source: str | 
                          "spos": cfg["search"]["spos"]}
     elif job == "supernet_test":
         out["data"] = cfg["data"]
-        out["search"] = {"supernet_test": cfg["search"]["supernet_test"], **search_keys(cfg, algorithm, source)["search"]}
+        # The search's own keys (its recalibration batches) and the stage's.
+        out["search"] = {**search_keys(cfg, algorithm, source)["search"],
+                         "supernet_test": cfg["search"]["supernet_test"]}
     elif job == "retrain":
         space = get_strategy(algorithm).space
         others = set(space_names()) - {space}

@@ -9,8 +9,9 @@ every trained search network the same way: on a class-balanced subset of the nat
 (``search.supernet_test.images``), with the forward its search scores last (DARTS: the mixed
 network; ProxylessNAS: the found path; SPOS: the found path, whereas its ``heldout_acc`` is the
 mean over the evolution's first generation of random paths) and BatchNorm recalibrated, as in the
-search, on the search's own training batches, in the precision the search recorded. The search has ended and its choices are written: the test images
-inform the report only, never a synthetic search (which reads no natural image).
+search, on the search's own training batches, in the precision the search recorded. The search has
+ended and its choices are written: the test images inform the report only, never a synthetic
+search (which reads no natural image).
 
 Output: ``supernet_test.json`` beside the architecture: top-1 on the test subset and its size, the
 search's own held-out accuracy, and that held-out part scored again by this stage

@@ -8,8 +8,9 @@ A `Strategy` is a whole NAS algorithm with one signature:
 `dfnas.search_data.SearchData` (natural or synthetic, the strategy does not ask which), ``out_dir``
 where it keeps its checkpoint; the search stage (`dfnas.search`) writes the files. ``data_options``
 says how the strategy wants its data split, ``trained_network`` rebuilds its trained search network
-and the forward that scores it (what `dfnas.supernet_test` scores). ``search`` also takes ``dist``, the rank of a torchrun
-job (None in a single process): it then trains data-parallel and returns None on ranks other than 0.
+and the forward that scores it (what `dfnas.supernet_test` scores). ``search`` also takes ``dist``,
+the rank of a torchrun job (None in a single process): it then trains data-parallel and returns None
+on ranks other than 0.
 A new algorithm is one module and one `register_strategy` line below.
 """
 
