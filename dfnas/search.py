@@ -34,9 +34,9 @@ from dfnas.checkpoint import CHECKPOINT_NAME
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.data import read_description
 from dfnas.errors import DfnasError
-from dfnas.runtime import config_hash, precision_name, resolve_device, resolve_precision, versions, write_csv, write_json
+from dfnas.runtime import precision_name, resolve_device, resolve_precision, versions, write_csv, write_json
 from dfnas.search_data import SearchData
-from dfnas.search_result import save_search_network
+from dfnas.search_result import save_search_network, search_config_hash
 from dfnas.spaces import get_space
 from dfnas.strategies import get_strategy, strategy_names
 
@@ -67,7 +67,7 @@ def run_search(cfg: dict, algorithm: str, source: str, seed: int, out_dir: Path,
             "algorithm": algorithm, "source": source, "seed": seed, "data_images": data.images,
             "heldout_images": len(data.halves[1]), "chance": 1.0 / data.num_classes,
             "search_network": result.search_args, "config": scfg,
-            "config_hash": config_hash({"search": scfg, "source": source, "seed": seed}),
+            "config_hash": search_config_hash(scfg, source, seed),
             "search_seconds": time.time() - t0, "device": str(device), "versions": versions(),
             "precision": precision_name(resolve_precision(cfg["precision"], device)),
             "ranks": 1 if dist is None else dist.world,

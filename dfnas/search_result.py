@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dfnas.errors import DfnasError, damaged
-from dfnas.runtime import save_torch
+from dfnas.runtime import config_hash, save_torch
 
 
 @dataclass
@@ -21,6 +21,11 @@ class SearchResult:
     network: nn.Module  # the trained search network or supernet
     search_args: dict  # what rebuilds the search network
     found_by: dict = field(default_factory=dict)  # what the strategy adds to the architecture's found_by
+
+
+def search_config_hash(scfg: dict, source: str, seed: int) -> str:
+    """The ``config_hash`` of a search's ``found_by``: its algorithm's keys, source and seed."""
+    return config_hash({"search": scfg, "source": source, "seed": seed})
 
 
 def save_search_network(path: Path, network: nn.Module, arch: dict, search_args: dict) -> None:

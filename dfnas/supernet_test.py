@@ -38,7 +38,6 @@ from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.runtime import (
     autocast_forward,
-    config_hash,
     derived_seed,
     read_json,
     resolve_device,
@@ -48,7 +47,7 @@ from dfnas.runtime import (
 )
 from dfnas.sampling import stratified_subset
 from dfnas.search_data import SearchData, recalibrate_bn
-from dfnas.search_result import load_search_network
+from dfnas.search_result import load_search_network, search_config_hash
 from dfnas.strategies import get_strategy
 from dfnas.streaming import batch_plan, stream
 
@@ -64,7 +63,7 @@ def supernet_test(cfg: dict, network_path, architecture_path, dataset_path=None,
                          f"(their config hashes differ); rerun that search")
     strategy = get_strategy(algorithm)
     scfg = cfg["search"][algorithm]
-    if config_hash({"search": scfg, "source": source, "seed": seed}) != found.get("config_hash"):
+    if search_config_hash(scfg, source, seed) != found.get("config_hash"):
         raise DfnasError(f"{network_path} was searched with other search.{algorithm} keys than this config's "
                          f"(config hashes differ); score it with the config that ran the search")
     device = resolve_device(cfg["device"])
