@@ -66,12 +66,19 @@ def search_gpus(wildcards):
 
 # Every job runs `python -m dfnas.<stage>`. Without conda, the interpreter that runs Snakemake comes
 # first on PATH, so that `.venv/bin/snakemake` works without an activated virtualenv (`make setup`
-# installs dfnas there). Under --use-conda, envs/dfnas.yaml holds the dependencies and the jobs
-# import dfnas from this checkout, the code this Snakefile plans with.
+# installs dfnas there). Under --use-conda, envs/dfnas.yaml holds the dependencies, and
+# envs/dfnas.post-deploy.sh installs dfnas itself (editable) from the checkout named by DFNAS_DIR
+# when Snakemake creates the environment. The jobs still put this checkout first on PYTHONPATH:
+# checkouts that run with the same --conda-prefix share one environment (Snakemake names it by the
+# environment files and that folder, not by the checkout), and a job must run the code this
+# Snakefile plans with.
 # Two malloc arenas per job: glibc's default (8 per core) lets a PyTorch process that reads batches
 # from DataLoader workers fragment its heap by a few hundred MB over its first epochs.
 JOB_PREFIX = "set -euo pipefail; export MALLOC_ARENA_MAX=${{MALLOC_ARENA_MAX:-2}}; "
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    # Set, not read, here: every Snakemake process that parses this file (and so may create the
+    # environment) hands the checkout to the post-deploy script.
+    os.environ.update(DFNAS_DIR=DFNAS_DIR)
     JOB_PREFIX += "export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(
         DFNAS_DIR
     )
