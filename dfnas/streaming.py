@@ -137,6 +137,7 @@ class LazyH5:
     """
 
     CACHE_BYTES = 8 << 20  # per dataset: bounded, whatever the file's size
+    RUNS_BELOW_CHUNK_ROWS = 8  # rows() reads runs of rows where a chunk holds at most this many
 
     def __init__(self, path):
         self.path = path
@@ -157,12 +158,23 @@ class LazyH5:
         return self._file
 
     def rows(self, name: str, indices: torch.Tensor):
-        """Rows ``indices`` (any order, repeats allowed) of dataset ``name`` as a NumPy array."""
-        idx = np.asarray(indices, dtype=np.int64)
-        unique, inverse = np.unique(idx, return_inverse=True)
+        """Rows ``indices`` (any order, repeats allowed) of dataset ``name`` as a NumPy array.
+
+        Where a chunk holds few rows (large images: one per chunk at 224 px), the sorted rows are
+        read as contiguous runs, one slice each: h5py's list indexing costs about 24x more there for
+        a random batch. Where chunks hold many small rows, list indexing is as fast or faster
+        (benchmarks/h5_rows.py).
+        """
+        unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
         try:
-            data = self.file()[name][unique] if len(unique) else self.file()[name][0:0]
-        except (KeyError, OSError, RuntimeError) as exc:
+            ds = self.file()[name]
+            if ds.chunks is not None and ds.chunks[0] > self.RUNS_BELOW_CHUNK_ROWS:
+                return (ds[unique] if len(unique) else ds[0:0])[inverse]
+            data = np.empty((len(unique), *ds.shape[1:]), dtype=ds.dtype)
+            starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(unique)]):
+                ds.read_direct(data, np.s_[unique[a]:unique[a] + b - a], np.s_[a:b])
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
             raise damaged(self.path, f"cannot read {name}", exc) from None
         return data[inverse]
 

@@ -80,3 +80,21 @@ def test_lazy_rows_in_any_order_with_repeats_and_rows_view(tmp_path):
         LazyH5(tmp_path / "missing.h5").rows("g/x", torch.tensor([0]))
     view = Rows(Noisy(), torch.tensor([9, 4, 1]))
     assert len(view) == 3 and view.read(torch.tensor([2, 0]))[1].tolist() == [1, 9]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 64])
+def test_lazy_rows_read_by_runs_or_by_list_agree_with_numpy(tmp_path, chunk_rows):
+    """One image per chunk (224 px) is read as runs of rows, many per chunk by h5py's list indexing:
+    either way a random batch with repeats and runs gives numpy's rows, in the batch's order."""
+    images = np.random.default_rng(0).integers(0, 256, (200, 3, 4, 4), dtype=np.uint8)
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/images", data=images, chunks=(chunk_rows, 3, 4, 4), compression="gzip",
+                         shuffle=True, fletcher32=True)
+    # Runs (5..9, 120..122), singles, repeats, unsorted, both ends.
+    idx = torch.tensor([9, 5, 6, 7, 8, 199, 0, 121, 120, 122, 7, 50, 0, 33])
+    rows = LazyH5(path).rows("train/images", idx)
+    assert rows.dtype == np.uint8 and np.array_equal(rows, images[idx.numpy()])
+    assert LazyH5(path).rows("train/images", torch.tensor([], dtype=torch.long)).shape == (0, 3, 4, 4)
+    with pytest.raises(DfnasError, match="cannot read train/images"):
+        LazyH5(path).rows("train/images", torch.tensor([3, 200]))
