@@ -8,20 +8,44 @@ fingerprint resumes from it and, on the CPU, ends with the same result as an uni
 made from other inputs is ignored with a log line that names the inputs that differ; an unreadable
 one (a truncated file from a killed job) with a log line too. The job then starts afresh and its
 first save replaces the file.
+
+Saves are made at the end of an epoch, at most one per ``DFNAS_CHECKPOINT_SECONDS`` (default 600),
+and always after the last epoch: a search on a few thousand synthetic images has epochs of a few
+steps, and a save per epoch would write its supernet tens of thousands of times. A killed job loses
+at most that interval of work; which epochs were saved never changes a result.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from dfnas.errors import DfnasError
 from dfnas.runtime import config_hash, save_torch
 
 CHECKPOINT_NAME = "checkpoint.pt"  # a search's checkpoint in its output folder
+INTERVAL_ENV = "DFNAS_CHECKPOINT_SECONDS"
+DEFAULT_INTERVAL_S = 600.0
+
+
+def save_interval() -> float:
+    """Least seconds between two checkpoint saves of a loop: ``DFNAS_CHECKPOINT_SECONDS`` or 600."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise DfnasError(f"{INTERVAL_ENV}={raw!r}: expected a number of seconds >= 0")
+    return seconds
 
 
 @dataclass
@@ -39,6 +63,8 @@ class Checkpoint:
         self.fingerprint = config_hash(fingerprint)
         self.inputs = json.dumps(fingerprint, sort_keys=True, default=str)
         self.log = log
+        self.interval = save_interval()
+        self._saved_at = time.monotonic()
 
     def resume(self, stateful: dict, generator: torch.Generator) -> Resumed:
         """Load the checkpoint into ``stateful`` (name -> module or optimizer) and ``generator`` if it
@@ -69,10 +95,17 @@ class Checkpoint:
         self.log(f"resuming from {self.path} after epoch {state['epoch']}")
         return Resumed(state["history"], state["epoch"], state.get("extra", {}))
 
-    def save(self, stateful: dict, generator: torch.Generator, history: list, epoch: int, **extra) -> None:
+    def save(self, stateful: dict, generator: torch.Generator, history: list, epoch: int, final: bool = False,
+             **extra) -> bool:
+        """Save after epoch ``epoch`` if the interval has passed since the last save (or since the
+        loop started), or if ``final``; return whether it saved."""
+        if not final and time.monotonic() - self._saved_at < self.interval:
+            return False
         save_torch({"fingerprint": self.fingerprint, "inputs": self.inputs, **{name: obj.state_dict() for name, obj in stateful.items()},
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                     "epoch": epoch, "extra": extra}, self.path)
+        self._saved_at = time.monotonic()
+        return True
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

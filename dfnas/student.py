@@ -99,7 +99,7 @@ def train_student(cfg: dict, arch_path, dataset, labels, out_dir, log=print) -> 
         scores = data.evaluate(model, device, scfg["eval_batch_size"])
         history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / per_epoch,
                         "teacher_agreement": scores["val_acc"], "val_loss": scores["val_loss"]})
-        checkpoint.save(stateful, gen, history, epoch + 1)
+        checkpoint.save(stateful, gen, history, epoch + 1, final=epoch + 1 == epochs)
         log(f"epoch {epoch + 1}/{epochs}  loss {history[-1]['train_loss']:.4f}  "
             f"teacher agreement {scores['val_acc']:.4f} on {len(data.halves[1])} held-out synthetic images")
     seconds = time.time() - t0

@@ -147,7 +147,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
             row["test_top1"] = evaluate(model, test_set, device, mean, std, eval_batch_size, num_workers)["top1"]
         history.append(row)
         if checkpoint is not None and (dist is None or dist.main):
-            checkpoint.save(stateful, gen, history, epoch + 1, step=step)
+            checkpoint.save(stateful, gen, history, epoch + 1, final=epoch + 1 == recipe.epochs, step=step)
         if dist is not None:
             dist.barrier()  # no rank runs ahead of the saved epoch
         extra = f" test {row['test_top1']:.4f}" if "test_top1" in row else ""

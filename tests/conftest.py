@@ -19,7 +19,10 @@ sys.path.insert(0, str(REPO))
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test`), each test process takes its share of the cores, not all."""
+    """Under pytest-xdist (`make test`), each test process takes its share of the cores, not all.
+    Every loop saves its checkpoint after every epoch (the interruption tests kill a job after epoch
+    1), in this process and in the jobs it starts; test_checkpoint.py tests the interval itself."""
+    os.environ["DFNAS_CHECKPOINT_SECONDS"] = "0"
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         import torch

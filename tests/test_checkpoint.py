@@ -122,3 +122,36 @@ def test_a_checkpoint_of_another_shape_is_ignored_before_anything_loads(tmp_path
     assert resumed == Resumed()
     assert messages == [f"ignoring {path}: its model has other tensors than this one; starting afresh"]
     assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())
+
+
+def test_saves_keep_the_interval_and_always_save_the_last_epoch(tmp_path, monkeypatch):
+    import dfnas.checkpoint as ck
+
+    model, opt, gen = a_loop(0)
+    stateful, path = {"model": model, "opt": opt}, tmp_path / "ckpt.pt"
+    now = [1000.0]
+    monkeypatch.setattr(ck.time, "monotonic", lambda: now[0])
+    monkeypatch.setenv("DFNAS_CHECKPOINT_SECONDS", "600")
+    ckpt = Checkpoint(path, {"seed": 0}, log=None)  # the loop starts at t = 1000 s
+    saved = []
+    for epoch, t in enumerate([1100, 1599, 1600, 2199, 2200, 2250], start=1):
+        now[0] = float(t)
+        if ckpt.save(stateful, gen, [], epoch, final=epoch == 6):
+            saved.append((epoch, torch.load(path, weights_only=True)["epoch"]))
+    # 600 s after the start, 600 s after that save, and the last epoch whatever the clock says.
+    assert saved == [(3, 3), (5, 5), (6, 6)]
+
+    monkeypatch.setenv("DFNAS_CHECKPOINT_SECONDS", "0")
+    ckpt = Checkpoint(tmp_path / "every.pt", {"seed": 0}, log=None)
+    assert all(ckpt.save(stateful, gen, [], epoch) for epoch in (1, 2, 3))
+
+
+def test_a_bad_interval_is_one_line(monkeypatch):
+    import pytest
+
+    from dfnas.errors import DfnasError
+
+    for raw in ("ten", "-5", "nan"):
+        monkeypatch.setenv("DFNAS_CHECKPOINT_SECONDS", raw)
+        with pytest.raises(DfnasError, match=rf"^DFNAS_CHECKPOINT_SECONDS='{raw}': expected a number of seconds >= 0$"):
+            Checkpoint("unused.pt", {"seed": 0}, log=None)

@@ -235,7 +235,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
                 for k, name in enumerate(PRIMITIVES):
                     row[f"alpha_{kind}_{e}_{name}"] = round(probs[e, k].item(), 6)
         history.append(row)
-        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1))
+        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1,
+                                                                    final=epoch + 1 == epochs))
         log(f"darts {data.source} seed {seed}: epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  val loss {row.get('val_loss', 0):.3f}  acc {row.get('val_acc', 0):.3f}"
             f"  {progress(t0, epoch + 1, epochs, start)}")

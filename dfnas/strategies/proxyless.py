@@ -338,7 +338,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
             for k in allowed:
                 row[f"p_{b}_{OPS[k]}"] = round(probs[b, k].item(), 6)
         history.append(row)
-        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1))
+        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1,
+                                                                    final=epoch + 1 == total_epochs))
         log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
             f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row.get('val_loss', 0):.3f}"
             f"  acc {row.get('val_acc', 0):.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M"

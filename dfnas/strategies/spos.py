@@ -208,7 +208,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, steps),
                "train_acc": acc_sum / max(1, steps)}
         history.append(row)
-        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1))
+        distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1,
+                                                                    final=epoch + 1 == epochs))
         log(f"spos {data.source} seed {seed}: supernet epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.3f}"
             f"  acc {row['train_acc']:.3f}  {progress(t0, epoch + 1, epochs, start)}")
 
