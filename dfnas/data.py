@@ -571,10 +571,12 @@ def read_description(path, needed_by: str) -> tuple[tuple, int]:
 
 
 def data_identity(cfg: dict, data: NaturalData) -> dict:
-    """What a checkpoint trained on ``data`` must match: its description, and the subset and the
-    seed that drew it (another seed draws other images of the same count)."""
+    """What a checkpoint trained on ``data`` must match: its description, the subset and the seed
+    that drew it (another seed draws other images of the same count), and the views of an image
+    folder (its random resized crop's area range, its evaluation centre crop)."""
     subset = cfg["data"].get("subset")
-    return {**data.summary(), "subset": subset, "subset_seed": cfg.get("seed", 0) if subset else None}
+    views = {k: cfg["data"].get(k) for k in ("crop_scale", "center_crop")}
+    return {**data.summary(), "subset": subset, "subset_seed": cfg.get("seed", 0) if subset else None, **views}
 
 
 # --------------------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ class SearchData:
         else:
             natural = dataset_from_config(cfg)
             split = natural.train.subset(stratified_subset(natural.train.targets, scfg["natural_images"], seed))
-            self.data = AugmentedImages(split, Recipe(crop_padding=scfg["crop_padding"], flip=scfg["flip"]))
+            self.augment = {"crop_padding": scfg["crop_padding"], "flip": scfg["flip"]}
+            self.data = AugmentedImages(split, Recipe(**self.augment))
             self.mean, self.std = natural.info.mean, natural.info.std
             self.input_shape = natural.info.input_shape
             self.num_classes = natural.info.num_classes
@@ -126,6 +127,7 @@ class SearchData:
                 raise DfnasError(f"train_portion {train_portion} leaves an empty part of {n} images")
             self.halves = (perm[:half], perm[half:])
             self.heldout = self.data
+        self.channels_last = scfg["channels_last"]  # the numerics of the strategies that use it
         self.temperature = scfg["temperature"]
         self.t_squared = scfg["t_squared"]
         self.cached_distribution = self.synthetic and bool(self.data.topk)
@@ -141,14 +143,19 @@ class SearchData:
         self.device_norm = None if self.device is None else Normalize(self.mean, self.std).to(self.device)
 
     def fingerprint(self, seed: int) -> dict:
-        """What a search's checkpoint on this data must match: the source and its size; for a synthetic
-        source the checksums of its dataset and teacher and the soft labels' config, for natural data
-        the dataset's description (name, location, sizes, normalization, subset)."""
-        out = {"source": self.source, "seed": seed, "images": self.images, "temperature": self.temperature}
+        """What a search's checkpoint on this data must match: the source, its size and split, the
+        loss (temperature, T^2, label smoothing) and the memory format; for a synthetic source the
+        checksums of its dataset and teacher and the soft labels' config, for natural data the
+        dataset's description (name, location, sizes, normalization, subset, views) and the
+        augmentation."""
+        out = {"source": self.source, "seed": seed, "images": self.images, "temperature": self.temperature,
+               "t_squared": self.t_squared, "label_smoothing": self.label_smoothing,
+               # The split: train_portion, or a synthetic set's own validation split.
+               "halves": [len(h) for h in self.halves], "channels_last": self.channels_last}
         if self.synthetic:
             out.update({k: self.data.label_attrs.get(k) for k in ("dataset_sha256", "teacher_sha256", "config_hash")})
         else:
-            out["data"] = self.natural
+            out.update(data=self.natural, augment=self.augment)
         return out
 
     def steps_per_epoch(self, half: int, batch_size: int) -> int:

@@ -147,6 +147,21 @@ def test_fingerprint_names_the_data_a_checkpoint_belongs_to(base_config, synthet
     assert held_out_val.fingerprint(0)["images"] == 40
 
 
+@pytest.mark.parametrize("search", [{"train_portion": 0.75}, {"t_squared": False}, {"crop_padding": 0},
+                                    {"flip": False}, {"channels_last": False}],
+                         ids=lambda s: next(iter(s)))
+def test_every_shared_search_key_that_changes_a_search_changes_its_fingerprint(base_config, search):
+    """The shared `search` keys are part of every search job's config: a job rerun after one changed
+    must not resume a checkpoint made under the old value."""
+    before = SearchData(natural_config(base_config), "natural", 0).fingerprint(0)
+    after = SearchData(natural_config(base_config, **search), "natural", 0).fingerprint(0)
+    assert after != before
+    assert SearchData(natural_config(base_config), "natural", 0, label_smoothing=0.1).fingerprint(0) != before
+    views = copy.deepcopy(base_config)
+    views["data"]["crop_scale"] = [0.25, 1.0]
+    assert SearchData(natural_config(views), "natural", 0).fingerprint(0)["data"] != before["data"]
+
+
 def test_missing_files_and_empty_parts_are_one_line_errors(base_config):
     with pytest.raises(DfnasError, match=r"^source 'full' needs --dataset and --labels \(its synthetic set and soft "
                                          r"labels\)$"):
