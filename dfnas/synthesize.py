@@ -220,6 +220,10 @@ def _open_partial(partial: Path, attrs: dict, n: int, log) -> int:
                         and int(f.attrs.get("shard", -1)) == attrs["shard"])
                 if same:
                     done = int(f.attrs.get("rounds_done", 0))
+                    short = {name: len(f[name]) for name in sh.FIELDS if len(f[name]) < done * n}
+                    if short:  # rounds marked done whose rows are not there: never padded with zeros
+                        raise Damaged("", f"{done} rounds marked done, but {', '.join(short)} hold "
+                                          f"{min(short.values())} of their {done * n} rows")
                     sh.truncate(f, done * n)  # drop a round that was being written when the job died
                     sh.verify_rows(f, partial)  # every checksum: a write that failed (disk full) shows here
                     if done:

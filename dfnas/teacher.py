@@ -28,9 +28,9 @@ from torch import nn
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.config import validate_config
-from dfnas.data import data_identity, dataset_from_config
+from dfnas.data import data_identity, dataset_from_config, read_description
 from dfnas.download import download_file
-from dfnas.errors import DfnasError
+from dfnas.errors import REMAKE, DfnasError
 from dfnas.models import build_model
 from dfnas.runtime import (
     config_hash,
@@ -39,6 +39,7 @@ from dfnas.runtime import (
     save_torch,
     seed_everything,
     sha256_file,
+    read_json,
     sha256_state_dict,
     versions,
     write_json,
@@ -186,6 +187,11 @@ def check_teacher(model: nn.Module, num_classes: int, input_shape, normalization
         if len(normalization[key]) != channels:
             raise DfnasError(f"teacher normalization {key} has {len(normalization[key])} values but {dataset} "
                              f"images have {channels} channel(s)")
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad or not torch.isfinite(out).all():
+        where = f"{len(bad)} of its tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) hold" if bad \
+            else "its outputs hold"
+        raise DfnasError(f"teacher unusable: {where} NaN or infinite values")
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise DfnasError("teacher has no BatchNorm layers; synthesis matches their running statistics, so dfnas "
                          "needs a BatchNorm network")
@@ -341,14 +347,14 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
 
 def dataset_info(cfg: dict, dataset_json=None) -> dict:
     """The dataset description, from the data stage's JSON when given, else by loading the dataset."""
-    import json
-
-    if dataset_json:
-        try:
-            return json.loads(Path(dataset_json).read_text())
-        except (OSError, ValueError) as exc:
-            raise DfnasError(f"{dataset_json}: cannot read the dataset description ({exc})") from None
-    return dataset_from_config(cfg).summary()
+    if not dataset_json:
+        return dataset_from_config(cfg).summary()
+    info = read_json(dataset_json, "the teacher stage", "make it with python -m dfnas.data --out")
+    read_description(dataset_json, "the teacher stage")  # input_shape and num_classes, as integers
+    for key, kind in (("name", str), ("class_names", list), ("mean", list), ("std", list)):
+        if not isinstance(info.get(key), kind):
+            raise DfnasError(f"{dataset_json}: not a dataset description (no {key}); {REMAKE}")
+    return info
 
 
 @cli_main

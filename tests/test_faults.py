@@ -246,6 +246,28 @@ def test_a_partial_shard_damaged_by_a_failed_write_is_discarded_on_resume(teache
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_a_partial_shard_with_fewer_rows_than_its_rounds_is_discarded(teacher, tmp_path):
+    """Rounds marked done whose rows are missing (a partial cut short by hand or a bad copy): the
+    resume must not pad them with zero images, and starts the shard afresh."""
+    import h5py
+
+    from conftest import shard_killed_after_round_2
+    from dfnas import shards as sh
+    from dfnas.synthesize import run_shard
+
+    cfg, reference, out, partial = shard_killed_after_round_2(teacher, tmp_path)
+    with h5py.File(partial, "a") as f:
+        assert int(f.attrs["rounds_done"]) == 2
+        per_round = len(f["images"]) // 2  # the shard's share of a round
+        sh.truncate(f, per_round)  # one round of rows left under two marked done
+    messages = []
+    run_shard(cfg, teacher, "full", 0, out, log=messages.append)
+    assert messages[0] == (f"discarding unreadable killed.h5.partial (2 rounds marked done, but "
+                           f"{', '.join(sh.FIELDS)} hold {per_round} of their {2 * per_round} rows)")
+    assert sum("written" in m for m in messages) == 3
+    assert out.read_bytes() == reference.read_bytes()
+
+
 def test_a_partial_shard_this_job_may_not_write_is_kept(tmp_path, monkeypatch):
     """A partial shard that cannot be opened for writing (its permissions, a read-only mount) is an
     error, never taken for damage: the rounds it holds are not deleted."""

@@ -186,6 +186,37 @@ def test_teacher_without_batchnorm_is_refused(base_config, info, tmp_path):
         del models.MODELS._items["plain"]
 
 
+def test_a_teacher_with_nan_weights_is_refused(base_config, info, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet_cifar", depth=8, width=4, num_classes=10, in_channels=1)
+    state = model.state_dict()
+    state["fc.weight"][3, 1] = float("nan")
+    state["bn1.running_var"][0] = float("inf")
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    out = tmp_path / "t" / "teacher.pt"
+    with pytest.raises(DfnasError, match=r"^teacher unusable: 2 of its tensors \(bn1.running_var, fc.weight\) hold NaN "
+                                         r"or infinite values$"):
+        make_teacher(with_teacher(base_config, source=f"file:{path}"), info, out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("description, missing", [({}, "input_shape or num_classes"), ("list", "input_shape"),
+                                                  ({"input_shape": [1, 28, 28], "num_classes": 10}, "name")])
+def test_a_dataset_description_without_what_the_teacher_needs_is_one_line(base_config, info, tmp_path, description,
+                                                                         missing):
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps([1, 2] if description == "list" else description))
+    with pytest.raises(DfnasError) as err:
+        dataset_info(base_config, path)
+    assert str(err.value).startswith(str(path)) and "delete it and rerun" in str(err.value)
+    if description != "list":
+        assert f"(no {missing})" in str(err.value)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(info))
+    assert dataset_info(base_config, good) == json.loads(json.dumps(info))
+
+
 def test_state_dict_of_another_architecture(base_config, info, tmp_path):
     path = tmp_path / "wide.pth"
     torch.save(build_model("resnet_cifar", depth=8, width=8, num_classes=10, in_channels=1).state_dict(), path)
