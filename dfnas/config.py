@@ -145,11 +145,17 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
+# [min, max] pairs: a crop's area fraction and aspect ratio, SPOS's training FLOPs range.
+RANGE_KEYS = ("data.crop_scale", "synthesis.region.scale", "synthesis.region.ratio", "soft_labels.scale",
+              "soft_labels.ratio", "quality.student.scale", "search.spos.train_flops")
+
+
 def check_consistency(config: dict) -> None:
     """What the schema cannot say: a url: teacher has its checksum, every shard gets images, every
     synthetic search or fidelity source is a synthesized variant, a fidelity stage ranks at least 4
-    architectures, several GPUs per retrain or SPOS job come with a device that can have them, and the
-    student's variant is searched on."""
+    architectures, several GPUs per retrain or SPOS job come with a device that can have them, the
+    student's variant is searched on, ranges run from min to max, and the search spaces' per-stage
+    lists agree in length."""
     teacher = config["teacher"]
     if teacher["source"].startswith("url:") and not teacher["sha256"]:
         raise DfnasError(f"config key 'teacher.sha256': required for a url: teacher ({teacher['source']}), so that "
@@ -180,6 +186,25 @@ def check_consistency(config: dict) -> None:
     if student is not None and student not in config["search"]["sources"]:
         raise DfnasError(f"config key 'student.variant': {student!r} is not in search.sources "
                          f"{config['search']['sources']}; the student trains the architectures searched on it")
+    for key in RANGE_KEYS:
+        section = config
+        for part in key.split("."):
+            section = section.get(part) if isinstance(section, dict) else None
+        if section is not None and section[0] > section[1]:
+            raise DfnasError(f"config key '{key}': {section} is a [min, max] range; the first is the larger")
+    spos, proxyless, darts = (config["search"][name] for name in ("spos", "proxyless", "darts"))
+    lengths = {k: len(spos[k]) for k in ("stage_blocks", "widths")}
+    if len(set(lengths.values())) > 1:
+        raise DfnasError(f"config key 'search.spos.widths': {lengths['widths']} widths for "
+                         f"{lengths['stage_blocks']} stages (search.spos.stage_blocks); give one per stage")
+    lengths = {k: len(proxyless[k]) for k in ("stage_blocks", "widths", "strides")}
+    if len(set(lengths.values())) > 1:
+        raise DfnasError("config key 'search.proxyless.stage_blocks': stage_blocks, widths and strides list one "
+                         f"value per stage, but hold {lengths['stage_blocks']}, {lengths['widths']} and "
+                         f"{lengths['strides']}")
+    if darts["multiplier"] > darts["steps"]:
+        raise DfnasError(f"config key 'search.darts.multiplier': a cell concatenates its last {darts['multiplier']} "
+                         f"nodes but has {darts['steps']} (search.darts.steps)")
 
 
 def read_config_file(path) -> dict:
@@ -197,7 +222,11 @@ def read_config_file(path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise DfnasError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return data if data is not None else {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DfnasError(f"config file {path}: holds a {type(data).__name__}, not a mapping of config keys")
+    return data
 
 
 def load_config(path=None, json_text: str | None = None, overrides: dict | None = None) -> dict:
@@ -212,9 +241,12 @@ def load_config(path=None, json_text: str | None = None, overrides: dict | None 
         config.update(read_config_file(path))
     if json_text is not None:
         try:
-            config.update(json.loads(json_text))
+            given = json.loads(json_text)
         except json.JSONDecodeError as exc:
             raise DfnasError(f"--config-json: not valid JSON ({exc.msg} at character {exc.pos})") from None
+        if not isinstance(given, dict):
+            raise DfnasError(f"--config-json: holds a {type(given).__name__}, not a JSON object of config keys")
+        config.update(given)
     if overrides:
         config.update(overrides)
     return validate_config(config)

@@ -81,6 +81,9 @@ def cache_split(teacher, split: sh.SyntheticSplit, views: int, lcfg: dict, gener
     if lcfg["lighting"] > 0 and split.input_shape[0] != 3:
         raise DfnasError(f"soft_labels.lighting: colour noise needs RGB images, these have {split.input_shape[0]} "
                          "channel(s); set it to 0")
+    if lcfg["topk"] and lcfg["topk"] > num_classes:
+        raise DfnasError(f"config key 'soft_labels.topk': {lcfg['topk']} exceeds the teacher's {num_classes} "
+                         "classes; lower it, or use 0 to store every class")
     rows = max(1, min(n, 256))  # every array chunked with a checksum: a damaged chunk fails its read
 
     def array(name, shape, dtype, **options):

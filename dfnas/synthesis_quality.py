@@ -155,7 +155,9 @@ def distill_student(teacher, images, qcfg: dict, device, seed: int, in_channels:
     natural and synthetic images)."""
     seed_everything(seed)
     s = qcfg["student"]
-    student = build_model(s["arch"], **s["kwargs"], num_classes=teacher.num_classes, in_channels=in_channels).to(device)
+    # The classes and channels are the teacher's; kwargs may repeat them, not change them.
+    student = build_model(s["arch"], **{**s["kwargs"], "num_classes": teacher.num_classes,
+                                        "in_channels": in_channels}).to(device)
     norm = Normalize(teacher.mean, teacher.std).to(device)
     opt = torch.optim.SGD(student.parameters(), lr=s["lr"], momentum=0.9, nesterov=True, weight_decay=s["weight_decay"])
     gen = torch.Generator().manual_seed(seed)

@@ -45,6 +45,19 @@ def test_given_values_are_kept():
         ({"teacher": {"sha256": "abc"}}, "config key 'teacher.sha256'"),
         ({"device": "gpu"}, "config key 'device': 'gpu' is not a valid value"),
         ({"data": {"subset": {"train": -5}}}, "config key 'data.subset.train': -5 is less than the minimum of 1"),
+        ({"seed": 2**64}, "config key 'seed': 18446744073709551616 is greater than the maximum of 4294967295"),
+        ({"search": {"seeds": [0, 2**32]}}, "config key 'search.seeds.1': 4294967296 is greater than the maximum"),
+        ({"soft_labels": {"scale": [1.0, 0.35]}},
+         "config key 'soft_labels.scale': [1.0, 0.35] is a [min, max] range; the first is the larger"),
+        ({"data": {"crop_scale": [0.5, 0.2]}}, "config key 'data.crop_scale': [0.5, 0.2] is a [min, max] range"),
+        ({"search": {"spos": {"train_flops": [4e6, 1e6]}}}, "config key 'search.spos.train_flops': [4000000.0, "),
+        ({"search": {"spos": {"stage_blocks": [1, 2, 3], "widths": [8, 16]}}},
+         "config key 'search.spos.widths': 2 widths for 3 stages (search.spos.stage_blocks); give one per stage"),
+        ({"search": {"proxyless": {"strides": [1]}}},
+         "config key 'search.proxyless.stage_blocks': stage_blocks, widths and strides list one value per stage, "
+         "but hold 6, 6 and 1"),
+        ({"search": {"darts": {"steps": 2, "multiplier": 9}}},
+         "config key 'search.darts.multiplier': a cell concatenates its last 9 nodes but has 2 (search.darts.steps)"),
     ],
 )
 def test_bad_config_names_the_key(config, message):
@@ -59,6 +72,16 @@ def test_bad_yaml_is_one_line_with_the_file(tmp_path):
     bad.write_text("seed: [1, 2\n")
     with pytest.raises(DfnasError, match=r"bad.yaml line \d+: not valid YAML"):
         load_config(bad)
+
+
+def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(DfnasError, match=r"^config file .*list.yaml: holds a list, not a mapping of config keys$"):
+        load_config(listed)
+    for text, kind in (("[1]", "list"), ("null", "NoneType"), ('"seed"', "str")):
+        with pytest.raises(DfnasError, match=rf"^--config-json: holds a {kind}, not a JSON object of config keys$"):
+            load_config(json_text=text)
 
 
 def test_json_string_overrides_sections(tmp_path):

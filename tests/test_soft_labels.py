@@ -113,3 +113,13 @@ def test_lighting_views_shift_colours_along_the_pca_and_need_rgb(two_shards, tea
     with pytest.raises(DfnasError, match=r"soft_labels.lighting: colour noise needs RGB images, these have 1"):
         make_soft_labels(cfg, teacher, tmp_path / "dataset.h5", tmp_path / "labels.h5", log=quiet)
     assert not (tmp_path / "labels.h5").exists()
+
+
+def test_more_top_classes_than_the_teacher_has_is_one_line(two_shards, teacher, tmp_path):
+    cfg, paths = two_shards
+    cfg["soft_labels"]["topk"] = teacher.num_classes + 1
+    merge(paths, teacher.checksum, 1, 0, tmp_path / "dataset.h5")
+    with pytest.raises(DfnasError, match=rf"^config key 'soft_labels.topk': {teacher.num_classes + 1} exceeds the "
+                                         rf"teacher's {teacher.num_classes} classes; lower it, or use 0"):
+        make_soft_labels(cfg, teacher, tmp_path / "dataset.h5", tmp_path / "labels.h5", log=quiet)
+    assert not (tmp_path / "labels.h5").exists()

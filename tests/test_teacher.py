@@ -217,6 +217,17 @@ def test_a_dataset_description_without_what_the_teacher_needs_is_one_line(base_c
     assert dataset_info(base_config, good) == json.loads(json.dumps(info))
 
 
+@pytest.mark.parametrize("kwargs, reason", [({"depth": 7}, "depth must be 6n+2 with n >= 1, got 7"),
+                                            ({"width": 0}, "width must be a positive integer, got 0"),
+                                            ({"width": 2.5}, "width must be a positive integer, got 2.5"),
+                                            ({"height": 3}, "unexpected keyword argument 'height'")])
+def test_architecture_arguments_the_family_lacks_are_one_line(base_config, info, tmp_path, kwargs, reason):
+    cfg = with_teacher(base_config, arch={"name": "resnet_cifar", "kwargs": kwargs})
+    with pytest.raises(DfnasError, match=r"^architecture 'resnet_cifar': bad arguments \{.*\} \(.*\)$") as err:
+        make_teacher(cfg, info, tmp_path / "t" / "teacher.pt", log=quiet)
+    assert reason in str(err.value)
+
+
 def test_state_dict_of_another_architecture(base_config, info, tmp_path):
     path = tmp_path / "wide.pth"
     torch.save(build_model("resnet_cifar", depth=8, width=8, num_classes=10, in_channels=1).state_dict(), path)

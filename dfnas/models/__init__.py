@@ -37,8 +37,9 @@ def build_model(name: str, **kwargs) -> nn.Module:
     builder = MODELS.get(name)
     try:
         return builder(**kwargs)
-    except TypeError as exc:
-        raise DfnasError(f"architecture {name!r}: bad arguments {kwargs} ({exc})") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # a depth the family lacks, a width of 0, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DfnasError(f"architecture {name!r}: bad arguments {kwargs} ({first[:200]})") from None
 
 
 register_model("resnet_cifar", resnet.resnet_cifar)
