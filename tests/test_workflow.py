@@ -413,3 +413,20 @@ def test_smoke_folder_preset_end_to_end(tmp_path):
     ranking = json.loads((out / "search" / "spos" / "full" / "seed0" / "ranking.json").read_text())
     assert len(ranking["paths"]) == 4 and ranking["natural_images"] == 40
     assert (out / "report" / "summary.md").read_text().count("searched on synthetic data (full) ") == 2
+
+
+def test_a_file_teacher_is_an_input_of_the_teacher_job(tmp_path):
+    """Replacing a file: teacher remakes the teacher and all made from it: the file is the job's input
+    (a missing one is named before any job runs)."""
+    cfg = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    cfg["teacher"]["source"] = "file:weights/my_teacher.pt"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    missing = snakemake("teacher", "-n", "--configfile", str(config), cwd=tmp_path)
+    assert missing.returncode != 0 and "weights/my_teacher.pt" in missing.stdout + missing.stderr
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "my_teacher.pt").write_bytes(b"stand-in")
+    plan = snakemake("teacher", "-n", "--configfile", str(config), cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    (teacher_inputs,) = planned_inputs(plan.stdout)["teacher"]
+    assert "weights/my_teacher.pt" in teacher_inputs and "data/dataset.json" in teacher_inputs

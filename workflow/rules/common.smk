@@ -49,6 +49,13 @@ GPU = 0 if config["device"] == "cpu" else 1
 RETRAIN_GPUS = GPU * config["retrain"]["gpus"]
 
 
+def teacher_file_input():
+    """A file: teacher's path, an input of the teacher rule: replacing the file remakes the teacher
+    and all made from it (url: and torchvision: sources are checked by sha256)."""
+    kind, _, value = config["teacher"]["source"].partition(":")
+    return [value] if kind == "file" else []
+
+
 def launcher(gpus):
     """How a job's Python starts: plain, or torchrun with one process per GPU."""
     if gpus <= 1:

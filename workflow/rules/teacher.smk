@@ -6,6 +6,7 @@
 rule teacher:
     input:
         dataset=rules.data.output[0],
+        source=teacher_file_input(),
     output:
         teacher=L.teacher(),
         meta=L.teacher_meta(),
