@@ -89,6 +89,7 @@ def stage_config(args) -> dict:
     """The validated config of a parsed command line; sets the thread count when the stage has one.
     Checks first that the stage can write its outputs, so that no long job learns it at its end."""
     cfg = load_config(args.config, args.config_json)
+    check_outputs_are_not_inputs(args)
     for name in OUTPUT_FILES + OUTPUT_FOLDERS:
         value = getattr(args, name, None)
         if value:
@@ -97,3 +98,26 @@ def stage_config(args) -> dict:
         ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
         set_threads(max(1, (args.threads or cfg["threads"]) // max(1, ranks)))
     return cfg
+
+
+def check_outputs_are_not_inputs(args) -> None:
+    """Refuse an output file that is also one of the stage's input files (``--out`` the same as
+    ``--dataset``, say): writing it would destroy the input."""
+    inputs = {}
+    for name, value in vars(args).items():
+        if name in OUTPUT_FILES + OUTPUT_FOLDERS or name in ("config", "config_json"):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item:
+                path = Path(item.removeprefix("file:"))  # a teacher source names its file so
+                try:
+                    if path.is_file():
+                        inputs.setdefault(path.resolve(), (name, item))
+                except OSError:  # not a path (a name too long for one, say)
+                    continue
+    for name in OUTPUT_FILES:
+        value = getattr(args, name, None)
+        if value and Path(value).resolve() in inputs:
+            source, given = inputs[Path(value).resolve()]
+            raise DfnasError(f"--{name.replace('_', '-')} {value} is also the input --{source.replace('_', '-')} "
+                             f"{given}; writing it would destroy that input: name another output")

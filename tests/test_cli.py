@@ -50,3 +50,21 @@ def test_missing_dataset_through_the_cli(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("dfnas: error: dataset mnist not found; looked in: ")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("module, args, given, clash", [
+    ("dfnas.merge", ["--teacher", "t.pt", "--shards", "a/shard_000.h5", "a/shard_001.h5"], "a/shard_000.h5",
+     "shards"),
+    ("dfnas.soft_labels", ["--teacher", "t.pt", "--dataset", "a/dataset.h5"], "a/dataset.h5", "dataset"),
+    ("dfnas.teacher", ["--source", "file:t.pt"], "file:t.pt", "source"),
+])
+def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(tmp_path, module, args, given, clash):
+    (tmp_path / "a").mkdir()
+    for name in ("a/shard_000.h5", "a/shard_001.h5", "a/dataset.h5", "t.pt"):
+        (tmp_path / name).write_bytes(b"an input")
+    out = given.removeprefix("file:")
+    result = run_cli(module, "--config-json", '{"device": "cpu"}', *args, "--out", out, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (f"dfnas: error: --out {out} is also the input --{clash} {given}; writing it would "
+                             "destroy that input: name another output\n")
+    assert (tmp_path / out).read_bytes() == b"an input"
