@@ -24,6 +24,7 @@ Two kinds of split:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -36,7 +37,6 @@ import torch
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.download import download_file, extract_archive
 from dfnas.errors import REMAKE, DfnasError
-from dfnas.imaging import random_boxes
 from dfnas.runtime import read_json, write_json
 from dfnas.sampling import stratified_subset
 
@@ -141,8 +141,7 @@ class FolderImages:
             side = min(w, h) * self.center_crop
             box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
         else:
-            top, left, bh, bw = random_boxes(1, self.crop_scale, (3 / 4, 4 / 3), generator)[0].tolist()
-            box = (left * w, top * h, (left + bw) * w, (top + bh) * h)
+            box = resized_crop_box(w, h, self.crop_scale, generator)
             flip = bool(torch.rand(1, generator=generator).item() < 0.5)
         im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
         if flip:
@@ -162,6 +161,21 @@ class FolderImages:
         indices = np.asarray(indices, dtype=np.int64)
         return FolderImages(self.root, self.files[indices], self.labels[indices], self.size, self.channels,
                             self.crop_scale, self.center_crop)
+
+
+def resized_crop_box(w: int, h: int, scale, generator: torch.Generator) -> tuple[float, float, float, float]:
+    """The box ``(left, top, right, bottom)`` of a random resized crop of a ``w`` x ``h`` image, in
+    pixels: area a fraction of the image's, uniform in ``scale``; aspect ratio log-uniform in 3/4 to
+    4/3 in pixels (as torchvision's RandomResizedCrop), also on a non-square image; a box that does
+    not fit is shrunk until it does, its aspect kept."""
+    area = torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item() * w * h
+    ratio = math.exp(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).item())
+    bw, bh = math.sqrt(area * ratio), math.sqrt(area / ratio)
+    shrink = max(1.0, bw / w, bh / h)
+    bw, bh = bw / shrink, bh / shrink
+    top = torch.rand(1, generator=generator).item() * max(0.0, h - bh)
+    left = torch.rand(1, generator=generator).item() * max(0.0, w - bw)
+    return left, top, left + bw, top + bh
 
 
 def as_pixels(images: torch.Tensor) -> torch.Tensor:

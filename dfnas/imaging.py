@@ -77,10 +77,14 @@ def random_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float],
 
 
 def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator, share: slice | None = None,
-                  total: int | None = None) -> torch.Tensor:
+                  total: int | None = None, fill=None) -> torch.Tensor:
     """Random crop (zero padding), horizontal flip and cutout, each image drawn independently.
 
-    ``recipe`` has ``crop_padding``, ``flip`` and ``cutout`` (a `dfnas.train.Recipe` does).
+    ``recipe`` has ``crop_padding``, ``flip`` and ``cutout`` (a `dfnas.train.Recipe` does). ``x`` is in
+    pixels, before normalization: padding is black, as a padded crop of the image; a cutout hole is
+    ``fill`` (per channel; the dataset's mean makes it 0 after normalization, as DeVries & Taylor's
+    and DARTS's cutout after Normalize), black without one; a tensor on ``x``'s device is used as it
+    is, with no copy per batch.
 
     Draws come from ``generator`` on the CPU, so the same seed gives the same batches on any device.
     ``x`` may be one data-parallel rank's ``share`` of a global batch of ``total`` images: the draws
@@ -106,14 +110,16 @@ def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator, share: sl
         flip = draw(torch.rand(size, generator=generator) < 0.5)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if recipe.cutout > 0:
-        # An s x s square of zeros centred on a uniform pixel (clipped at the border), as in DeVries & Taylor.
+        # An s x s square centred on a uniform pixel (clipped at the border), as in DeVries & Taylor.
         s = recipe.cutout
         cy = draw(torch.randint(0, h, size, generator=generator))[:, None, None] - s // 2
         cx = draw(torch.randint(0, w, size, generator=generator))[:, None, None] - s // 2
         ys = torch.arange(h, device=dev)[None, :, None]
         xs = torch.arange(w, device=dev)[None, None, :]
-        hole = (ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s)
-        x = x * (~hole)[:, None].to(x.dtype)
+        hole = ((ys >= cy) & (ys < cy + s) & (xs >= cx) & (xs < cx + s))[:, None]
+        x = x * (~hole).to(x.dtype)
+        if fill is not None:
+            x = x + hole.to(x.dtype) * torch.as_tensor(fill, dtype=x.dtype, device=dev)[None, :, None, None]
     return x
 
 

@@ -103,6 +103,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
     else:
         resumed = Resumed()
     history, start, step = resumed.history, resumed.epoch, resumed.extra.get("step", 0)
+    hole_fill = torch.tensor(mean, dtype=torch.float32).to(device)  # cutout: the mean pixel, 0 once normalized
     for epoch in range(start, recipe.epochs):
         model.train()
         if hasattr(model, "drop_path_prob"):
@@ -118,7 +119,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
             plan = [rank_share(b, dist) for b in plan]
         for (x, y), size in zip(stream(train_set, plan, num_workers), sizes):
             x, y = as_pixels(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-            x = augment_batch(x, recipe, gen, None if dist is None else dist.share(size), size)
+            x = augment_batch(x, recipe, gen, None if dist is None else dist.share(size), size, fill=hole_fill)
             set_lr(opt, cosine_lr(step, total, recipe.lr, warmup))
             with autocast(device, precision):
                 logits = net(norm(x).contiguous(memory_format=fmt))

@@ -12,7 +12,7 @@ import torch
 
 import dfnas.data as data_mod
 from conftest import make_idx_dataset, write_cifar, write_idx
-from dfnas.data import as_pixels, load_dataset, locate, read_idx, stratified_subset
+from dfnas.data import as_pixels, load_dataset, locate, read_idx, resized_crop_box, stratified_subset
 from dfnas.errors import DfnasError
 from dfnas.example_data import write_image_folder
 
@@ -243,6 +243,21 @@ def test_folder_views_by_hand(tmp_path):
     b = d.train.read(torch.tensor([0, 1]), torch.Generator().manual_seed(1))[0]
     c = d.train.read(torch.tensor([0, 1]), torch.Generator().manual_seed(2))[0]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("w, h", [(500, 375), (375, 500), (400, 100), (64, 64)])
+def test_random_resized_crops_keep_their_aspect_in_pixels(w, h):
+    """As torchvision's RandomResizedCrop: the crop's aspect ratio lies in 3/4..4/3 in pixels whatever
+    the image's shape, log-uniform (median 1 where the box fits), and the box stays inside the image."""
+    gen = torch.Generator().manual_seed(0)
+    boxes = [resized_crop_box(w, h, (0.08, 1.0), gen) for _ in range(4000)]
+    ratios = np.array([(r - left) / (b - t) for left, t, r, b in boxes])
+    assert ratios.min() >= 3 / 4 - 1e-9 and ratios.max() <= 4 / 3 + 1e-9
+    assert all(0 <= left and 0 <= t and r <= w + 1e-9 and b <= h + 1e-9 for left, t, r, b in boxes)
+    if w == h:
+        assert abs(np.median(ratios) - 1) < 0.03
+        areas = np.array([(r - left) * (b - t) for left, t, r, b in boxes]) / (w * h)
+        assert abs(areas.mean() - 0.54) < 0.02  # uniform in [0.08, 1], a few shrunk to fit
 
 
 def _empty_class(root):

@@ -38,6 +38,13 @@ def test_cutout_zeroes_a_square_of_the_given_size():
     zeros = (y[:, 0] == 0).sum(dim=(1, 2))
     assert bool((zeros <= 64).all()) and int(zeros.max()) == 64  # 8 x 8, less where it meets the border
     assert bool((y[:, 0] == y[:, 2]).all())  # the same hole in every channel
+    # With the dataset's mean as the fill, the hole is that mean per channel: 0 after normalization.
+    mean = [0.49, 0.48, 0.45]
+    z = augment_batch(x, Recipe(crop_padding=0, flip=False, cutout=8), torch.Generator().manual_seed(2), fill=mean)
+    holes = y == 0
+    assert torch.equal(z[~holes], x[~holes])
+    for ch in range(3):
+        assert torch.equal(z[:, ch][holes[:, ch]], torch.full((int(holes[:, ch].sum()),), mean[ch]))
 
 
 class Oracle(nn.Module):
