@@ -119,9 +119,13 @@ def stream(source, plan: list[Batch], workers: int = 0, pin_memory: bool | None 
     close = getattr(source, "close", None)
     if close is not None:
         close()  # workers open their own handles; none is inherited
+    # The workers' base seed from a generator of their own: DataLoader draws it from torch's global
+    # generator otherwise, and the dropout and drop-path masks that follow would depend on `workers`.
+    # Nothing in a worker draws from it (each batch carries its own seed).
     loader = torch.utils.data.DataLoader(
         _PlannedBatches(source, plan), batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, prefetch_factor=2,
+        generator=torch.Generator().manual_seed(0),
     )
     for item in loader:
         if isinstance(item, _Failure):

@@ -53,6 +53,18 @@ def test_workers_give_the_same_batches_in_the_same_order():
     assert not torch.equal(alone[0][0], alone[0][0].floor())  # the views did get noise
 
 
+def test_workers_leave_the_global_generator_alone():
+    """Dropout and drop-path masks come from torch's global generator: reading with workers must not
+    draw from it, or a training would depend on data.workers."""
+    plan = batch_plan(37, 8, torch.Generator().manual_seed(3), shuffle=True, random_views=True)
+    draws = []
+    for workers in (0, 2):
+        torch.manual_seed(11)
+        list(stream(Noisy(), plan, workers=workers))
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1])
+
+
 def test_a_worker_error_is_one_line():
     plan = batch_plan(37, 8)
     with pytest.raises(DfnasError) as err:
