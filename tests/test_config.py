@@ -45,6 +45,7 @@ def test_given_values_are_kept():
         ({"teacher": {"sha256": "abc"}}, "config key 'teacher.sha256'"),
         ({"device": "gpu"}, "config key 'device': 'gpu' is not a valid value"),
         ({"data": {"subset": {"train": -5}}}, "config key 'data.subset.train': -5 is less than the minimum of 1"),
+        ({"run": ".."}, "config key 'run': '..' is not a valid value (outputs go to results/<run>/)"),
         ({"seed": 2**64}, "config key 'seed': 18446744073709551616 is greater than the maximum of 4294967295"),
         ({"search": {"seeds": [0, 2**32]}}, "config key 'search.seeds.1': 4294967296 is greater than the maximum"),
         ({"soft_labels": {"scale": [1.0, 0.35]}},

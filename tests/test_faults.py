@@ -117,6 +117,8 @@ def darts_arch(**changes) -> dict:
     ({"reduce": genotype_to_dict(DARTS_V2)["reduce"][:6] + [["skip_connect", 2], ["max_pool_3x3", -1]]},
      "reduce cell: node 3 takes input -1, it can take 0..4"),
     ({"normal_concat": [2, 3, 9]}, "normal cell: concat [2, 3, 9] names states outside 0..5"),
+    ({"normal": [["sep_conv_3x3"]] + genotype_to_dict(DARTS_V2)["normal"][1:]},
+     "normal cell: edge 0 is ['sep_conv_3x3'], not [operation, input]"),
 ])
 def test_an_edited_darts_architecture_out_of_range_is_one_line(changes, message):
     with pytest.raises(DfnasError, match="^" + re.escape(f"DARTS architecture: {message}") + "$"):

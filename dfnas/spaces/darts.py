@@ -388,6 +388,10 @@ def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: 
         genotype = genotype_from_dict(arch["choices"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DfnasError(f"DARTS architecture: choices are not a genotype ({exc})") from None
+    for kind, edges in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+        for k, edge in enumerate(edges):
+            if len(edge) != 2:
+                raise DfnasError(f"DARTS architecture: {kind} cell: edge {k} is {list(edge)}, not [operation, input]")
     for op, _ in genotype.normal + genotype.reduce:
         if op not in PRIMITIVES:
             raise DfnasError(f"DARTS architecture: unknown operation {op!r}")
