@@ -150,9 +150,15 @@ def load_teacher(path, device="cpu") -> Teacher:
         raise DfnasError(f"{path}: not a dfnas teacher file (make one with python -m dfnas.teacher)")
     if obj.get("format_version", 0) > TEACHER_FORMAT_VERSION:
         raise DfnasError(f"{path}: teacher format version {obj['format_version']} is newer than this dfnas reads")
+    _check_teacher_record(obj, path)
     model = _build_and_load(obj["arch"], obj["arch_kwargs"], obj["state_dict"], str(path))
     if sha256_state_dict(model.state_dict()) != obj["weights_sha256"]:
         raise DfnasError(f"{path}: weights do not match the checksum stored in the file (corrupted?)")
+    # The file's description of its inputs and classes against what its network does.
+    try:
+        check_teacher(model, obj["num_classes"], obj["input_shape"], obj["normalization"], "its own record")
+    except DfnasError as exc:
+        raise DfnasError(f"{path}: {exc}; {REMAKE}") from None
     model.eval().requires_grad_(False).to(device)
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     return Teacher(model, meta)
@@ -201,9 +207,21 @@ def check_teacher(model: nn.Module, num_classes: int, input_shape, normalization
 # Sources
 
 
+# What a teacher file holds besides its format: `make_teacher` writes them all.
+TEACHER_KEYS = {"arch": str, "arch_kwargs": dict, "state_dict": dict, "normalization": dict, "weights_sha256": str,
+                "num_classes": int, "input_shape": list}
+
+
+def _check_teacher_record(obj: dict, path: Path) -> None:
+    missing = [k for k, kind in TEACHER_KEYS.items() if not isinstance(obj.get(k), kind)]
+    if missing:
+        raise DfnasError(f"{path}: an incomplete dfnas teacher file (no valid {', '.join(missing)}); {REMAKE}")
+
+
 def _from_checkpoint(path: Path, cfg: dict, info: dict) -> tuple[nn.Module, dict]:
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == TEACHER_FORMAT:
+        _check_teacher_record(obj, path)
         model = _build_and_load(obj["arch"], obj["arch_kwargs"], obj["state_dict"], str(path))
         return model, {"arch": obj["arch"], "arch_kwargs": obj["arch_kwargs"], "normalization": obj["normalization"],
                        "class_names": obj.get("class_names")}

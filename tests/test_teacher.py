@@ -262,6 +262,25 @@ def test_load_teacher_detects_tampered_weights(trained, tmp_path):
         load_teacher(tmp_path / "sd.pt")
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"arch_kwargs": None}, "an incomplete dfnas teacher file (no valid arch_kwargs); delete it and rerun"),
+    ({"num_classes": 7}, "teacher outputs 10 classes but its own record has 7; delete it and rerun"),
+    ({"input_shape": [3, 28, 28]}, "teacher does not accept its own record inputs of shape (3, 28, 28)"),
+])
+def test_a_teacher_file_whose_record_disagrees_with_its_network_is_refused(trained, base_config, info, tmp_path,
+                                                                           edit, message):
+    obj = torch.load(trained, weights_only=True)
+    obj.update(edit)
+    edited = tmp_path / "edited.pt"
+    torch.save(obj, edited)
+    with pytest.raises(DfnasError) as err:
+        load_teacher(edited)
+    assert str(err.value).startswith(f"{edited}: ") and message in str(err.value)
+    if "arch_kwargs" in edit:  # also as a file: source of the teacher stage
+        with pytest.raises(DfnasError, match="an incomplete dfnas teacher file"):
+            make_teacher(with_teacher(base_config, source=f"file:{edited}"), info, tmp_path / "t" / "teacher.pt")
+
+
 def test_missing_file_source(base_config, info, tmp_path):
     with pytest.raises(DfnasError, match="file /does/not/exist.pt does not exist"):
         make_teacher(with_teacher(base_config, source="file:/does/not/exist.pt"), info, tmp_path / "t.pt")
