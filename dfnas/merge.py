@@ -57,6 +57,10 @@ def check_shards(paths, teacher_sha256: str, variant: str | None = None) -> tupl
             raise DfnasError(f"{path}: its fields have different lengths {lengths} (corrupted?)")
     if len(set(shard_ids)) != len(shard_ids):
         raise DfnasError("the same shard was given twice")
+    missing = sorted(set(range(int(common.get("shards", len(paths))))) - set(shard_ids))
+    if missing:
+        raise DfnasError(f"shard(s) {', '.join(map(str, missing))} of {common.get('shards')} missing: the merged set "
+                         "would lack their images; pass every shard of the variant")
     return paths, common, labels
 
 

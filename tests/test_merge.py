@@ -61,6 +61,14 @@ def test_merge_rejects_a_corrupted_shard(two_shards, teacher, tmp_path):
     assert not out.exists()
 
 
+def test_merge_refuses_an_incomplete_set_of_shards(two_shards, teacher, tmp_path):
+    _, paths = two_shards
+    out = tmp_path / "dataset.h5"
+    with pytest.raises(DfnasError, match=r"^shard\(s\) 1 of 2 missing: the merged set would lack their images"):
+        merge(paths[:1], teacher.checksum, 1, 0, out)
+    assert not out.exists()
+
+
 def test_merge_rejects_nan_and_foreign_shards(two_shards, teacher, tmp_path):
     cfg, paths = two_shards
     with pytest.raises(DfnasError, match="made with another teacher"):
