@@ -333,7 +333,8 @@ def make_teacher(cfg: dict, info: dict, out: Path, log=print) -> dict:
             else:
                 path = Path(value)
                 if not path.is_file():
-                    raise DfnasError(f"config key 'teacher.source': file {path} does not exist")
+                    what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+                    raise DfnasError(f"config key 'teacher.source': file {path} {what}")
                 source_sha = verify_sha256(path, tcfg["sha256"], str(path)) if tcfg.get("sha256") else sha256_file(path)
             model, meta = _from_checkpoint(path, cfg, info)
     input_shape = list(info["input_shape"])

@@ -284,6 +284,8 @@ def test_a_teacher_file_whose_record_disagrees_with_its_network_is_refused(train
 def test_missing_file_source(base_config, info, tmp_path):
     with pytest.raises(DfnasError, match="file /does/not/exist.pt does not exist"):
         make_teacher(with_teacher(base_config, source="file:/does/not/exist.pt"), info, tmp_path / "t.pt")
+    with pytest.raises(DfnasError, match=f"file {tmp_path} is a folder, not a checkpoint file$"):
+        make_teacher(with_teacher(base_config, source=f"file:{tmp_path}"), info, tmp_path / "t.pt")
 
 
 def test_killed_training_resumes_from_its_last_epoch(trained, base_config, info, tmp_path):
