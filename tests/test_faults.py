@@ -126,6 +126,16 @@ def test_an_edited_darts_architecture_out_of_range_is_one_line(changes, message)
     build_architecture(darts_arch(), 1, 28, 10, {"cells": 3, "channels": 4})  # the published cell builds
 
 
+@pytest.mark.parametrize("path", [[3, 1, 1.5] + [0] * 17, "31" + "0" * 18, [True] + [0] * 19, None])
+def test_an_edited_spos_path_of_non_integers_is_one_line(path):
+    arch = {"space": "spos", "choices": {"path": [3, 1] + [0] * 18}}
+    build_architecture(arch, 1, 28, 10, {})  # a path of integers builds
+    arch["choices"]["path"] = path
+    with pytest.raises(DfnasError, match=r"^SPOS architecture: choices need a 'path', a list of integer block "
+                                         r"choices; got "):
+        build_architecture(arch, 1, 28, 10, {})
+
+
 def test_a_metrics_file_with_a_word_for_a_number_is_one_line(tmp_path):
     from test_report import fake_run, report_config
 

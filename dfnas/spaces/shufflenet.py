@@ -16,6 +16,8 @@ from the same builder.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -165,10 +167,11 @@ NETWORK_KEYS = ("stem", "stem_stride", "stage_blocks", "widths", "last_conv")
 
 
 def build_from_arch(arch: dict, in_channels: int, resolution: int, num_classes: int, sizes: dict) -> ShuffleNetOneShot:
-    try:
-        path = tuple(int(c) for c in arch["choices"]["path"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DfnasError(f"SPOS architecture: choices need a 'path' of block choices ({exc})") from None
+    given = arch["choices"].get("path") if isinstance(arch["choices"], dict) else None
+    if not isinstance(given, (list, tuple)) or any(isinstance(c, bool) or not isinstance(c, numbers.Integral)
+                                                   for c in given):
+        raise DfnasError(f"SPOS architecture: choices need a 'path', a list of integer block choices; got {given!r}")
+    path = tuple(int(c) for c in given)
     if any(not 0 <= c < len(CHOICES) for c in path):
         raise DfnasError(f"SPOS architecture: choices must be 0..{len(CHOICES) - 1}, got {list(path)}")
     args = {k: arch.get("space_args", {})[k] for k in NETWORK_KEYS if k in arch.get("space_args", {})}
