@@ -577,7 +577,11 @@ def dataset_from_config(cfg: dict) -> NaturalData:
 
 def read_description(path, needed_by: str) -> tuple[tuple, int]:
     """The input shape and class count from the data stage's description (``dataset.json``)."""
-    info = read_json(path, needed_by, "make it with python -m dfnas.data --out")
+    return description_shape(read_json(path, needed_by, "make it with python -m dfnas.data --out"), path)
+
+
+def description_shape(info: dict, path) -> tuple[tuple, int]:
+    """The input shape and class count of a dataset description read from ``path``."""
     try:
         return tuple(int(d) for d in info["input_shape"]), int(info["num_classes"])
     except (KeyError, TypeError, ValueError):

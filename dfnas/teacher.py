@@ -28,7 +28,7 @@ from torch import nn
 
 from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.config import validate_config
-from dfnas.data import data_identity, dataset_from_config, read_description
+from dfnas.data import data_identity, dataset_from_config, description_shape
 from dfnas.download import download_file
 from dfnas.errors import REMAKE, DfnasError
 from dfnas.models import build_model
@@ -369,7 +369,7 @@ def dataset_info(cfg: dict, dataset_json=None) -> dict:
     if not dataset_json:
         return dataset_from_config(cfg).summary()
     info = read_json(dataset_json, "the teacher stage", "make it with python -m dfnas.data --out")
-    read_description(dataset_json, "the teacher stage")  # input_shape and num_classes, as integers
+    description_shape(info, dataset_json)  # input_shape and num_classes, as integers
     for key, kind in (("name", str), ("class_names", list), ("mean", list), ("std", list)):
         if not isinstance(info.get(key), kind):
             raise DfnasError(f"{dataset_json}: not a dataset description (no {key}); {REMAKE}")
