@@ -5,7 +5,9 @@ ProxylessNAS spaces at 224 px, 1000 classes, the preset's retrain sizes), each a
 architecture of the space drawn under its FLOPs target; they train through `dfnas.train` itself
 (augmentation on the device, SGD, label smoothing) on random uint8 images held in memory, so the
 figure is the training loop's, not a data loader's. Each precision runs ``--epochs`` passes over
-``--steps`` batches; the first pass (cuDNN autotuning, allocator warm-up) is not timed.
+``--steps`` batches; the first pass (cuDNN autotuning, allocator warm-up) is not timed. Every
+figure comes from a process of its own, so none inherits another's allocator or cuDNN caches (on
+an H100, whichever precision ran second in a shared process came out slower).
 
     python benchmarks/retrain_throughput.py --device cuda [--batch 256 --steps 20]
     python benchmarks/retrain_throughput.py --device cpu --batch 8 --steps 2 --spaces proxyless   # smoke
@@ -14,6 +16,7 @@ Prints images per second per space and precision, and ``bf16 / fp32 speed-up`` p
 """
 
 import argparse
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -33,6 +36,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def throughput(space: str, cfg: dict, precision: str, args, device) -> float:
+    set_threads(args.threads)  # in the process this figure runs in
     arch = get_space(space).random(cfg["search"][space], 0, (3, SIZE, SIZE), CLASSES)
     arch["space"] = space
     torch.manual_seed(0)
@@ -72,7 +76,8 @@ def main():
     for space in args.spaces:
         rates = {}
         for precision in args.precisions:
-            rates[precision] = throughput(space, cfg, precision, args, device)
+            with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process per figure
+                rates[precision] = pool.apply(throughput, (space, cfg, precision, args, device))
             print(f"{space:10s} {precision:5s} {rates[precision]:10.1f} images/s")
         if {"fp32", "bf16"} <= set(rates):
             print(f"{space:10s} bf16 / fp32 speed-up {rates['bf16'] / rates['fp32']:.2f}")
