@@ -82,6 +82,8 @@ def main():
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="also time the network through torch.compile with this backend (inductor, eager, ...)")
     args = p.parse_args()
+    if args.cells < 3:
+        p.error("--cells must be at least 3 (a search network has two reduction cells and a normal one)")
     set_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
