@@ -82,6 +82,36 @@ class _Stored:
         self.data.close()
 
 
+# Fixed batches that a search evaluates with many times (recalibration batches, a held-out part)
+# are kept in memory, on the device that uses them, up to this many bytes (as float32 images).
+HOLD_BYTES = 2 << 30
+
+
+class RecalibrationBatches:
+    """The same ``count`` training batches of ``data`` (drawn with ``seed + 1``) at every pass.
+
+    They are drawn once and held (on ``device`` when given) where they take at most ``max_bytes``
+    (default `HOLD_BYTES`); larger, they are drawn again from the seed at every pass, so memory
+    holds one batch, not ``count`` (on ImageNet, 20 batches of 1024 at 224 px would be 12 GB)."""
+
+    def __init__(self, data: SearchData, count: int, batch_size: int, seed: int, device=None,
+                 max_bytes: int | None = None):
+        self.data, self.count, self.batch_size, self.seed = data, count, batch_size, seed
+        c, h, w = data.input_shape
+        images = count * min(batch_size, len(data.halves[0]))
+        self.held = None
+        if images * c * h * w * 4 <= (HOLD_BYTES if max_bytes is None else max_bytes):
+            self.held = [x if device is None else x.to(device, non_blocking=True) for x in self.draw()]
+
+    def draw(self):
+        """The batches, drawn from the seed."""
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        return (x for _, (x, _) in zip(range(self.count), self.data.batches(0, self.batch_size, gen)))
+
+    def __iter__(self):
+        return iter(self.held) if self.held is not None else self.draw()
+
+
 class SearchData:
     """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
 
@@ -211,11 +241,11 @@ class SearchData:
         for x, target in stream(self.heldout, batch_plan(self.halves[1], batch_size), self.workers):
             yield self.norm(x), target
 
-    def recalibration_batches(self, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    def recalibration_batches(self, count: int, batch_size: int, seed: int, device=None,
+                              max_bytes: int | None = None) -> RecalibrationBatches:
         """``count`` training batches (normalized images) drawn with ``seed + 1``: the fixed batches on
-        which BatchNorm is recalibrated before a held-out evaluation."""
-        gen = torch.Generator().manual_seed(seed + 1)
-        return [x for _, (x, _) in zip(range(count), self.batches(0, batch_size, gen))]
+        which BatchNorm is recalibrated before a held-out evaluation (see `RecalibrationBatches`)."""
+        return RecalibrationBatches(self, count, batch_size, seed, device, max_bytes)
 
     def heldout_on(self, device, batch_size: int, max_bytes: int) -> list | None:
         """The held-out part's evaluation batches (normalized images, targets), read once and kept on

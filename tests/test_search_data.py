@@ -109,6 +109,30 @@ def test_views_rendered_on_the_device_are_the_streamed_ones(synthetic_set):
     assert torch.equal(t, target) and not torch.equal(boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3))
 
 
+def test_recalibration_batches_are_held_under_their_byte_budget_and_drawn_again_above_it(synthetic_set):
+    """Three batches of 8 images of 1 x 28 x 28 take 3 * 8 * 784 * 4 = 75,264 bytes as float32: held
+    at that budget (drawn once), drawn again from the seed at every pass one byte below it (nothing
+    read ahead), and the same batches either way, pass after pass."""
+    data = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")
+    passes = []
+    real = data.batches
+    data.batches = lambda *a, **k: passes.append(a) or real(*a, **k)
+    held = data.recalibration_batches(3, 8, 0, max_bytes=3 * 8 * 784 * 4)
+    assert held.held is not None and len(passes) == 1
+    kept = list(held)
+    assert len(kept) == 3 and all(x.shape == (8, 1, 28, 28) for x in kept) and list(held) == kept
+    assert len(passes) == 1  # iterating held batches reads nothing
+    drawn = data.recalibration_batches(3, 8, 0, max_bytes=3 * 8 * 784 * 4 - 1)
+    assert drawn.held is None and len(passes) == 1
+    for _ in range(2):
+        again = list(drawn)
+        assert len(again) == 3 and all(torch.equal(a, b) for a, b in zip(again, kept))
+    assert len(passes) == 3
+    # Another seed draws other batches.
+    other = list(data.recalibration_batches(3, 8, 1, max_bytes=0))
+    assert not torch.equal(other[0], kept[0])
+
+
 def test_synthetic_evaluation_is_distillation_loss_and_agreement(synthetic_set):
     data = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ from torch import nn
 
 from conftest import assert_resumes_after_a_kill
 from dfnas.config import validate_config
+from dfnas import search_data
 from dfnas.search_data import SearchData
 from dfnas.strategies import get_strategy, spos
 from dfnas.search_data import recalibrate_bn
@@ -142,3 +143,10 @@ def test_paths_are_scored_on_a_held_out_part_read_once(synthetic_set, monkeypatc
     score = path_scorer(model, data, s, 0, "cpu", cache_bytes=0)
     streamed = [score(p) for p in paths]
     assert len(reads) == 1 + len(paths) and cached == streamed
+    # Recalibration batches above their byte budget are drawn again for every path: the same scores.
+    monkeypatch.setattr(search_data, "HOLD_BYTES", 0)
+    draws = []
+    real_batches = data.batches
+    monkeypatch.setattr(data, "batches", lambda *a, **k: draws.append(a) or real_batches(*a, **k))
+    score = path_scorer(model, data, s, 0, "cpu", cache_bytes=1 << 30)
+    assert [score(p) for p in paths] == cached and len(draws) == len(paths)
