@@ -27,7 +27,8 @@ JOB_LISTS = ("algorithms", "sources", "seeds", "supernet_test")
 # null too).
 NEUTRAL = {("synthesis", "stack"): 1, ("retrain", "gpus"): 1, ("search", "spos", "gpus"): 1,
            ("search", "darts", "gpus"): 1, ("search", "proxyless", "gpus"): 1,
-           ("search", "darts", "compile"): False, ("fidelity", "bounded"): True}
+           ("search", "darts", "compile"): False, ("search", "proxyless", "eval_updates"): None,
+           ("fidelity", "bounded"): True}
 
 
 def without_neutral(config: dict) -> dict:

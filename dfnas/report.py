@@ -427,9 +427,10 @@ def plot_search_curves(layout: Layout, search_cfg: dict, path: Path) -> None:
             for seed in search_cfg["seeds"]:
                 rows = read_history(Path(layout.history(algorithm, source, seed)))
                 epochs = [r for r in rows if r.get("epoch")]
-                column = "val_acc" if epochs and epochs[0].get("val_acc") else "train_acc"
-                if epochs and epochs[0].get(column):
-                    ax.plot([int(r["epoch"]) for r in epochs], [float(r[column]) for r in epochs], marker=".",
+                column = "val_acc" if any(r.get("val_acc") for r in epochs) else "train_acc"
+                scored = [r for r in epochs if r.get(column)]  # ProxylessNAS: held-out scores every eval_updates
+                if scored:
+                    ax.plot([int(r["epoch"]) for r in scored], [float(r[column]) for r in scored], marker=".",
                             label=f"{source} s{seed} ({column.split('_')[0]})")
                 gens = [r for r in rows if r.get("generation")]
                 if gens:

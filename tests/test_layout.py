@@ -86,26 +86,30 @@ def test_only_the_truth_and_the_report_read_truth_repeats(smoke):
 
 
 def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
-    """synthesis.stack 1, retrain.gpus 1, search.spos.gpus 1, search.darts.compile false and
-    retrain.<space>.epochs null are not in any job's config (a finished run is not rerun for keys
+    """synthesis.stack 1, retrain.gpus 1, search.spos.gpus 1, search.darts.compile false,
+    search.proxyless.eval_updates null and retrain.<space>.epochs null are not in any job's config (a finished run is not rerun for keys
     that did not exist when it ran), nor in the shards' config hash; set otherwise, they are."""
     from dfnas.synthesize import synthesis_config_hash
 
     plain = {job: job_json(smoke, job, **kw) for job, kw in [
         ("synthesize", {}), ("retrain", {"algorithm": "darts", "source": "full"}),
-        ("search", {"algorithm": "spos", "source": "full"}), ("search", {"algorithm": "darts", "source": "full"})]}
+        ("search", {"algorithm": "spos", "source": "full"}), ("search", {"algorithm": "darts", "source": "full"}),
+        ("search", {"algorithm": "proxyless", "source": "full"})]}
     for text in plain.values():
-        assert not any(f'"{key}"' in text for key in ("stack", "gpus", "compile")) and '"epochs":null' not in text
+        assert not any(f'"{key}"' in text for key in ("stack", "gpus", "compile", "eval_updates"))
+        assert '"epochs":null' not in text
     changed = json.loads(json.dumps(smoke))
     changed["synthesis"]["stack"] = 2
     changed["retrain"]["gpus"] = 2
     changed["search"]["spos"]["gpus"] = 2
     changed["search"]["darts"]["compile"] = True
+    changed["search"]["proxyless"]["eval_updates"] = 100
     changed["device"] = "auto"
     assert job_config(changed, "synthesize")["synthesis"]["stack"] == 2
     assert job_config(changed, "retrain", algorithm="darts", source="full")["retrain"]["gpus"] == 2
     assert job_config(changed, "search", algorithm="spos", source="full")["search"]["spos"]["gpus"] == 2
     assert job_config(changed, "search", algorithm="darts", source="full")["search"]["darts"]["compile"] is True
+    assert job_config(changed, "search", algorithm="proxyless", source="full")["search"]["proxyless"]["eval_updates"] == 100
     assert synthesis_config_hash(smoke, "full") != synthesis_config_hash(changed, "full")
     changed["synthesis"]["stack"] = 1
     assert synthesis_config_hash(smoke, "full") == synthesis_config_hash(changed, "full")

@@ -304,3 +304,22 @@ def test_the_first_search_pass_can_skip_architecture_steps(base_config, tmp_path
     result = proxyless_strategy.search(cfg, data, 0, tmp_path, "cpu", log=lambda *_: None)
     assert [row["arch_steps"] for row in result.history] == [0, 0, 2]
     assert result.found_by["weight_updates"] == 7
+
+
+def test_held_out_evaluations_every_so_many_updates_and_at_each_phase_end(base_config, tmp_path, monkeypatch):
+    """``eval_updates: 7`` with 3 updates an epoch, 2 warm-up and 5 search epochs: the update count
+    passes 7, 14 and 21 in epochs 3, 5 and 7, and the phases end at epochs 2 and 7, so the argmax
+    path is scored after epochs 2, 3, 5 and 7 alone (left empty in the others); null scores every
+    epoch."""
+    calls = []
+    real = SearchData.evaluate
+    monkeypatch.setattr(SearchData, "evaluate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    cfg, data = tiny_search(base_config, warmup_epochs=2, epochs=5, eval_updates=7)
+    result = proxyless_strategy.search(cfg, data, 0, tmp_path / "every7", "cpu", log=quiet)
+    scored = [row["epoch"] for row in result.history if row["val_acc"] != ""]
+    assert scored == [2, 3, 5, 7] and len(calls) == 4
+    assert all(row["val_loss"] == "" for row in result.history if row["epoch"] not in scored)
+    assert result.found_by["heldout_acc"] == result.history[-1]["val_acc"] != ""
+    cfg, data = tiny_search(base_config, warmup_epochs=2, epochs=5)
+    result = proxyless_strategy.search(cfg, data, 0, tmp_path / "every", "cpu", log=quiet)
+    assert all(isinstance(row["val_acc"], float) for row in result.history) and len(calls) == 4 + 7

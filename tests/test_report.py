@@ -284,3 +284,28 @@ def test_job_times_by_hand(tmp_path):
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "| teacher | 1 | 600.0 | 10.0 | 19.2 | 700 |" in summary
     assert "All jobs together: 16.4 minutes of wall time (6 jobs)." in summary  # 984 s
+
+
+def test_search_curves_plot_the_epochs_that_were_scored(tmp_path, monkeypatch):
+    """A ProxylessNAS history scored every few epochs (``eval_updates``) has empty held-out cells in
+    the others: the curve is drawn through the scored epochs alone."""
+    import matplotlib.axes
+
+    from dfnas import report
+    from dfnas.layout import Layout
+
+    layout = Layout("run", str(tmp_path))
+    path = tmp_path / "run" / "search" / "proxyless" / "natural" / "seed0" / "history.csv"
+    assert layout.history("proxyless", "natural", 0) == str(path)
+    path.parent.mkdir(parents=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["epoch", "train_acc", "val_acc"])
+        writer.writeheader()
+        writer.writerows([{"epoch": 1, "train_acc": 0.2, "val_acc": ""}, {"epoch": 2, "train_acc": 0.3, "val_acc": 0.25},
+                          {"epoch": 3, "train_acc": 0.4, "val_acc": ""}, {"epoch": 4, "train_acc": 0.5, "val_acc": 0.45}])
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **k: drawn.append((x, y)) or real(ax, x, y, **k))
+    report.plot_search_curves(layout, {"algorithms": ["proxyless"], "sources": ["natural"], "seeds": [0]},
+                              tmp_path / "curves.png")
+    assert drawn == [([2, 4], [0.25, 0.45])] and (tmp_path / "curves.png").stat().st_size > 0

@@ -294,6 +294,18 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     stateful = {"model": model, "arch": arch, "w_opt": w_opt, "a_opt": a_opt}
     resumed = checkpoint.resume(stateful, gen)
     history, start = resumed.history, resumed.epoch
+    every = s["eval_updates"]
+
+    def evaluates(epoch: int, steps: int) -> bool:
+        """Whether the held-out evaluation runs after ``epoch`` (``steps`` weight updates in it): at
+        the end of each phase, and where the search's weight updates (warm-up included) passed a
+        multiple of ``eval_updates``; counted from the epoch, so a resumed search evaluates where it
+        would have."""
+        if every is None or epoch + 1 in (warmup, total_epochs):
+            return True
+        before = epoch * steps_per_epoch if epoch < warmup else warmup_total + (epoch - warmup) * steps_per_epoch
+        return (before + steps) // every > before // every
+
     t0 = time.time()
     for epoch in range(start, total_epochs):
         searching = epoch >= warmup
@@ -324,7 +336,10 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         train_loss, train_acc, arch_loss = distributed.epoch_sums(
             dist, torch.stack([sums["loss"], sums["acc"], sums["arch_loss"]]))
         ops = arch.argmax()
-        val = data.evaluate(model, device, bs, ops, recalibrate=recal) if dist is None or dist.main else {}
+        val = {}
+        if dist is None or dist.main:
+            val = (data.evaluate(model, device, bs, ops, recalibrate=recal) if evaluates(epoch, sums["steps"])
+                   else {"val_loss": "", "val_acc": ""})
         probs = arch.probs().detach().cpu()
         row = {"epoch": epoch + 1, "phase": "search" if searching else "warmup", "lr": lr,
                "train_loss": train_loss / steps, "train_acc": train_acc / steps,
@@ -340,9 +355,9 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         history.append(row)
         distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1,
                                                                     final=epoch + 1 == total_epochs))
+        held_out = f"  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}" if row.get("val_acc") != "" else ""
         log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
-            f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}  val loss {row.get('val_loss', 0):.3f}"
-            f"  acc {row.get('val_acc', 0):.3f}  E[macs] {row['expected_macs'] / 1e6:.2f}M"
+            f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}{held_out}  E[macs] {row['expected_macs'] / 1e6:.2f}M"
             f"  argmax {''.join(map(str, ops))}"
             f"  {progress(t0, epoch + 1, total_epochs, start)}")
     if not distributed.finish(dist):
