@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 
@@ -30,12 +31,26 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Parameter groups with weight decay on weight tensors only: biases and BatchNorm affine
-    parameters (one dimension) are not decayed."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+# Which parameters a training leaves out of weight decay: none (DARTS decays all), those of the
+# normalization layers (ProxylessNAS's released training), or every one-dimensional tensor, i.e.
+# biases and normalization affine parameters (SPOS).
+NO_DECAY = ("none", "norm", "norm_and_bias")
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def decay_groups(model: nn.Module, weight_decay: float, no_decay: str = "norm_and_bias") -> list[dict]:
+    """Parameter groups: ``weight_decay`` on every parameter but those ``no_decay`` exempts (one of
+    `NO_DECAY`), which get none."""
+    if no_decay not in NO_DECAY:
+        raise ValueError(f"no_decay is one of {NO_DECAY}, not {no_decay!r}")
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+
+    def exempt(p: torch.Tensor) -> bool:
+        return (no_decay == "norm" and id(p) in norm) or (no_decay == "norm_and_bias" and p.ndim <= 1)
+
+    decay = [p for p in model.parameters() if not exempt(p)]
+    no = [p for p in model.parameters() if exempt(p)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no, "weight_decay": 0.0}]
 
 
 def step_budget(epochs: int, iterations: int | None, steps_per_epoch: int) -> tuple[int, int]:

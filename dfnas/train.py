@@ -45,6 +45,7 @@ class Recipe:
     drop_path: float = 0.0  # final drop-path probability, reached linearly (networks with drop_path_prob)
     aux_weight: float = 0.0  # weight of an auxiliary head's loss (networks returning (logits, aux) in training)
     channels_last: bool | str = "auto"  # NHWC network and batches; auto: on CUDA (1.8x at 224 px on an H200)
+    no_decay: str = "norm_and_bias"  # parameters without weight decay (dfnas.optim.NO_DECAY)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
@@ -84,7 +85,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         log = log if dist.main else (lambda *_: None)
     norm = Normalize(mean, std).to(device)
-    opt = torch.optim.SGD(decay_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
+    opt = torch.optim.SGD(decay_groups(model, recipe.weight_decay, recipe.no_decay), lr=recipe.lr, momentum=recipe.momentum,
                           nesterov=recipe.nesterov and recipe.momentum > 0)
     # A last batch too small to give every rank two images (BatchNorm's minimum) is left out.
     full, rest = divmod(len(train_set), recipe.batch_size)

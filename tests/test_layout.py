@@ -98,6 +98,9 @@ def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
     for text in plain.values():
         assert not any(f'"{key}"' in text for key in ("stack", "gpus", "compile", "eval_updates"))
         assert '"epochs":null' not in text
+    # retrain.spos.no_decay at SPOS's own norm_and_bias is what SPOS retrains did before the key.
+    assert '"no_decay"' not in job_json(smoke, "retrain", algorithm="spos", source="full")
+    assert '"no_decay":"none"' in job_json(smoke, "retrain", algorithm="darts", source="full").replace(" ", "")
     changed = json.loads(json.dumps(smoke))
     changed["synthesis"]["stack"] = 2
     changed["retrain"]["gpus"] = 2

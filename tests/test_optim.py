@@ -51,6 +51,30 @@ def test_decay_groups_leave_one_dimensional_parameters_undecayed():
         torch.testing.assert_close(p.detach(), expected)
 
 
+@pytest.mark.parametrize("no_decay, exempt", [
+    ("none", []),  # DARTS: every parameter decays
+    ("norm", ["1.weight", "1.bias"]),  # ProxylessNAS: BatchNorm's; the convolution's and classifier's biases decay
+    ("norm_and_bias", ["0.bias", "1.weight", "1.bias", "3.bias"]),  # SPOS: every 1-d tensor
+])
+def test_decay_groups_exempt_what_each_protocol_exempts(no_decay, exempt):
+    """One SGD step on zero gradients with lr 0.1 and weight decay 0.5 multiplies each decayed
+    parameter by 0.95 and leaves the exempt ones as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(0.5, 1.5)
+    opt = torch.optim.SGD(decay_groups(model, 0.5, no_decay), lr=0.1)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name] * (1.0 if name in exempt else 0.95), msg=name)
+    with pytest.raises(ValueError, match="no_decay is one of"):
+        decay_groups(model, 0.5, "bn")
+
+
 def test_set_lr_sets_every_group():
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(decay_groups(model, 1e-4), lr=0.1)

@@ -88,10 +88,31 @@ def test_a_space_sets_its_own_epochs(retrain_config, tmp_path):
     assert metrics["recipe"]["epochs"] == 1 and "epochs" not in metrics["sizes"]
     assert job_config(cfg, "retrain", "spos")["retrain"]["epochs"] == 3
     darts_job = job_config(cfg, "retrain", "darts")["retrain"]  # resolved: the shared 3 is not in it
-    assert darts_job["epochs"] == 1 and darts_job["darts"] == {"cells": 3, "channels": 4}
+    assert darts_job["epochs"] == 1 and darts_job["darts"] == {"cells": 3, "channels": 4, "no_decay": "none"}
     assert retrain(validate_config({**copy.deepcopy(cfg), "retrain": darts_job}), tmp_path / "search" / "architecture.json",
                    tmp_path / "m2.json", log=quiet)["recipe"]["epochs"] == 1
     assert job_config(cfg, "fidelity_proxy", "darts", "full")["retrain"] == {"darts": {"cells": 3, "channels": 4}}
+
+
+def test_each_space_retrains_with_its_protocols_weight_decay_exemptions(retrain_config, tmp_path, monkeypatch):
+    """DARTS decays every parameter, ProxylessNAS exempts BatchNorm, SPOS every 1-d tensor
+    (``retrain.<space>.no_decay``); the retrain's optimizer is built with its space's choice, which
+    the metrics record."""
+    from dfnas import train
+    from dfnas.spaces import retrain_recipe
+
+    defaults = validate_config({})["retrain"]
+    assert {s: retrain_recipe(defaults, s)["no_decay"] for s in ("darts", "proxyless", "spos")} == \
+        {"darts": "none", "proxyless": "norm", "spos": "norm_and_bias"}
+    asked = []
+    real = train.decay_groups
+    monkeypatch.setattr(train, "decay_groups", lambda model, wd, no_decay: asked.append(no_decay) or real(model, wd, no_decay))
+    run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet,
+               dataset_json=dataset_json(retrain_config, tmp_path))
+    cfg = validate_config({**copy.deepcopy(retrain_config), "retrain": {
+        **retrain_config["retrain"], "epochs": 1, "darts": {"cells": 3, "channels": 4, "no_decay": "norm"}}})
+    metrics = retrain(cfg, tmp_path / "search" / "architecture.json", tmp_path / "m.json", log=quiet)
+    assert asked == ["norm"] and metrics["recipe"]["no_decay"] == "norm" and "no_decay" not in metrics["sizes"]
 
 
 def test_same_recipe_seed_for_every_arm_of_a_search_seed(retrain_config, tmp_path):
