@@ -214,11 +214,11 @@ def test_top_k_soft_labels_are_distilled_as_cached_not_tempered_again(synthetic_
     cached += ((1 - top.values.sum(1, keepdim=True)) / 7)  # the other 7 classes share the rest
     cached.scatter_(1, top.indices, top.values)
     assert torch.allclose(target.exp(), cached, atol=2e-3)  # float16 cache
-    student = torch.randn(len(x), 10)
+    student = torch.zeros(len(x), 10)  # uniform: the distance to it is the target's own sharpness
     by_hand = (cached * (cached.log() - F.log_softmax(student / 2.0, 1))).sum(1).mean() * 4.0
     assert data.loss_from_logits(student, target).item() == pytest.approx(by_hand.item(), rel=5e-3)
     retempered = kd_loss(student, target, 2.0)  # what tempering the cached log-probabilities again gives
-    assert abs(retempered.item() - by_hand.item()) > 0.01
+    assert abs(retempered.item() - by_hand.item()) > 0.05 * by_hand.item()  # ten times the tolerance above
     no_t2 = validate_config({**cfg, "search": {"temperature": 2.0, "t_squared": False}})
     plain = SearchData(no_t2, "full", 0, dataset, tmp_path / "topk.h5", synthetic_holdout="val")
     assert plain.loss_from_logits(student, target).item() == pytest.approx(by_hand.item() / 4.0, rel=5e-3)

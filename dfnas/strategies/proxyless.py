@@ -271,9 +271,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     precision = resolve_precision(cfg["precision"], device)
     autocast_forward(model, device, precision)
     arch = ArchParameters(model.allowed, s["arch_init_std"]).to(device)
-    if cfg["search"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-        data.memory_format = torch.channels_last
+    model = data.in_memory_format(model)
     target = hw["target"]
     if cost_table is not None and target is None:  # the expected cost of the uniform supernet
         uniform = arch.mask.double() / arch.mask.sum(1, keepdim=True)
@@ -355,7 +353,8 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
         history.append(row)
         distributed.on_main(dist, lambda: checkpoint.save(stateful, gen, history, epoch + 1,
                                                                     final=epoch + 1 == total_epochs))
-        held_out = f"  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}" if row.get("val_acc") != "" else ""
+        scored = row.get("val_acc", "") != ""  # not on other ranks than 0, nor between eval_updates
+        held_out = f"  val loss {row['val_loss']:.3f}  acc {row['val_acc']:.3f}" if scored else ""
         log(f"proxyless {data.source} seed {seed}: {row['phase']} epoch {epoch + 1}/{total_epochs}  loss "
             f"{row['train_loss']:.3f}  acc {row['train_acc']:.3f}{held_out}  E[macs] {row['expected_macs'] / 1e6:.2f}M"
             f"  argmax {''.join(map(str, ops))}"
