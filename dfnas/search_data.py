@@ -188,6 +188,14 @@ class SearchData:
             out.update(data=self.natural, augment=self.augment)
         return out
 
+    def in_memory_format(self, model: nn.Module) -> nn.Module:
+        """``model`` in the search's memory format: with ``search.channels_last``, the network and
+        from now on the batches of `batches` are NHWC."""
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            self.memory_format = torch.channels_last
+        return model
+
     def steps_per_epoch(self, half: int, batch_size: int) -> int:
         """How many batches one pass of `batches` over part ``half`` yields."""
         return max(1, len(self.halves[half]) // batch_size)

@@ -146,6 +146,37 @@ def test_proxyless_on_a_synthetic_variant_then_retrained(synthetic_set, base_con
 # The strategy registry and the command line
 
 
+@pytest.mark.parametrize("algorithm, channels_last", [("darts", True), ("spos", True), ("proxyless", True),
+                                                     ("spos", False)])
+def test_search_networks_train_in_the_configured_memory_format(algorithm, channels_last, synthetic_set, tmp_path,
+                                                               monkeypatch):
+    """``search.channels_last`` puts every search network and its batches in NHWC (SPOS too: 0.76-0.89
+    of the contiguous step time on a 2-core CPU): the activations entering its convolutions of more
+    than one input channel are NHWC, or all NCHW when it is false."""
+    formats = set()
+
+    def record(conv, args):
+        x = args[0]
+        if x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and x.requires_grad:
+            # Channels vary faster than columns (NHWC, and a channel split or shuffle of it) or slower.
+            formats.add("nhwc" if x.stride(1) < x.stride(3) else "nchw")
+
+    real = SearchData.in_memory_format
+
+    def hooked(self, model):
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_pre_hook(record)
+        return real(self, model)
+
+    monkeypatch.setattr(SearchData, "in_memory_format", hooked)
+    tiny = {"darts": search_config(), "spos": spos_config(), "proxyless": proxyless_config()}[algorithm]
+    cfg = validate_config({**tiny, "search": {**tiny["search"], "channels_last": channels_last,
+                                              algorithm: {**tiny["search"][algorithm], "epochs": 1}}})
+    run_search(cfg, algorithm, "full", 0, tmp_path, *synthetic_set, log=quiet)
+    assert formats == ({"nhwc"} if channels_last else {"nchw"})
+
+
 def test_every_strategy_searches_a_registered_space_with_data_it_can_get():
     assert strategy_names() == ["darts", "spos", "proxyless"]
     cfg = validate_config({"device": "cpu"})

@@ -183,9 +183,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     args = search_args(dcfg, data.input_shape, data.num_classes)
     precision = search_precision(cfg["precision"], device, dcfg["order"], log)
     model = autocast_forward(SearchNetwork(**args).to(device), device, precision)
-    if cfg["search"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-        data.memory_format = torch.channels_last
+    model = data.in_memory_format(model)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=dcfg["lr"], momentum=dcfg["momentum"],
                             weight_decay=dcfg["weight_decay"])
     forward = compiled(model, dcfg["compile"])

@@ -162,7 +162,7 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     args = space_args(s, data.input_shape, data.num_classes)
     table = flops_table(args, data.input_shape)
     seed_everything(seed)
-    model = ShuffleNetOneShot(None, **args, dropout=0.0).to(device)
+    model = data.in_memory_format(ShuffleNetOneShot(None, **args, dropout=0.0).to(device))
     precision = resolve_precision(cfg["precision"], device)
     autocast_forward(model, device, precision)
     net = model
