@@ -93,7 +93,10 @@ def merge(paths, teacher_sha256: str, val_per_class: int, seed: int, out: Path, 
                     with sh.open_h5(path) as src:
                         sh.copy_rows(src, group, rows, path, block,
                                      check=lambda a, p=path: sh.check_arrays(a, p, num_classes, shape))
-    return {"train": len(train_idx), "val": len(val_idx), "attrs": attrs}
+    counts = np.bincount(all_labels, minlength=num_classes) if len(all_labels) else np.zeros(num_classes, int)
+    # Classes too small to give val_per_class and keep as many for training: half of each validates.
+    capped = int(((counts > 0) & (counts // 2 < val_per_class)).sum())
+    return {"train": len(train_idx), "val": len(val_idx), "attrs": attrs, "capped_classes": capped}
 
 
 def _json_attr(value):
@@ -167,6 +170,9 @@ def main(argv=None):
     if args.grid:
         sample_grid(Path(args.out), Path(args.grid))
     print(f"merged {len(args.shards)} shard(s): {result['train']} train / {result['val']} val images -> {args.out}")
+    if result["capped_classes"]:
+        print(f"note: {result['capped_classes']} class(es) have fewer than 2 x synthesis.val_per_class "
+              f"({cfg['synthesis']['val_per_class']}) images; half of each went to validation")
 
 
 if __name__ == "__main__":

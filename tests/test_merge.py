@@ -29,8 +29,14 @@ def test_merge_writes_train_and_val(two_shards, teacher, tmp_path):
             whole = np.concatenate([s[name][...] for s in shards])
             assert np.array_equal(f["train"][name][...], whole[train_idx])
             assert np.array_equal(f["val"][name][...], whole[val_idx])
+    counts = np.bincount(np.concatenate([s["labels"][...] for s in shards]), minlength=10)
     for s in shards:
         s.close()
+    # Asked for 3 a class: a class of c images gives min(3, c // 2); those under 6 are reported.
+    wide = merge(paths, teacher.checksum, 3, cfg["seed"], tmp_path / "wide.h5", "full")
+    assert wide["val"] == sum(min(3, c // 2) for c in counts)
+    assert wide["capped_classes"] == sum(1 for c in counts if 0 < c < 6) > 0
+    assert result["capped_classes"] == sum(1 for c in counts if c == 1)
     grid = tmp_path / "grid.png"
     sample_grid(out, grid)
     from PIL import Image
