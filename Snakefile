@@ -17,7 +17,7 @@ min_version("8.0")
 # workflow.basedir is the host's).
 DFNAS_DIR = str(workflow.current_basedir)
 sys.path.insert(0, DFNAS_DIR)  # the dfnas package of this checkout, installed or not
-from dfnas.config import validate_config  # noqa: E402
+from dfnas.config import read_config_file, validate_config  # noqa: E402
 from dfnas.errors import DfnasError  # noqa: E402
 
 # The embedded default (config.yaml beside this file) is the config only when no --configfile is
@@ -31,6 +31,9 @@ report: "workflow/report/workflow.rst"
 
 
 try:
+    # Snakemake's own reading of a --configfile lets a key given twice pass (the last wins).
+    for path in workflow.overwrite_configfiles:
+        read_config_file(path)
     validate_config(config)
 except DfnasError as exc:
     raise WorkflowError(str(exc)) from None

@@ -31,7 +31,24 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, except that every number in exponent notation (``1e-4``, ``1.5e3``:
     YAML 1.2 and JSON read them as numbers, YAML 1.1 without a dot or an exponent sign as text) is a
     float, so that ``lr: 1e-4`` in a config and the JSON that Snakemake passes to a job mean a
-    number."""
+    number; and a key given twice in one mapping is an error, not the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            f"key {key!r} given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",

@@ -75,6 +75,24 @@ def test_bad_yaml_is_one_line_with_the_file(tmp_path):
         load_config(bad)
 
 
+def test_a_key_given_twice_is_one_line_with_its_line(tmp_path):
+    """In one mapping a repeated key is an error (PyYAML would keep the last); a key overriding a
+    merged anchor ('<<') is not a repeat."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("seed: 1\nsearch:\n  darts:\n    lr: 0.1\n    epochs: 2\n    lr: 0.2\n")
+    with pytest.raises(DfnasError) as err:
+        load_config(twice)
+    assert str(err.value) == f"config file {twice} line 6: not valid YAML (key 'lr' given twice)"
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("retrain: &r {epochs: 2, lr: 0.1}\nteacher:\n  train:\n    <<: *r\n    lr: 0.3\n")
+    assert load_config(merged)["teacher"]["train"]["lr"] == 0.3
+    # The same key in two different mappings is no repeat.
+    both = tmp_path / "both.yaml"
+    both.write_text("teacher:\n  train: {lr: 0.1}\nretrain: {lr: 0.2}\n")
+    loaded = load_config(both)
+    assert (loaded["teacher"]["train"]["lr"], loaded["retrain"]["lr"]) == (0.1, 0.2)
+
+
 def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path):
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")

@@ -196,6 +196,12 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "config key 'seed': -3 is less than the minimum of 0" in result.stderr + result.stdout
     assert not (tmp_path / "results").exists()
+    # A key given twice in a config file: Snakemake's reading would keep the last one.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text((REPO / "config/smoke.yaml").read_text() + "\nseed: 3\nseed: 4\n")
+    result = snakemake("--cores", "1", "--configfile", str(twice), cwd=tmp_path)
+    assert result.returncode != 0 and not (tmp_path / "results").exists()
+    assert "twice.yaml line" in result.stderr and "not valid YAML (key 'seed' given twice)" in result.stderr
 
 
 def test_workflow_is_lint_clean_and_snakefmt_formatted(tmp_path):
