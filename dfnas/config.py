@@ -171,8 +171,8 @@ def check_consistency(config: dict) -> None:
     """What the schema cannot say: a url: teacher has its checksum, every shard gets images, every
     synthetic search or fidelity source is a synthesized variant, a fidelity stage ranks at least 4
     architectures, several GPUs per retrain or SPOS job come with a device that can have them, the
-    student's variant is searched on, ranges run from min to max, and the search spaces' per-stage
-    lists agree in length."""
+    student's variant is searched on, ranges run from min to max, the search spaces' per-stage
+    lists agree in length, and a DARTS warm-up leaves architecture steps."""
     teacher = config["teacher"]
     if teacher["source"].startswith("url:") and not teacher["sha256"]:
         raise DfnasError(f"config key 'teacher.sha256': required for a url: teacher ({teacher['source']}), so that "
@@ -222,6 +222,9 @@ def check_consistency(config: dict) -> None:
     if darts["multiplier"] > darts["steps"]:
         raise DfnasError(f"config key 'search.darts.multiplier': a cell concatenates its last {darts['multiplier']} "
                          f"nodes but has {darts['steps']} (search.darts.steps)")
+    if darts["iterations"] is None and darts["arch_warmup_epochs"] >= darts["epochs"]:
+        raise DfnasError(f"config key 'search.darts.arch_warmup_epochs': {darts['arch_warmup_epochs']} warm-up epochs "
+                         f"of {darts['epochs']} (search.darts.epochs) leave the architecture no step; lower it")
 
 
 def read_config_file(path) -> dict:

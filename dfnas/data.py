@@ -38,7 +38,7 @@ from dfnas.cli import cli_main, stage_config, stage_parser
 from dfnas.download import download_file, extract_archive
 from dfnas.errors import REMAKE, DfnasError
 from dfnas.runtime import read_json, write_json
-from dfnas.sampling import stratified_subset
+from dfnas.sampling import require_every_class, stratified_subset
 
 SYSTEM_DATASETS = Path("/usr/share/datasets")
 
@@ -525,10 +525,11 @@ def _names(names: list[str], limit: int = 5) -> str:
 
 
 def load_dataset(name: str, root=None, download: bool = False, subset: dict | None = None, seed: int = 0,
-                 data: dict | None = None) -> NaturalData:
+                 data: dict | None = None, train_key: str = "data.subset.train") -> NaturalData:
     """Load the train and test splits of a natural dataset.
 
-    ``subset`` may give ``{"train": N, "test": M}``: a class-balanced subset drawn with ``seed``.
+    ``subset`` may give ``{"train": N, "test": M}``: a class-balanced subset drawn with ``seed``; the
+    training subset must hold every class (``train_key`` names its config key in the error).
     ``data`` is the config's ``data`` section (the keys of image-folder datasets).
     """
     data = data or {}
@@ -563,16 +564,18 @@ def load_dataset(name: str, root=None, download: bool = False, subset: dict | No
         info = DatasetInfo(name, len(class_names), tuple(class_names), spec.input_shape, spec.mean, spec.std)
     subset = subset or {}
     if subset.get("train") is not None:
+        require_every_class(int(subset["train"]), info.num_classes, train_key)
         train = train.subset(stratified_subset(train.targets, int(subset["train"]), seed))
     if subset.get("test") is not None:
         test = test.subset(stratified_subset(test.targets, int(subset["test"]), seed + 1))
     return NaturalData(info, train, test, source=str(folder))
 
 
-def dataset_from_config(cfg: dict) -> NaturalData:
+def dataset_from_config(cfg: dict, train_key: str = "data.subset.train") -> NaturalData:
+    """The config's natural dataset; ``train_key``: the config key of its training subset's size."""
     data = cfg["data"]
     return load_dataset(data["name"], data.get("root"), data.get("download", False), data.get("subset"),
-                        cfg.get("seed", 0), data)
+                        cfg.get("seed", 0), data, train_key)
 
 
 def read_description(path, needed_by: str) -> tuple[tuple, int]:

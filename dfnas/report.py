@@ -57,8 +57,8 @@ def source_label(source: str) -> str:
 
 
 NEEDED = ("the report", "run the workflow first")
-METRICS = ("top1", "parameters", "multiply_adds")  # what every table reads from a metrics.json
-STUDENT_METRICS = ("teacher_agreement", "synthetic_training_images", "parameters", "multiply_adds", "train_seconds")
+METRICS = ("parameters", "multiply_adds")  # what every table reads from a metrics.json, with its top-1
+STUDENT_METRICS = ("synthetic_training_images", "parameters", "multiply_adds", "train_seconds")  # and agreement
 
 
 def collect(layout: Layout, cfg: dict) -> list[dict]:
@@ -66,7 +66,7 @@ def collect(layout: Layout, cfg: dict) -> list[dict]:
     records = []
     tested = set(supernet_tested(cfg))
     for algorithm, source, seed in arms(cfg):
-        metrics = read_json(layout.metrics(algorithm, source, seed), *NEEDED, numbers=METRICS)
+        metrics = read_json(layout.metrics(algorithm, source, seed), *NEEDED, numbers=METRICS, fractions=("top1",))
         arch = read_json(layout.architecture(algorithm, source, seed), *NEEDED)
         found = arch.get("found_by", {})
         records.append({
@@ -78,7 +78,7 @@ def collect(layout: Layout, cfg: dict) -> list[dict]:
             "heldout_acc": found.get("heldout_acc"), "chance": found.get("chance"),
             "retrain_seconds": metrics.get("train_seconds"),
             "supernet_test_acc": (read_json(layout.supernet_test(algorithm, source, seed), *NEEDED,
-                                            numbers=("test_top1",))["test_top1"]
+                                            fractions=("test_top1",))["test_top1"]
                                   if (algorithm, source, seed) in tested else None),
         })
     return records
@@ -270,7 +270,8 @@ def student_rows(layout: Layout, cfg: dict) -> list[dict]:
     """One row per data-free student (`students`), from its metrics."""
     rows = []
     for algorithm, variant, seed in students(cfg):
-        m = read_json(layout.student(algorithm, variant, seed), *NEEDED, numbers=STUDENT_METRICS)
+        m = read_json(layout.student(algorithm, variant, seed), *NEEDED, numbers=STUDENT_METRICS,
+                      fractions=("teacher_agreement",))
         rows.append({"algorithm": algorithm, "variant": variant, "seed": seed,
                      "teacher_agreement": _round(100 * m["teacher_agreement"], 2),
                      "top1": _round(100 * m["top1"], 2) if "top1" in m else None,
@@ -305,7 +306,7 @@ def fidelity_rows(layout: Layout, cfg: dict) -> list[dict]:
     fraction, resamples = cfg["report"]["top_fraction"], cfg["report"]["bootstrap"]
     rows = []
     for space in fidelity_spaces(cfg):
-        retrains = np.array([[read_json(layout.fidelity_truth(space, i, r), *NEEDED, numbers=("top1",))["top1"]
+        retrains = np.array([[read_json(layout.fidelity_truth(space, i, r), *NEEDED, fractions=("top1",))["top1"]
                               for r in range(repeats)] for i in range(k)])
         truth = retrains.mean(1)
         truth_sd = float(100 * np.sqrt(retrains.var(1, ddof=1).mean())) if repeats > 1 else None

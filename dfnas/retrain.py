@@ -42,7 +42,7 @@ def retrain(cfg: dict, arch_path, out: Path, log=print, repeat: int = 0) -> dict
     sizes = retrain_sizes(rcfg, arch["space"])
     sizes["auxiliary"] = rcfg["aux_weight"] > 0
     data = dataset_from_config({**cfg, "data": {**cfg["data"], "subset": {
-        "train": rcfg["train_images"], "test": cfg["data"]["subset"].get("test")}}})
+        "train": rcfg["train_images"], "test": cfg["data"]["subset"].get("test")}}}, "retrain.train_images")
     c, h, _ = data.info.input_shape
     search_seed = arch.get("found_by", {}).get("seed", 0)
     # The same for every arm of a seed; a repeat (the fidelity truth's further retrains) draws its own.

@@ -362,10 +362,11 @@ def write_csv(path, rows: list[dict]) -> None:
 
 
 def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tuple = (), remedy: str = REMAKE,
-              kind: type = dict):
+              kind: type = dict, fractions: tuple = ()):
     """A JSON object (or another ``kind``: a list) from a file, or a one-line error naming it
     (missing, with ``hint`` on how to make it, or damaged, with ``remedy``: by default, a workflow
-    output's). The keys ``numbers`` must hold finite numbers (a metrics file's top-1, say)."""
+    output's). The keys ``numbers`` must hold finite numbers (a metrics file's parameter count,
+    say), the keys ``fractions`` numbers from 0 to 1 (its top-1)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -377,10 +378,12 @@ def read_json(path, needed_by: str = "this stage", hint: str = "", numbers: tupl
         raise damaged(path, "cannot read it", exc, remedy) from None
     if not isinstance(data, kind):
         raise damaged(path, f"holds a {type(data).__name__}", ValueError(f"not a JSON {kind.__name__}"), remedy)
-    for key in numbers:
+    for key in (*numbers, *fractions):
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise damaged(path, f"{key} is {value!r}", ValueError("not a finite number"), remedy)
+        if key in fractions and not 0 <= value <= 1:
+            raise damaged(path, f"{key} is {value!r}", ValueError("not a fraction from 0 to 1"), remedy)
     return data
 
 

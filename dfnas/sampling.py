@@ -6,6 +6,8 @@ from typing import Callable
 
 import numpy as np
 
+from dfnas.errors import DfnasError
+
 
 def per_class_pick(labels, quota: Callable[[int, int], int], seed: int) -> np.ndarray:
     """Sorted indices holding ``quota(k, size)`` members of each class (``k``: the class's rank among
@@ -37,3 +39,11 @@ def stratified_split(labels, val_per_class: int, seed: int) -> tuple[np.ndarray,
     fewer than twice that many, so that it keeps training images) go to validation."""
     val_index = per_class_pick(labels, lambda k, size: min(val_per_class, size // 2), seed)
     return np.setdiff1d(np.arange(len(labels)), val_index), val_index
+
+
+def require_every_class(n: int | None, classes: int, key: str) -> None:
+    """A class-balanced subset of ``n`` images (config key ``key``; None: the whole split) must hold
+    at least one image of each of ``classes`` classes: a one-line error otherwise."""
+    if n is not None and n < classes:
+        raise DfnasError(f"config key '{key}': {n} images cannot hold one of each of the {classes} classes; "
+                         f"give at least {classes}")

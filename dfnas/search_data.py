@@ -25,7 +25,7 @@ from dfnas.errors import DfnasError
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
 from dfnas.losses import kd_loss, kd_loss_from_log_probs
-from dfnas.sampling import stratified_subset
+from dfnas.sampling import require_every_class, stratified_subset
 from dfnas.soft_labels import SoftLabelData, render_stored
 from dfnas.streaming import batch_plan, stream
 from dfnas.train import Recipe
@@ -134,6 +134,7 @@ class SearchData:
             self.workers = 0
         else:
             natural = dataset_from_config(cfg)
+            require_every_class(scfg["natural_images"], natural.info.num_classes, "search.natural_images")
             split = natural.train.subset(stratified_subset(natural.train.targets, scfg["natural_images"], seed))
             self.augment = {"crop_padding": scfg["crop_padding"], "flip": scfg["flip"]}
             self.data = AugmentedImages(split, Recipe(**self.augment))

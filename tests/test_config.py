@@ -59,6 +59,9 @@ def test_given_values_are_kept():
          "but hold 6, 6 and 1"),
         ({"search": {"darts": {"steps": 2, "multiplier": 9}}},
          "config key 'search.darts.multiplier': a cell concatenates its last 9 nodes but has 2 (search.darts.steps)"),
+        ({"search": {"darts": {"epochs": 5, "arch_warmup_epochs": 5}}},
+         "config key 'search.darts.arch_warmup_epochs': 5 warm-up epochs of 5 (search.darts.epochs) leave the "
+         "architecture no step; lower it"),
     ],
 )
 def test_bad_config_names_the_key(config, message):

@@ -307,3 +307,27 @@ def test_folder_normalization_must_match_channels(tmp_path):
         load_dataset("folder", root, data=folder_config(root, input_size=16, mean=[0.5], std=[0.5] * 3))
     grey = load_dataset("folder", root, data=folder_config(root, channels=1, input_size=16, mean=[0.5], std=[0.5]))
     assert grey.train.read(torch.tensor([0]))[0].shape == (1, 1, 16, 16)
+
+
+def test_a_training_subset_smaller_than_the_class_count_is_one_line(base_config, tmp_path):
+    """9 images cannot hold each of Fashion-MNIST's 10 classes: the data subset and the searches'
+    natural subset each name their own key (the retrain's: test_retrain); 10 is enough."""
+    import copy
+
+    from dfnas.config import validate_config
+    from dfnas.data import dataset_from_config
+    from dfnas.search_data import SearchData
+
+    def with_(section, key, value):
+        cfg = copy.deepcopy(base_config)
+        cfg[section] = {**cfg.get(section, {}), key: value}
+        return validate_config(cfg)
+
+    message = "config key '{}': 9 images cannot hold one of each of the 10 classes; give at least 10"
+    with pytest.raises(DfnasError) as err:
+        dataset_from_config(with_("data", "subset", {"train": 9}))
+    assert str(err.value) == message.format("data.subset.train")
+    assert len(set(dataset_from_config(with_("data", "subset", {"train": 10})).train.targets.tolist())) == 10
+    with pytest.raises(DfnasError) as err:
+        SearchData(with_("search", "natural_images", 9), "natural", 0)
+    assert str(err.value) == message.format("search.natural_images")

@@ -145,6 +145,11 @@ def test_a_metrics_file_with_a_word_for_a_number_is_one_line(tmp_path):
     with pytest.raises(DfnasError) as err:
         make_report(report_config(), tmp_path, tmp_path / "report", log=lambda *_: None)
     assert str(err.value) == f"{metrics}: top1 is 'high' (not a finite number); the file is damaged: {REMAKE}"
+    # A percentage where a fraction belongs would show as 7350% in the tables.
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "top1": 73.5}))
+    with pytest.raises(DfnasError) as err:
+        make_report(report_config(), tmp_path, tmp_path / "report", log=lambda *_: None)
+    assert str(err.value) == f"{metrics}: top1 is 73.5 (not a fraction from 0 to 1); the file is damaged: {REMAKE}"
 
 
 # ---------------------------------------------------------------------------------------------

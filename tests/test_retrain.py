@@ -115,6 +115,17 @@ def test_each_space_retrains_with_its_protocols_weight_decay_exemptions(retrain_
     assert asked == ["norm"] and metrics["recipe"]["no_decay"] == "norm" and "no_decay" not in metrics["sizes"]
 
 
+def test_a_retrain_subset_smaller_than_the_class_count_is_one_line(retrain_config, tmp_path):
+    run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet,
+               dataset_json=dataset_json(retrain_config, tmp_path))
+    cfg = validate_config({**copy.deepcopy(retrain_config), "retrain": {**retrain_config["retrain"], "train_images": 9}})
+    with pytest.raises(DfnasError) as err:
+        retrain(cfg, tmp_path / "search" / "architecture.json", tmp_path / "m.json", log=quiet)
+    assert str(err.value) == ("config key 'retrain.train_images': 9 images cannot hold one of each of the 10 classes; "
+                              "give at least 10")
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_same_recipe_seed_for_every_arm_of_a_search_seed(retrain_config, tmp_path):
     seeds = []
     for source in ("random", "random"):

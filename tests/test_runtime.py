@@ -103,6 +103,14 @@ def test_read_json_errors_are_one_line(tmp_path):
             read_json(tmp_path / "m.json", numbers=("top1",))
     (tmp_path / "m.json").write_text('{"top1": 0.5}')
     assert read_json(tmp_path / "m.json", numbers=("top1",)) == {"top1": 0.5}
+    # A fraction is a finite number from 0 to 1: 0 and 1 themselves are.
+    for text, shown in (('{"top1": 73.5}', "73.5"), ('{"top1": -0.01}', "-0.01"), ('{"top1": NaN}', "nan")):
+        (tmp_path / "m.json").write_text(text)
+        with pytest.raises(DfnasError, match=rf"m\.json: top1 is {shown} \(not a (fraction from 0 to 1|finite number)\)"):
+            read_json(tmp_path / "m.json", fractions=("top1",))
+    for value in (0, 1, 0.25):
+        (tmp_path / "m.json").write_text(f'{{"top1": {value}}}')
+        assert read_json(tmp_path / "m.json", fractions=("top1",)) == {"top1": value}
 
 
 def test_config_hash_ignores_key_order_only():
