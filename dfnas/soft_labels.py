@@ -163,6 +163,10 @@ class SoftLabelData:
         dataset_sha256 = sha256_file(dataset_path)
         with sh.open_format(labels_path, LABELS_FORMAT, "python -m dfnas.soft_labels") as f, reading(labels_path):
             if f.attrs["dataset_sha256"] != dataset_sha256:
+                theirs, ours = f.attrs.get("variant"), self.attrs.get("variant")
+                if theirs is not None and ours is not None and theirs != ours:  # a mix-up, not a stale file
+                    raise DfnasError(f"{labels_path}: holds the soft labels of variant {theirs!r}, but {dataset_path} "
+                                     f"is variant {ours!r}; pass that variant's soft labels")
                 raise DfnasError(f"{labels_path}: was cached from another version of {dataset_path}; {REMAKE}")
             self.label_attrs = sh.attrs_dict(f)
             if split not in f or "boxes" not in f[split]:

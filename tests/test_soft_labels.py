@@ -74,6 +74,27 @@ def test_soft_labels_refuse_a_changed_dataset(cached, teacher):
         SoftLabelData(dataset, labels)
 
 
+def test_soft_labels_of_another_variant_are_named_as_a_mix_up(cached, tmp_path):
+    """The labels of variant 'full' passed with a dataset of another variant: not "delete it" (the
+    file is fine, for its own variant), but which variant each holds; the labels file is untouched."""
+    import shutil
+
+    import h5py
+
+    _, dataset, labels = cached
+    other = tmp_path / "other.h5"
+    shutil.copy(dataset, other)
+    with h5py.File(other, "r+") as f:
+        assert f.attrs["variant"] == "full"
+        f.attrs["variant"] = "deepinversion"
+    before = labels.read_bytes()
+    with pytest.raises(DfnasError) as err:
+        SoftLabelData(other, labels)
+    assert str(err.value) == (f"{labels}: holds the soft labels of variant 'full', but {other} is variant "
+                              "'deepinversion'; pass that variant's soft labels")
+    assert labels.read_bytes() == before
+
+
 def test_replayed_views_match_render_views(cached):
     _, dataset, labels = cached
     data = SoftLabelData(dataset, labels)
