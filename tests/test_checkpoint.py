@@ -155,3 +155,30 @@ def test_a_bad_interval_is_one_line(monkeypatch):
         monkeypatch.setenv("DFNAS_CHECKPOINT_SECONDS", raw)
         with pytest.raises(DfnasError, match=rf"^DFNAS_CHECKPOINT_SECONDS='{raw}': expected a number of seconds >= 0$"):
             Checkpoint("unused.pt", {"seed": 0}, log=None)
+
+
+def test_the_generators_of_the_gpus_a_job_used_are_saved_and_restored(tmp_path, monkeypatch):
+    """With CUDA initialized (faked here: two GPUs), a save keeps every GPU's generator state and a
+    resume on as many GPUs sets them back; a CPU job's checkpoint holds none and sets none."""
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    model, opt, gen = a_loop(0)
+    path = tmp_path / "ckpt.pt"
+    Checkpoint(path, {"seed": 0}, log=None).save({"model": model, "opt": opt}, gen, [], 1)
+    saved = torch.load(path, weights_only=True)["cuda_rng"]
+    assert all(torch.equal(a, b) for a, b in zip(saved, states)) and len(saved) == 2
+    Checkpoint(path, {"seed": 0}, log=lambda *_: None).resume({"model": model, "opt": opt}, gen)
+    assert len(restored) == 1 and all(torch.equal(a, b) for a, b in zip(restored[0], states))
+    # Resumed where another number of GPUs is visible: the states do not fit, and are left alone.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    Checkpoint(path, {"seed": 0}, log=lambda *_: None).resume({"model": model, "opt": opt}, gen)
+    assert len(restored) == 1
+    # A job that never touched CUDA saves no GPU state.
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    Checkpoint(path, {"seed": 0}, log=None).save({"model": model, "opt": opt}, gen, [], 1, final=True)
+    assert "cuda_rng" not in torch.load(path, weights_only=True)
