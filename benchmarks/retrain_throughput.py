@@ -7,7 +7,7 @@ architecture of the space drawn under its FLOPs target; they train through `dfna
 figure is the training loop's, not a data loader's. Each precision runs ``--epochs`` passes over
 ``--steps`` batches; the first pass (cuDNN autotuning, allocator warm-up) is not timed. Every
 figure comes from a process of its own, so none inherits another's allocator or cuDNN caches (on
-an H100, whichever precision ran second in a shared process came out slower).
+an H100, bf16 measured after fp32 in one process came out below fp32 twice, above it once).
 
     python benchmarks/retrain_throughput.py --device cuda [--batch 256 --steps 20]
     python benchmarks/retrain_throughput.py --device cpu --batch 8 --steps 2 --spaces proxyless   # smoke

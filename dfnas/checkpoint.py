@@ -1,7 +1,8 @@
 """Checkpoints of long training loops: everything needed to continue exactly where a job stopped.
 
 A checkpoint holds the state of every module and optimizer of the loop, the loop's random
-generator and torch's global ones (the CPU's, and each GPU's where the job used them), the history so far and the number of finished epochs, under a
+generator and torch's global ones (the CPU's, and each GPU's where a single-process job used them),
+the history so far and the number of finished epochs, under a
 fingerprint of what the loop was started from: its config and seed, and checksums of its inputs
 (dataset, soft labels, teacher, the exact architecture). A job that finds a checkpoint with its own
 fingerprint resumes from it and, on the CPU, ends with the same result as an uninterrupted job. One
@@ -93,7 +94,8 @@ class Checkpoint:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         cuda_rng = state.get("cuda_rng")
-        if cuda_rng is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_rng):
+        if cuda_rng is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_rng) \
+                and not _data_parallel():
             torch.cuda.set_rng_state_all(cuda_rng)  # dropout and drop-path masks drawn on the GPUs
         self.log(f"resuming from {self.path} after epoch {state['epoch']}")
         return Resumed(state["history"], state["epoch"], state.get("extra", {}))
@@ -104,8 +106,9 @@ class Checkpoint:
         loop started), or if ``final``; return whether it saved."""
         if not final and time.monotonic() - self._saved_at < self.interval:
             return False
-        # A job that ran on GPUs draws dropout and drop-path masks from their generators too.
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        # A job that ran on GPUs draws dropout and drop-path masks from their generators too. Of a
+        # torchrun job, whose ranks draw on one GPU each, rank 0 (which saves) knows its own alone.
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() and not _data_parallel() else None
         save_torch({"fingerprint": self.fingerprint, "inputs": self.inputs, **{name: obj.state_dict() for name, obj in stateful.items()},
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                     "epoch": epoch, "extra": extra, **({"cuda_rng": cuda_rng} if cuda_rng is not None else {})},
@@ -115,6 +118,11 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _data_parallel() -> bool:
+    """Whether this process is one rank of several (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def flatten(obj, prefix: str = "") -> dict:

@@ -43,7 +43,7 @@ from dfnas.runtime import (
     write_json,
 )
 from dfnas.sampling import stratified_subset
-from dfnas.search_data import SearchData, recalibrate_bn
+from dfnas.search_data import HeldBatches, SearchData, recalibrate_bn
 from dfnas.stats import kendall_tau_b
 from dfnas.search_result import load_search_network
 from dfnas.spaces.shufflenet import ShuffleNetOneShot, flops_table, sample_path
@@ -93,9 +93,12 @@ def rank(cfg: dict, network_path, dataset_path, labels_path, out_dir: Path, log=
     idx = stratified_subset(natural.train.targets, n_val + n_recal_images, derived_seed(seed, "ranking", "natural") % (2**32))
     images = natural.train.subset(np.random.default_rng(seed).permutation(idx))
     workers = cfg["data"]["workers"]
-    # Recalibration batches are few (bn_batches, as in the search) and kept; the validation images
-    # are streamed again for every path.
-    nat_recal = [data.norm(as_pixels(x)) for x, _ in stream(images, batch_plan(torch.arange(n_recal_images), bs), workers)]
+    # Recalibration batches (bn_batches, as in the search) are kept where they fit (`HeldBatches`),
+    # else read again for every path, as the validation images are.
+    recal_plan = batch_plan(torch.arange(n_recal_images), bs)
+    c, h, w = data.input_shape
+    nat_recal = HeldBatches(lambda: (data.norm(as_pixels(x)) for x, _ in stream(images, recal_plan, workers)),
+                            n_recal_images * c * h * w * 4)
     val_plan = batch_plan(torch.arange(n_recal_images, len(images)), bs)
     n_natural = len(images) - n_recal_images
     log(f"ranking {len(paths)} paths of the {source} supernet (seed {seed}): {len(data.halves[1])} synthetic and "

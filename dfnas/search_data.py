@@ -83,33 +83,35 @@ class _Stored:
 
 
 # Fixed batches that a search evaluates with many times (recalibration batches, a held-out part)
-# are kept in memory, on the device that uses them, up to this many bytes (as float32 images).
+# are kept in memory up to this many bytes (as float32 images) in host memory, and on a GPU up to
+# a quarter of its memory, at most 16 GiB: scoring runs after training, when the GPU is free.
 HOLD_BYTES = 2 << 30
+DEVICE_HOLD_BYTES = 16 << 30
 
 
-class RecalibrationBatches:
-    """The same ``count`` training batches of ``data`` (drawn with ``seed + 1``) at every pass.
+def hold_budget(device) -> int:
+    """How many bytes of fixed batches are kept on ``device`` (None: host memory)."""
+    if device is not None and torch.device(device).type == "cuda":
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return min(DEVICE_HOLD_BYTES, total // 4)
+    return HOLD_BYTES
 
-    They are drawn once and held (on ``device`` when given) where they take at most ``max_bytes``
-    (default `HOLD_BYTES`); larger, they are drawn again from the seed at every pass, so memory
-    holds one batch, not ``count`` (on ImageNet, 20 batches of 1024 at 224 px would be 12 GB)."""
 
-    def __init__(self, data: SearchData, count: int, batch_size: int, seed: int, device=None,
-                 max_bytes: int | None = None):
-        self.data, self.count, self.batch_size, self.seed = data, count, batch_size, seed
-        c, h, w = data.input_shape
-        images = count * min(batch_size, len(data.halves[0]))
+class HeldBatches:
+    """The batches ``make()`` yields (a fresh iterator of tensors, the same batches every time), at
+    every pass: made once and held (moved to ``device`` when given) where their ``nbytes`` fit in
+    ``max_bytes`` (default `hold_budget` of the device), else made again at every pass, so that
+    memory holds one batch, not all (on ImageNet, 20 recalibration batches of 1024 at 224 px would
+    be 12 GB)."""
+
+    def __init__(self, make, nbytes: int, device=None, max_bytes: int | None = None):
+        self.make = make
         self.held = None
-        if images * c * h * w * 4 <= (HOLD_BYTES if max_bytes is None else max_bytes):
-            self.held = [x if device is None else x.to(device, non_blocking=True) for x in self.draw()]
-
-    def draw(self):
-        """The batches, drawn from the seed."""
-        gen = torch.Generator().manual_seed(self.seed + 1)
-        return (x for _, (x, _) in zip(range(self.count), self.data.batches(0, self.batch_size, gen)))
+        if nbytes <= (hold_budget(device) if max_bytes is None else max_bytes):
+            self.held = [x if device is None else x.to(device, non_blocking=True) for x in make()]
 
     def __iter__(self):
-        return iter(self.held) if self.held is not None else self.draw()
+        return iter(self.held) if self.held is not None else self.make()
 
 
 class SearchData:
@@ -201,15 +203,17 @@ class SearchData:
         """How many batches one pass of `batches` over part ``half`` yields."""
         return max(1, len(self.halves[half]) // batch_size)
 
-    def batches(self, half: int, batch_size: int, generator: torch.Generator, dist=None):
+    def batches(self, half: int, batch_size: int, generator: torch.Generator, dist=None, limit: int | None = None):
         """One shuffled pass over part ``half`` in training views (random cached views of a synthetic
         source; augmented natural images), normalized, with their targets; an incomplete last batch
         is dropped unless it is the only one. Streamed: a few batches in memory at a time. With
         ``dist`` (a data-parallel rank), the rank's share of each batch of that plan. With a
         ``device``, a synthetic source's views are rendered there from the stored images, and the
-        batches are on it."""
+        batches are on it. ``limit``: the first that many batches of the pass alone (nothing
+        beyond them is read)."""
         source = self.data if half == 0 else self.heldout
         plan = batch_plan(self.halves[half], batch_size, generator, shuffle=True, drop_last=True, random_views=True)
+        plan = plan[:limit]
         if dist is not None:
             plan = [rank_share(b, dist) for b in plan]
         if self.synthetic and self.device is not None:
@@ -251,10 +255,19 @@ class SearchData:
             yield self.norm(x), target
 
     def recalibration_batches(self, count: int, batch_size: int, seed: int, device=None,
-                              max_bytes: int | None = None) -> RecalibrationBatches:
-        """``count`` training batches (normalized images) drawn with ``seed + 1``: the fixed batches on
-        which BatchNorm is recalibrated before a held-out evaluation (see `RecalibrationBatches`)."""
-        return RecalibrationBatches(self, count, batch_size, seed, device, max_bytes)
+                              max_bytes: int | None = None) -> HeldBatches:
+        """``count`` training batches (normalized images) drawn with ``seed + 1``, the same at every
+        pass (`HeldBatches`): the fixed batches on which BatchNorm is recalibrated before a held-out
+        evaluation."""
+        batches = min(count, self.steps_per_epoch(0, batch_size))
+        c, h, w = self.input_shape
+        nbytes = batches * min(batch_size, len(self.halves[0])) * c * h * w * 4
+
+        def make():
+            gen = torch.Generator().manual_seed(seed + 1)
+            return (x for x, _ in self.batches(0, batch_size, gen, limit=count))
+
+        return HeldBatches(make, nbytes, device, max_bytes)
 
     def heldout_on(self, device, batch_size: int, max_bytes: int) -> list | None:
         """The held-out part's evaluation batches (normalized images, targets), read once and kept on

@@ -178,6 +178,14 @@ def test_the_generators_of_the_gpus_a_job_used_are_saved_and_restored(tmp_path, 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     Checkpoint(path, {"seed": 0}, log=lambda *_: None).resume({"model": model, "opt": opt}, gen)
     assert len(restored) == 1
+    # One rank of a torchrun job neither restores nor saves them: rank 0 knows its own GPU's alone.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    Checkpoint(path, {"seed": 0}, log=lambda *_: None).resume({"model": model, "opt": opt}, gen)
+    assert len(restored) == 1
+    Checkpoint(path, {"seed": 0}, log=None).save({"model": model, "opt": opt}, gen, [], 1, final=True)
+    assert "cuda_rng" not in torch.load(path, weights_only=True)
+    monkeypatch.delenv("WORLD_SIZE")
     # A job that never touched CUDA saves no GPU state.
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     Checkpoint(path, {"seed": 0}, log=None).save({"model": model, "opt": opt}, gen, [], 1, final=True)

@@ -321,5 +321,10 @@ def test_held_out_evaluations_every_so_many_updates_and_at_each_phase_end(base_c
     assert all(row["val_loss"] == "" for row in result.history if row["epoch"] not in scored)
     assert result.found_by["heldout_acc"] == result.history[-1]["val_acc"] != ""
     cfg, data = tiny_search(base_config, warmup_epochs=2, epochs=5)
-    result = proxyless_strategy.search(cfg, data, 0, tmp_path / "every", "cpu", log=quiet)
-    assert all(isinstance(row["val_acc"], float) for row in result.history) and len(calls) == 4 + 7
+    every = proxyless_strategy.search(cfg, data, 0, tmp_path / "every", "cpu", log=quiet)
+    assert all(isinstance(row["val_acc"], float) for row in every.history) and len(calls) == 4 + 7
+    # Scoring changes nothing that trains: the same losses, probabilities and final score.
+    unscored = ("val_loss", "val_acc")
+    assert [{k: v for k, v in r.items() if k not in unscored} for r in every.history] == \
+        [{k: v for k, v in r.items() if k not in unscored} for r in result.history]
+    assert every.found_by == result.found_by and every.choices == result.choices

@@ -61,6 +61,28 @@ def test_ranking_scores_fixed_paths_on_both_domains(searched, synthetic_set, bas
     assert again["paths"] == rows
 
 
+def test_ranking_scores_alike_with_recalibration_batches_read_again_per_path(searched, synthetic_set, base_config,
+                                                                              tmp_path, monkeypatch):
+    """Above their byte budget (none here), the recalibration batches of both domains are read again
+    for every path, and every score is as when they are held."""
+    from dfnas import search_data
+
+    cfg = ranking_config(base_config)
+    held = rank(cfg, searched, *synthetic_set, tmp_path / "held", log=quiet)["paths"]
+    made = []
+    real = search_data.HeldBatches.__init__
+
+    def spy(self, make, nbytes, device=None, max_bytes=None):
+        made.append(self)
+        real(self, make, nbytes, device, max_bytes)
+
+    monkeypatch.setattr(search_data, "HOLD_BYTES", 0)
+    monkeypatch.setattr(search_data.HeldBatches, "__init__", spy)
+    again = rank(cfg, searched, *synthetic_set, tmp_path / "again", log=quiet)["paths"]
+    assert len(made) == 2 and all(m.held is None for m in made)  # synthetic and natural, neither held
+    assert again == held
+
+
 def test_ranking_paths_respect_the_flops_bound(searched, synthetic_set, base_config, tmp_path):
     from dfnas.spaces.shufflenet import flops_table
 

@@ -226,3 +226,16 @@ def test_command_line_errors_are_one_line(base_config, tmp_path, monkeypatch, ca
         main(["--config-json", cli_config(base_config), "--algorithm", "enas", "--source", "random",
               "--out-dir", str(tmp_path / "s")])
     assert exit_.value.code == 2 and "invalid choice: 'enas'" in capsys.readouterr().err
+
+
+def test_a_darts_warm_up_as_long_as_an_update_budget_is_one_line(base_config, tmp_path):
+    """3 updates on 20 + 20 natural images at batch 8 are 2 epochs: a warm-up of 2 leaves the
+    architecture no step (the config check sees epochs only), a warm-up of 1 searches."""
+    cfg = search_config(base_config, iterations=3, arch_warmup_epochs=2)
+    with pytest.raises(DfnasError) as err:
+        run_search(cfg, "darts", "natural", 0, tmp_path / "two", log=quiet)
+    assert str(err.value) == ("config key 'search.darts.arch_warmup_epochs': 2 warm-up epochs of the 2 that "
+                              "search.darts.iterations 3 make on 20 images leave the architecture no step; lower it")
+    arch = run_search(search_config(base_config, iterations=3, arch_warmup_epochs=1), "darts", "natural", 0,
+                      tmp_path / "one", log=quiet)
+    assert arch["found_by"]["weight_updates"] == 3

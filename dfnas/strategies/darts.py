@@ -31,6 +31,7 @@ from torch import nn
 from dfnas import distributed
 from dfnas.checkpoint import CHECKPOINT_NAME, Checkpoint
 from dfnas.distributed import Dist
+from dfnas.errors import DfnasError
 from dfnas.optim import cosine_lr, set_lr, step_budget
 from dfnas.runtime import autocast_forward, precision_name, progress, resolve_precision, seed_everything
 from dfnas.search_data import SearchData
@@ -194,6 +195,10 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     bs = dcfg["batch_size"]
     steps_per_epoch = min(data.steps_per_epoch(0, bs), data.steps_per_epoch(1, bs))
     total, epochs = step_budget(dcfg["epochs"], dcfg["iterations"], steps_per_epoch)
+    if dcfg["arch_warmup_epochs"] >= epochs:  # with iterations set, the config check cannot see this
+        raise DfnasError(f"config key 'search.darts.arch_warmup_epochs': {dcfg['arch_warmup_epochs']} warm-up epochs "
+                         f"of the {epochs} that search.darts.iterations {dcfg['iterations']} make on "
+                         f"{len(data.halves[0])} images leave the architecture no step; lower it")
     recal = data.recalibration_batches(dcfg["bn_batches"], bs, seed)
     gen = torch.Generator().manual_seed(seed)
     checkpoint = Checkpoint(Path(out_dir) / CHECKPOINT_NAME, {"search": dcfg, **data.fingerprint(seed),

@@ -287,7 +287,10 @@ def search(cfg: dict, data: SearchData, seed: int, out_dir: Path, device, log=pr
     warmup_total, warmup = step_budget(s["warmup_epochs"], s["warmup_iterations"], steps_per_epoch)
     search_total, epochs = step_budget(s["epochs"], s["iterations"], steps_per_epoch)
     total_epochs = warmup + epochs
-    checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME, {"search": s, **data.fingerprint(seed),
+    # How often the held-out part is scored changes no weight (the scores are read, recalibration
+    # resets BatchNorm, no random draw): a checkpoint resumes across a change of eval_updates.
+    trained_by = {k: v for k, v in s.items() if k != "eval_updates"}
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME, {"search": trained_by, **data.fingerprint(seed),
                                                         "precision": precision_name(precision)}, log)
     stateful = {"model": model, "arch": arch, "w_opt": w_opt, "a_opt": a_opt}
     resumed = checkpoint.resume(stateful, gen)
