@@ -226,3 +226,16 @@ def test_top_k_soft_labels_are_distilled_as_cached_not_tempered_again(synthetic_
     with pytest.raises(DfnasError, match=r"topk.h5: its top-k soft labels were cached at temperature 2 "
                                          r"\(soft_labels.temperature\), the search distils at search.temperature 4"):
         SearchData(other, "full", 0, dataset, tmp_path / "topk.h5")
+
+
+def test_fixed_batches_are_held_on_a_gpu_up_to_a_quarter_of_its_memory(monkeypatch):
+    """Host memory holds up to 2 GiB of them; a GPU a quarter of its memory, 16 GiB at most (a
+    16-GiB card: 4 GiB; an 80-GiB one: 16 GiB)."""
+    import types
+
+    from dfnas import search_data
+
+    assert search_data.hold_budget(None) == search_data.hold_budget("cpu") == 2 << 30
+    for total, budget in ((16 << 30, 4 << 30), (80 << 30, 16 << 30)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, t=total: types.SimpleNamespace(total_memory=t))
+        assert search_data.hold_budget("cuda:0") == budget
