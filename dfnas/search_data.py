@@ -114,6 +114,23 @@ class HeldBatches:
         return iter(self.held) if self.held is not None else self.make()
 
 
+class HeldOut:
+    """A held-out part kept on a device as stored (`SearchData.heldout_on`): at every pass, its
+    batches as normalized float images (a synthetic set's rendered in their whole view) and targets."""
+
+    def __init__(self, held: list, norm: nn.Module, synthetic: bool):
+        self.held, self.norm, self.synthetic = held, norm, synthetic
+
+    def __iter__(self):
+        for batch in self.held:
+            if self.synthetic:
+                stored, boxes, flips, alphas, target = batch
+                yield self.norm(render_stored(stored, boxes, flips, alphas)), target
+            else:
+                x, target = batch
+                yield self.norm(as_pixels(x)), target
+
+
 class SearchData:
     """Two halves of a data source (weights, architecture) as batches of ``(normalized x, target)``."""
 
@@ -269,17 +286,26 @@ class SearchData:
 
         return HeldBatches(make, nbytes, device, max_bytes)
 
-    def heldout_on(self, device, batch_size: int, max_bytes: int) -> list | None:
-        """The held-out part's evaluation batches (normalized images, targets), read once and kept on
-        ``device``, for scoring many paths without reading, rendering and uploading them again; None
-        when they would take more than ``max_bytes`` (they are then streamed per score)."""
-        c, h, w = self.input_shape
-        if len(self.halves[1]) * (c * h * w + self.num_classes) * 4 > max_bytes:
+    def heldout_on(self, device, batch_size: int, max_bytes: int) -> HeldOut | None:
+        """The held-out part's evaluation batches, read once and kept on ``device`` in the bytes they
+        are stored in (uint8 pixels; a synthetic set's stored images and their whole view), then at
+        every pass made into the normalized images and targets that `heldout_batches` streams, for
+        scoring many paths without reading or uploading them again (at ImageNet size, 50,000 natural
+        images are 7.5 GB as pixels, 30 GB as float32). None when they would take more than
+        ``max_bytes`` (they are then streamed per score)."""
+        if len(self.halves[1]) == 0 or max_bytes <= 0:
             return None
-        return [(x.to(device), target.to(device)) for x, target in self.heldout_batches(batch_size)]
+        c, h, w = self.input_shape
+        source = _Stored(self.heldout) if self.synthetic else self.data.split  # read without augmentation
+        pixel = source.read(self.halves[1][:1])[0].element_size()
+        if len(self.halves[1]) * (c * h * w * pixel + self.num_classes * 4) > max_bytes:
+            return None
+        held = [tuple(t if t is None else t.to(device) for t in batch)
+                for batch in stream(source, batch_plan(self.halves[1], batch_size), self.workers)]
+        return HeldOut(held, Normalize(self.mean, self.std).to(device), self.synthetic)
 
     def evaluate(self, model: nn.Module, device, batch_size: int, path=None, recalibrate=None,
-                 batches: list | None = None) -> dict:
+                 batches=None) -> dict:
         """``val_loss`` and ``val_acc`` of ``model`` (with ``path``, that path of a supernet) on the
         held-out part (``batches`` from `heldout_on`, or streamed); with ``recalibrate`` (batches of
         `recalibration_batches`), BatchNorm statistics are first re-estimated on them for this network

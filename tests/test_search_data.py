@@ -239,3 +239,24 @@ def test_fixed_batches_are_held_on_a_gpu_up_to_a_quarter_of_its_memory(monkeypat
     for total, budget in ((16 << 30, 4 << 30), (80 << 30, 16 << 30)):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, t=total: types.SimpleNamespace(total_memory=t))
         assert search_data.hold_budget("cuda:0") == budget
+
+
+@pytest.mark.parametrize("source", ["natural", "full"])
+def test_a_held_out_part_kept_as_stored_gives_the_streamed_batches(source, base_config, synthetic_set):
+    """Kept on the device as stored (uint8 pixels, 1 byte each, and float32 targets), the held-out
+    part gives at every pass exactly the normalized batches that streaming it gives; one byte over
+    its budget it is not kept."""
+    if source == "natural":
+        data = SearchData(natural_config(base_config), "natural", 0, train_portion=0.5)  # 20 held out
+    else:
+        data = SearchData(synthetic_config(), "full", 0, *synthetic_set, synthetic_holdout="val")  # 10 held out
+    per_image = 784 + 10 * 4  # 28 x 28 pixels and a row of 10 class scores (a natural label: less)
+    n = len(data.halves[1])
+    assert data.heldout_on("cpu", 8, n * per_image - 1) is None
+    held = data.heldout_on("cpu", 8, n * per_image)
+    assert held is not None and all(batch[0].dtype == torch.uint8 for batch in held.held)
+    streamed = list(data.heldout_batches(8))
+    for _ in range(2):
+        again = list(held)
+        assert len(again) == len(streamed) == -(-n // 8)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(again, streamed))

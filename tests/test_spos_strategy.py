@@ -134,15 +134,20 @@ def test_paths_are_scored_on_a_held_out_part_read_once(synthetic_set, monkeypatc
     model = ShuffleNetOneShot(None, **args, dropout=0.0)
     table, gen = flops_table(args, data.input_shape), torch.Generator().manual_seed(0)
     paths = [sample_path(table, gen) for _ in range(4)]
-    reads = []
-    real = data.heldout_batches
-    monkeypatch.setattr(data, "heldout_batches", lambda bs: reads.append(bs) or real(bs))
+    read = []  # images read from the held-out split (the validation split, 10 images)
+    for name in ("read", "read_stored"):
+        real = getattr(data.heldout, name)
+        monkeypatch.setattr(data.heldout, name, lambda idx, *a, real=real: read.append(len(idx)) or real(idx, *a))
+    n = len(data.halves[1])
+    # Kept as stored (uint8 pixels: 10 x 784 bytes + 10 x 10 float32 targets = 8,240 bytes).
+    assert data.heldout_on("cpu", 8, 8240) is not None and data.heldout_on("cpu", 8, 8239) is None
+    read.clear()
     score = path_scorer(model, data, s, 0, "cpu", cache_bytes=1 << 30)
     cached = [score(p) for p in paths]
-    assert len(reads) == 1
+    assert sum(read) == 1 + n  # one image to size it, then the part once
     score = path_scorer(model, data, s, 0, "cpu", cache_bytes=0)
     streamed = [score(p) for p in paths]
-    assert len(reads) == 1 + len(paths) and cached == streamed
+    assert sum(read) == 1 + n + len(paths) * n and cached == streamed
     # Recalibration batches above their byte budget are drawn again for every path: the same scores.
     monkeypatch.setattr(search_data, "HOLD_BYTES", 0)
     draws = []

@@ -35,7 +35,7 @@ from dfnas.distributed import Dist
 from dfnas.flops import count_parameters
 from dfnas.optim import decay_groups, linear_lr, set_lr, step_budget
 from dfnas.runtime import autocast_forward, precision_name, progress, resolve_precision, seed_everything
-from dfnas.search_data import HOLD_BYTES, SearchData
+from dfnas.search_data import SearchData, hold_budget
 from dfnas.search_result import SearchResult
 from dfnas.spaces.shufflenet import (
     CHOICES,
@@ -127,21 +127,19 @@ def data_options(scfg: dict) -> dict:
             "synthetic_holdout": "val"}
 
 
-# The held-out part is kept on the scoring device when it fits in this many bytes (as normalized
-# float32 images): the evolution scores about a thousand paths on it.
-HELDOUT_CACHE_BYTES = HOLD_BYTES
 
 
 def path_scorer(model, data: SearchData, scfg: dict, seed: int, device,
                 cache_bytes: int | None = None) -> Callable[[tuple], float]:
     """How SPOS scores a path: BatchNorm recalibrated on the same ``bn_batches`` training batches
     (drawn with ``seed + 1``), then accuracy on the held-out part. On a GPU both are read and moved
-    to the device once, not per path, where they fit (the held-out part in ``cache_bytes``, default
-    `HELDOUT_CACHE_BYTES`; the recalibration batches in `HOLD_BYTES`, else drawn again per path);
-    on the CPU, where reading is cheap and memory is the job's, the held-out part is streamed unless
+    to the device once, not per path, where they fit (each in `hold_budget`: a quarter of the GPU's
+    memory, at most 16 GiB; the held-out part as stored, the recalibration batches as float32
+    images), else read again per path; the evolution scores about a thousand paths. On the CPU,
+    where reading is cheap and memory is the job's, the held-out part is streamed unless
     ``cache_bytes`` says otherwise. ``cache_bytes=0`` moves nothing ahead."""
     if cache_bytes is None:
-        cache_bytes = HELDOUT_CACHE_BYTES if torch.device(device).type != "cpu" else 0
+        cache_bytes = hold_budget(device) if torch.device(device).type != "cpu" else 0
     recal = data.recalibration_batches(scfg["bn_batches"], scfg["batch_size"], seed, device if cache_bytes else None)
     heldout = data.heldout_on(device, scfg["batch_size"], cache_bytes)
 
