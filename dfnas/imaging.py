@@ -76,11 +76,25 @@ def random_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float],
     return torch.stack([top, left, bh, bw], dim=1)
 
 
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """``N x 1 x H x W`` luma of RGB pixels (ITU-R 601, as torchvision's rgb_to_grayscale); a
+    one-channel batch is its own."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
 def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator, share: slice | None = None,
                   total: int | None = None, fill=None) -> torch.Tensor:
-    """Random crop (zero padding), horizontal flip and cutout, each image drawn independently.
+    """Colour jitter, random crop (zero padding), horizontal flip and cutout, each image drawn
+    independently.
 
-    ``recipe`` has ``crop_padding``, ``flip`` and ``cutout`` (a `dfnas.train.Recipe` does). ``x`` is in
+    ``recipe`` has ``crop_padding``, ``flip`` and ``cutout``, and may have ``color_jitter``
+    (brightness, contrast, saturation: a `dfnas.train.Recipe` has all). Colour jitter is
+    torchvision's ColorJitter without hue, its three adjustments in that fixed order: each factor
+    uniform in [max(0, 1 - v), 1 + v], a blend with black, the image's mean grey, and the pixel's grey,
+    clamped to [0, 1]; an amount of 0 draws nothing. ``x`` is in
     pixels, before normalization: padding is black, as a padded crop of the image; a cutout hole is
     ``fill`` (per channel; the dataset's mean makes it 0 after normalization, as DeVries & Taylor's
     and DARTS's cutout after Normalize), black without one; a tensor on ``x``'s device is used as it
@@ -98,6 +112,17 @@ def augment_batch(x: torch.Tensor, recipe, generator: torch.Generator, share: sl
         return (values if share is None else values[share]).to(dev, non_blocking=True)
 
     size = (n if total is None else total,)
+    for kind, amount in zip(("brightness", "contrast", "saturation"), getattr(recipe, "color_jitter", None) or ()):
+        if amount <= 0:
+            continue
+        low = max(0.0, 1.0 - amount)
+        factor = draw(low + torch.rand(size, generator=generator) * (1.0 + amount - low)).to(x.dtype)[:, None, None, None]
+        if kind == "brightness":
+            x = (factor * x).clamp(0, 1)
+        else:
+            gray = grayscale(x)
+            base = gray.mean((1, 2, 3), keepdim=True) if kind == "contrast" else gray
+            x = (factor * x + (1 - factor) * base).clamp(0, 1)
     if recipe.crop_padding > 0:
         p = recipe.crop_padding
         padded = F.pad(x, (p, p, p, p))

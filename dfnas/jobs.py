@@ -28,7 +28,8 @@ JOB_LISTS = ("algorithms", "sources", "seeds", "supernet_test")
 NEUTRAL = {("synthesis", "stack"): 1, ("retrain", "gpus"): 1, ("search", "spos", "gpus"): 1,
            ("search", "darts", "gpus"): 1, ("search", "proxyless", "gpus"): 1,
            ("search", "darts", "compile"): False, ("search", "proxyless", "eval_updates"): None,
-           ("retrain", "spos", "no_decay"): "norm_and_bias", ("fidelity", "bounded"): True}
+           ("retrain", "spos", "no_decay"): "norm_and_bias", ("retrain", "color_jitter"): [0, 0, 0],
+           ("fidelity", "bounded"): True}
 
 
 def without_neutral(config: dict) -> dict:

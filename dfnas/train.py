@@ -41,6 +41,7 @@ class Recipe:
     crop_padding: int = 2
     flip: bool = True
     cutout: int = 0
+    color_jitter: tuple = (0.0, 0.0, 0.0)  # brightness, contrast, saturation (dfnas.imaging.augment_batch)
     grad_clip: float | None = None
     drop_path: float = 0.0  # final drop-path probability, reached linearly (networks with drop_path_prob)
     aux_weight: float = 0.0  # weight of an auxiliary head's loss (networks returning (logits, aux) in training)

@@ -39,8 +39,8 @@ def test_shares_split_a_batch_in_order():
 
 
 def test_a_share_is_augmented_as_in_the_whole_batch():
-    recipe = Recipe(crop_padding=2, flip=True, cutout=3)
-    x = torch.rand(7, 1, 8, 8)
+    recipe = Recipe(crop_padding=2, flip=True, cutout=3, color_jitter=(0.4, 0.4, 0.4))
+    x = torch.rand(7, 3, 8, 8)
     whole = augment_batch(x, recipe, torch.Generator().manual_seed(3))
     gens = [torch.Generator().manual_seed(3) for _ in range(2)]
     parts = [augment_batch(x[Dist(r, 2, r).share(7)], recipe, gens[r], Dist(r, 2, r).share(7), 7) for r in range(2)]

@@ -98,8 +98,10 @@ def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
     for text in plain.values():
         assert not any(f'"{key}"' in text for key in ("stack", "gpus", "compile", "eval_updates"))
         assert '"epochs":null' not in text
-    # retrain.spos.no_decay at SPOS's own norm_and_bias is what SPOS retrains did before the key.
+    # retrain.spos.no_decay at SPOS's own norm_and_bias is what SPOS retrains did before the key;
+    # no colour jitter is what every retrain did.
     assert '"no_decay"' not in job_json(smoke, "retrain", algorithm="spos", source="full")
+    assert '"color_jitter"' not in job_json(smoke, "retrain", algorithm="darts", source="full")
     assert '"no_decay":"none"' in job_json(smoke, "retrain", algorithm="darts", source="full").replace(" ", "")
     changed = json.loads(json.dumps(smoke))
     changed["synthesis"]["stack"] = 2
@@ -107,12 +109,14 @@ def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
     changed["search"]["spos"]["gpus"] = 2
     changed["search"]["darts"]["compile"] = True
     changed["search"]["proxyless"]["eval_updates"] = 100
+    changed["retrain"]["color_jitter"] = [0.4, 0.4, 0.4]
     changed["device"] = "auto"
     assert job_config(changed, "synthesize")["synthesis"]["stack"] == 2
     assert job_config(changed, "retrain", algorithm="darts", source="full")["retrain"]["gpus"] == 2
     assert job_config(changed, "search", algorithm="spos", source="full")["search"]["spos"]["gpus"] == 2
     assert job_config(changed, "search", algorithm="darts", source="full")["search"]["darts"]["compile"] is True
     assert job_config(changed, "search", algorithm="proxyless", source="full")["search"]["proxyless"]["eval_updates"] == 100
+    assert job_config(changed, "retrain", algorithm="spos", source="full")["retrain"]["color_jitter"] == [0.4, 0.4, 0.4]
     assert synthesis_config_hash(smoke, "full") != synthesis_config_hash(changed, "full")
     changed["synthesis"]["stack"] = 1
     assert synthesis_config_hash(smoke, "full") == synthesis_config_hash(changed, "full")

@@ -47,6 +47,34 @@ def test_cutout_zeroes_a_square_of_the_given_size():
         assert torch.equal(z[:, ch][holes[:, ch]], torch.full((int(holes[:, ch].sum()),), mean[ch]))
 
 
+def test_color_jitter_is_torchvisions_with_the_drawn_factors():
+    """Brightness, contrast and saturation of each image, with the factors drawn from the generator
+    (uniform in [1 - v, 1 + v]), equal torchvision's adjust_* in that order; no jitter draws nothing
+    and changes nothing."""
+    import torchvision.transforms.functional as TF
+
+    x = torch.rand(4, 3, 8, 8)
+    amounts = (0.4, 0.3, 0.5)
+    recipe = Recipe(crop_padding=0, flip=False, color_jitter=amounts)
+    y = augment_batch(x, recipe, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    factors = [(1 - v) + torch.rand(4, generator=gen) * 2 * v for v in amounts]
+    for i in range(4):
+        expected = TF.adjust_brightness(x[i], float(factors[0][i]))
+        expected = TF.adjust_contrast(expected, float(factors[1][i]))
+        expected = TF.adjust_saturation(expected, float(factors[2][i]))
+        torch.testing.assert_close(y[i], expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(y, x)
+    plain = torch.Generator().manual_seed(4)
+    assert torch.equal(augment_batch(x, Recipe(crop_padding=0, flip=False), plain), x)
+    assert torch.equal(plain.get_state(), torch.Generator().manual_seed(4).get_state())
+    # A one-channel image has no saturation: its own grey.
+    g = torch.rand(2, 1, 5, 5)
+    only_saturation = augment_batch(g, Recipe(crop_padding=0, flip=False, color_jitter=(0, 0, 0.9)),
+                                    torch.Generator().manual_seed(0))
+    assert torch.allclose(only_saturation, g)
+
+
 class Oracle(nn.Module):
     """Predicts class = first pixel * 10 (after undoing the normalization); then 9, then 0, 1, 2, ... ."""
 
