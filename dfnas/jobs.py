@@ -29,6 +29,7 @@ NEUTRAL = {("synthesis", "stack"): 1, ("retrain", "gpus"): 1, ("search", "spos",
            ("search", "darts", "gpus"): 1, ("search", "proxyless", "gpus"): 1,
            ("search", "darts", "compile"): False, ("search", "proxyless", "eval_updates"): None,
            ("retrain", "spos", "no_decay"): "norm_and_bias", ("retrain", "color_jitter"): [0, 0, 0],
+           ("retrain", "darts", "schedule"): "cosine", ("retrain", "proxyless", "schedule"): "cosine",
            ("fidelity", "bounded"): True}
 
 

@@ -26,6 +26,18 @@ def linear_lr(step: int, total: int, base: float) -> float:
     return base * max(0.0, 1 - step / total)
 
 
+def scheduled_lr(schedule: str, step: int, total: int, base: float, warmup: int = 0) -> float:
+    """The learning rate of ``schedule`` at ``step`` of ``total``: after a linear warm-up over
+    ``warmup`` steps, cosine decay (DARTS, ProxylessNAS) or linear decay (SPOS) to zero at ``total``."""
+    if schedule == "cosine":
+        return cosine_lr(step, total, base, warmup)
+    if schedule != "linear":
+        raise ValueError(f"schedule is cosine or linear, not {schedule!r}")
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    return base * max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+
+
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -23,7 +23,7 @@ from dfnas.distributed import check_batch, rank_share
 from dfnas.data import as_pixels
 from dfnas.evaluation import evaluate_batches
 from dfnas.imaging import Normalize, augment_batch
-from dfnas.optim import cosine_lr, decay_groups, set_lr
+from dfnas.optim import decay_groups, scheduled_lr, set_lr
 from dfnas.runtime import autocast, derived_seed, precision_name, progress
 from dfnas.streaming import batch_plan, stream
 
@@ -47,6 +47,7 @@ class Recipe:
     aux_weight: float = 0.0  # weight of an auxiliary head's loss (networks returning (logits, aux) in training)
     channels_last: bool | str = "auto"  # NHWC network and batches; auto: on CUDA (1.8x at 224 px on an H200)
     no_decay: str = "norm_and_bias"  # parameters without weight decay (dfnas.optim.NO_DECAY)
+    schedule: str = "cosine"  # learning-rate decay after the warm-up: cosine or linear (dfnas.optim.scheduled_lr)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
@@ -122,7 +123,7 @@ def train_classifier(model: nn.Module, train_set, recipe: Recipe, device, seed: 
         for (x, y), size in zip(stream(train_set, plan, num_workers), sizes):
             x, y = as_pixels(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             x = augment_batch(x, recipe, gen, None if dist is None else dist.share(size), size, fill=hole_fill)
-            set_lr(opt, cosine_lr(step, total, recipe.lr, warmup))
+            set_lr(opt, scheduled_lr(recipe.schedule, step, total, recipe.lr, warmup))
             with autocast(device, precision):
                 logits = net(norm(x).contiguous(memory_format=fmt))
             aux = None

@@ -102,6 +102,10 @@ def test_keys_at_their_neutral_default_leave_job_configs_as_before(smoke):
     # no colour jitter is what every retrain did.
     assert '"no_decay"' not in job_json(smoke, "retrain", algorithm="spos", source="full")
     assert '"color_jitter"' not in job_json(smoke, "retrain", algorithm="darts", source="full")
+    # The cosine schedule of DARTS and ProxylessNAS is what they did before retrain.<space>.schedule.
+    assert '"schedule"' not in job_json(smoke, "retrain", algorithm="darts", source="full")
+    assert '"schedule"' not in job_json(smoke, "retrain", algorithm="proxyless", source="full")
+    assert '"schedule":"linear"' in job_json(smoke, "retrain", algorithm="spos", source="full").replace(" ", "")
     assert '"no_decay":"none"' in job_json(smoke, "retrain", algorithm="darts", source="full").replace(" ", "")
     changed = json.loads(json.dumps(smoke))
     changed["synthesis"]["stack"] = 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfnas.optim import cosine_lr, decay_groups, linear_lr, set_lr
+from dfnas.optim import cosine_lr, decay_groups, linear_lr, scheduled_lr, set_lr
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -73,6 +73,15 @@ def test_decay_groups_exempt_what_each_protocol_exempts(no_decay, exempt):
         torch.testing.assert_close(p.detach(), before[name] * (1.0 if name in exempt else 0.95), msg=name)
     with pytest.raises(ValueError, match="no_decay is one of"):
         decay_groups(model, 0.5, "bn")
+
+
+def test_scheduled_lr_linear_and_cosine_by_hand():
+    # Two warm-up steps to 1.0, then linear decay to 0 at step 10 over the remaining 8.
+    lrs = [scheduled_lr("linear", step, 10, 1.0, warmup=2) for step in range(12)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0])
+    assert [scheduled_lr("cosine", k, 10, 1.0, 2) for k in range(12)] == [cosine_lr(k, 10, 1.0, 2) for k in range(12)]
+    with pytest.raises(ValueError, match="schedule is cosine or linear, not 'step'"):
+        scheduled_lr("step", 0, 10, 1.0)
 
 
 def test_set_lr_sets_every_group():

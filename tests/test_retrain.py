@@ -94,25 +94,33 @@ def test_a_space_sets_its_own_epochs(retrain_config, tmp_path):
     assert job_config(cfg, "fidelity_proxy", "darts", "full")["retrain"] == {"darts": {"cells": 3, "channels": 4}}
 
 
-def test_each_space_retrains_with_its_protocols_weight_decay_exemptions(retrain_config, tmp_path, monkeypatch):
+def test_each_space_retrains_with_its_protocols_weight_decay_and_schedule(retrain_config, tmp_path, monkeypatch):
     """DARTS decays every parameter, ProxylessNAS exempts BatchNorm, SPOS every 1-d tensor
-    (``retrain.<space>.no_decay``); the retrain's optimizer is built with its space's choice, which
-    the metrics record."""
+    (``retrain.<space>.no_decay``), and SPOS decays its learning rate linearly
+    (``retrain.<space>.schedule``); the retrain's optimizer and schedule follow its space's choices,
+    which the metrics record."""
     from dfnas import train
     from dfnas.spaces import retrain_recipe
 
     defaults = validate_config({})["retrain"]
     assert {s: retrain_recipe(defaults, s)["no_decay"] for s in ("darts", "proxyless", "spos")} == \
         {"darts": "none", "proxyless": "norm", "spos": "norm_and_bias"}
-    asked = []
+    # Their learning-rate decay likewise: SPOS's is linear.
+    assert {s: retrain_recipe(defaults, s)["schedule"] for s in ("darts", "proxyless", "spos")} == \
+        {"darts": "cosine", "proxyless": "cosine", "spos": "linear"}
+    asked, schedules = [], set()
     real = train.decay_groups
     monkeypatch.setattr(train, "decay_groups", lambda model, wd, no_decay: asked.append(no_decay) or real(model, wd, no_decay))
+    real_lr = train.scheduled_lr
+    monkeypatch.setattr(train, "scheduled_lr", lambda kind, *a: schedules.add(kind) or real_lr(kind, *a))
     run_search(retrain_config, "darts", "random", 7, tmp_path / "search", log=quiet,
                dataset_json=dataset_json(retrain_config, tmp_path))
     cfg = validate_config({**copy.deepcopy(retrain_config), "retrain": {
-        **retrain_config["retrain"], "epochs": 1, "darts": {"cells": 3, "channels": 4, "no_decay": "norm"}}})
+        **retrain_config["retrain"], "epochs": 1,
+        "darts": {"cells": 3, "channels": 4, "no_decay": "norm", "schedule": "linear"}}})
     metrics = retrain(cfg, tmp_path / "search" / "architecture.json", tmp_path / "m.json", log=quiet)
     assert asked == ["norm"] and metrics["recipe"]["no_decay"] == "norm" and "no_decay" not in metrics["sizes"]
+    assert schedules == {"linear"} and metrics["recipe"]["schedule"] == "linear" and "schedule" not in metrics["sizes"]
 
 
 def test_a_retrain_subset_smaller_than_the_class_count_is_one_line(retrain_config, tmp_path):

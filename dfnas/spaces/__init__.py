@@ -64,7 +64,7 @@ def read_architecture(path, needed_by: str = "this stage") -> dict:
 
 # Keys of ``retrain.<space>`` that override the shared retrain recipe for that space's networks
 # (null keeps the shared value) rather than size the network.
-RECIPE_OVERRIDES = ("epochs", "no_decay")
+RECIPE_OVERRIDES = ("epochs", "no_decay", "schedule")
 
 
 def retrain_sizes(retrain: dict, space: str) -> dict:
