@@ -35,7 +35,7 @@ def scheduled_lr(schedule: str, step: int, total: int, base: float, warmup: int 
         raise ValueError(f"schedule is cosine or linear, not {schedule!r}")
     if warmup > 0 and step < warmup:
         return base * (step + 1) / warmup
-    return base * max(0.0, 1 - (step - warmup) / max(1, total - warmup))
+    return linear_lr(step - warmup, max(1, total - warmup), base)
 
 
 def set_lr(optimizer, lr: float) -> None:

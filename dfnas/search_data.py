@@ -98,37 +98,28 @@ def hold_budget(device) -> int:
 
 
 class HeldBatches:
-    """The batches ``make()`` yields (a fresh iterator of tensors, the same batches every time), at
-    every pass: made once and held (moved to ``device`` when given) where their ``nbytes`` fit in
-    ``max_bytes`` (default `hold_budget` of the device), else made again at every pass, so that
-    memory holds one batch, not all (on ImageNet, 20 recalibration batches of 1024 at 224 px would
-    be 12 GB)."""
+    """The batches ``make()`` yields (a fresh iterator, the same batches every time), at every pass,
+    each through ``prepare`` where given: made once and held (moved to ``device`` when given) where
+    their ``nbytes`` fit in ``max_bytes`` (default `hold_budget` of the device), else made again at
+    every pass, so that memory holds one batch, not all (on ImageNet, 20 recalibration batches of
+    1024 at 224 px would be 12 GB)."""
 
-    def __init__(self, make, nbytes: int, device=None, max_bytes: int | None = None):
-        self.make = make
+    def __init__(self, make, nbytes: int, device=None, max_bytes: int | None = None, prepare=None):
+        self.make, self.prepare = make, prepare
         self.held = None
         if nbytes <= (hold_budget(device) if max_bytes is None else max_bytes):
-            self.held = [x if device is None else x.to(device, non_blocking=True) for x in make()]
+            self.held = [_moved(batch, device) for batch in make()]
 
     def __iter__(self):
-        return iter(self.held) if self.held is not None else self.make()
+        batches = iter(self.held) if self.held is not None else self.make()
+        return batches if self.prepare is None else map(self.prepare, batches)
 
 
-class HeldOut:
-    """A held-out part kept on a device as stored (`SearchData.heldout_on`): at every pass, its
-    batches as normalized float images (a synthetic set's rendered in their whole view) and targets."""
-
-    def __init__(self, held: list, norm: nn.Module, synthetic: bool):
-        self.held, self.norm, self.synthetic = held, norm, synthetic
-
-    def __iter__(self):
-        for batch in self.held:
-            if self.synthetic:
-                stored, boxes, flips, alphas, target = batch
-                yield self.norm(render_stored(stored, boxes, flips, alphas)), target
-            else:
-                x, target = batch
-                yield self.norm(as_pixels(x)), target
+def _moved(batch, device):
+    """A tensor, or a tuple of tensors and Nones, on ``device`` (None: where it is)."""
+    if isinstance(batch, tuple):
+        return tuple(_moved(t, device) for t in batch)
+    return batch if batch is None or device is None else batch.to(device, non_blocking=True)
 
 
 class SearchData:
@@ -268,8 +259,21 @@ class SearchData:
 
     def heldout_batches(self, batch_size: int):
         """The held-out part in order, whole and unaugmented (normalized), with its targets."""
-        for x, target in stream(self.heldout, batch_plan(self.halves[1], batch_size), self.workers):
-            yield self.norm(x), target
+        for batch in stream(self._heldout_stored(), batch_plan(self.halves[1], batch_size), self.workers):
+            yield self._images(batch, self.norm)
+
+    def _heldout_stored(self):
+        """The held-out part as stored, unaugmented: uint8 pixels and labels (natural data), or a
+        synthetic set's stored images with their whole view and the cached targets."""
+        return _Stored(self.heldout) if self.synthetic else self.data.split
+
+    def _images(self, batch, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of `_heldout_stored` as ``norm``-alized float images, with its targets."""
+        if self.synthetic:
+            stored, boxes, flips, alphas, target = batch
+            return norm(render_stored(stored, boxes, flips, alphas)), target
+        x, target = batch
+        return norm(as_pixels(x)), target
 
     def recalibration_batches(self, count: int, batch_size: int, seed: int, device=None,
                               max_bytes: int | None = None) -> HeldBatches:
@@ -286,23 +290,22 @@ class SearchData:
 
         return HeldBatches(make, nbytes, device, max_bytes)
 
-    def heldout_on(self, device, batch_size: int, max_bytes: int) -> HeldOut | None:
+    def heldout_on(self, device, batch_size: int, max_bytes: int) -> HeldBatches | None:
         """The held-out part's evaluation batches, read once and kept on ``device`` in the bytes they
-        are stored in (uint8 pixels; a synthetic set's stored images and their whole view), then at
-        every pass made into the normalized images and targets that `heldout_batches` streams, for
-        scoring many paths without reading or uploading them again (at ImageNet size, 50,000 natural
-        images are 7.5 GB as pixels, 30 GB as float32). None when they would take more than
-        ``max_bytes`` (they are then streamed per score)."""
+        are stored in (`_heldout_stored`), then at every pass made into the normalized images and
+        targets that `heldout_batches` streams, for scoring many paths without reading or uploading
+        them again (at ImageNet size, 50,000 natural images are 7.5 GB as pixels, 30 GB as float32).
+        None when they would take more than ``max_bytes`` (they are then streamed per score)."""
         if len(self.halves[1]) == 0 or max_bytes <= 0:
             return None
         c, h, w = self.input_shape
-        source = _Stored(self.heldout) if self.synthetic else self.data.split  # read without augmentation
+        source = self._heldout_stored()
         pixel = source.read(self.halves[1][:1])[0].element_size()
-        if len(self.halves[1]) * (c * h * w * pixel + self.num_classes * 4) > max_bytes:
-            return None
-        held = [tuple(t if t is None else t.to(device) for t in batch)
-                for batch in stream(source, batch_plan(self.halves[1], batch_size), self.workers)]
-        return HeldOut(held, Normalize(self.mean, self.std).to(device), self.synthetic)
+        norm = Normalize(self.mean, self.std).to(device)
+        held = HeldBatches(lambda: stream(source, batch_plan(self.halves[1], batch_size), self.workers),
+                           len(self.halves[1]) * (c * h * w * pixel + self.num_classes * 4), device, max_bytes,
+                           prepare=lambda batch: self._images(batch, norm))
+        return held if held.held is not None else None
 
     def evaluate(self, model: nn.Module, device, batch_size: int, path=None, recalibrate=None,
                  batches=None) -> dict:
