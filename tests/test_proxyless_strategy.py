@@ -328,3 +328,20 @@ def test_held_out_evaluations_every_so_many_updates_and_at_each_phase_end(base_c
     assert [{k: v for k, v in r.items() if k not in unscored} for r in every.history] == \
         [{k: v for k, v in r.items() if k not in unscored} for r in result.history]
     assert every.found_by == result.found_by and every.choices == result.choices
+
+
+def test_a_checkpoint_resumes_across_a_change_of_eval_updates(base_config, tmp_path, monkeypatch):
+    """How often the held-out part is scored changes nothing that trains, so it is not part of what a
+    checkpoint must match; every other search key is (lr here)."""
+    fingerprints = []
+    real = proxyless_strategy.Checkpoint
+
+    def spy(path, fingerprint, log):
+        fingerprints.append(fingerprint)
+        return real(path, fingerprint, log)
+
+    monkeypatch.setattr(proxyless_strategy, "Checkpoint", spy)
+    for over in ({"eval_updates": 7}, {}, {"lr": 0.5}):
+        cfg, data = tiny_search(base_config, warmup_epochs=0, epochs=1, **over)
+        proxyless_strategy.search(cfg, data, 0, tmp_path / str(len(fingerprints)), "cpu", log=quiet)
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
