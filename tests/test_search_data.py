@@ -128,6 +128,10 @@ def test_recalibration_batches_are_held_under_their_byte_budget_and_drawn_again_
         again = list(drawn)
         assert len(again) == 3 and all(torch.equal(a, b) for a, b in zip(again, kept))
     assert len(passes) == 3
+    # Fewer than a pass has: the first ones of the same pass, and no more, held or drawn.
+    for budget in (0, 1 << 20):
+        two = list(data.recalibration_batches(2, 8, 0, max_bytes=budget))
+        assert len(two) == 2 and all(torch.equal(a, b) for a, b in zip(two, kept))
     # Another seed draws other batches.
     other = list(data.recalibration_batches(3, 8, 1, max_bytes=0))
     assert not torch.equal(other[0], kept[0])
